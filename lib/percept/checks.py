@@ -1,0 +1,113 @@
+"""Input validation and reduction shared by every metric.
+
+Every metric takes NCHW float tensors in [0, 1]. Bad input raises a ``ValueError`` or
+``TypeError`` that says what was wrong and what was expected, never silent garbage.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: values this far outside [0, 1] are still accepted (rounding in resizes, float16, ...)
+RANGE_TOLERANCE = 1e-3
+
+REDUCTIONS = ("sum", "mean", "none")
+
+_GREY_NAMES = {"grey", "gray", "la", "l", "greyscale", "grayscale", "grey-scale", "gray-scale"}
+_RGB_NAMES = {"rgb", "color", "colour"}
+
+
+def normalize_colorspace(colorspace: str) -> str:
+    """Map the accepted spellings to ``"rgb"`` or ``"grey"``.
+
+    ``"LA"`` (the original's name) and ``"gray"`` both mean grey. The original code silently
+    treated ``"gray"`` as RGB; here it means what it says.
+    """
+    name = str(colorspace).lower()
+    if name in _GREY_NAMES:
+        return "grey"
+    if name in _RGB_NAMES:
+        return "rgb"
+    raise ValueError(f"unknown colorspace {colorspace!r}: use 'rgb' (3 channels) or 'grey' (1 channel, alias 'LA')")
+
+
+def channels_of(colorspace: str) -> int:
+    return 3 if normalize_colorspace(colorspace) == "rgb" else 1
+
+
+def check_reduction(reduction: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}: use one of {', '.join(REDUCTIONS)}")
+    return reduction
+
+
+def check_pair(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    channels: int | None = None,
+    min_size: int = 1,
+    multiple_of: int | None = None,
+    check_range: bool = True,
+    name: str = "metric",
+) -> None:
+    """Validate an (input, target) pair of NCHW image batches in [0, 1].
+
+    Args:
+        input, target: float tensors of the same shape (N, C, H, W).
+        channels: required C (3 for RGB, 1 for grey), or None for any.
+        min_size: smallest allowed H and W.
+        multiple_of: H and W must be multiples of this (block transforms), or None.
+        check_range: reject values outside [0, 1] beyond ``RANGE_TOLERANCE``.
+        name: metric name used in messages.
+    """
+    for label, x in (("input", input), ("target", target)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name}: {label} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(
+                f"{name}: {label} has dtype {x.dtype}; expected a float tensor in [0, 1] "
+                "(convert uint8 images with x.float() / 255)"
+            )
+        if x.dim() != 4:
+            raise ValueError(f"{name}: {label} must be a 4-D NCHW batch, got shape {tuple(x.shape)}")
+    if input.shape != target.shape:
+        raise ValueError(f"{name}: input and target shapes differ: {tuple(input.shape)} vs {tuple(target.shape)}")
+    n, c, h, w = input.shape
+    if n == 0:
+        raise ValueError(f"{name}: empty batch")
+    if channels is not None and c != channels:
+        space = "RGB" if channels == 3 else "grey"
+        raise ValueError(
+            f"{name}: expected {channels} channel(s) for colorspace {space}, got {c} (shape {tuple(input.shape)}); "
+            "pick the matching colorspace ('rgb' for 3 channels, 'grey' for 1)"
+        )
+    if h < min_size or w < min_size:
+        raise ValueError(f"{name}: images of {h}x{w} are too small; at least {min_size}x{min_size} is needed")
+    if multiple_of is not None and (h % multiple_of or w % multiple_of):
+        raise ValueError(
+            f"{name}: height and width must be multiples of {multiple_of}, got {h}x{w}; "
+            f"crop or pad the images (e.g. to {h - h % multiple_of}x{w - w % multiple_of})"
+        )
+    # one pass over each tensor and a single host sync: aminmax propagates NaN and inf
+    stats = torch.stack([torch.stack(torch.aminmax(x.detach())) for x in (input, target)]).float().tolist()
+    for label, (lo, hi) in zip(("input", "target"), stats):
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{name}: {label} contains NaN or inf")
+        if check_range and (lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE):
+            hint = " (inputs in [-1, 1] must be mapped with (x + 1) / 2)" if lo < 0 else ""
+            hint = hint or (" (0-255 images must be divided by 255)" if hi > 1.5 else "")
+            raise ValueError(f"{name}: {label} values span [{lo:.4g}, {hi:.4g}], expected [0, 1]{hint}")
+
+
+def reduce(per_image: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Reduce per-image distances of shape (N,) to a scalar ("sum", "mean") or keep them ("none")."""
+    if reduction == "sum":
+        return per_image.sum()
+    if reduction == "mean":
+        return per_image.mean()
+    if reduction == "none":
+        return per_image
+    raise ValueError(f"unknown reduction {reduction!r}: use one of {', '.join(REDUCTIONS)}")

@@ -1,0 +1,40 @@
+"""Colour conversions used by the metrics: RGB -> YCbCr (full-range BT.601, as in JPEG) and grey."""
+
+from __future__ import annotations
+
+import torch
+
+#: rows are Y, Cb, Cr; columns are R, G, B (full-range BT.601 / JPEG)
+YCBCR_MATRIX = (
+    (0.299, 0.587, 0.114),
+    (-0.1687, -0.3313, 0.5),
+    (0.5, -0.4187, -0.0813),
+)
+YCBCR_OFFSET = (0.0, 0.5, 0.5)
+
+#: ITU-R BT.601 luma weights (what the golden grey images and torchvision's Grayscale use)
+LUMA_BT601 = (0.299, 0.587, 0.114)
+#: the rounded weights of the original Watson/Deeploss code's greyscale conversion
+LUMA_ROUNDED = (0.3, 0.59, 0.11)
+
+
+def rgb_to_ycbcr(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 1] -> (N, 3, H, W) YCbCr with Y in [0, 1] and Cb, Cr centred on 0.5."""
+    m = torch.tensor(YCBCR_MATRIX, dtype=x.dtype, device=x.device)
+    b = torch.tensor(YCBCR_OFFSET, dtype=x.dtype, device=x.device)
+    return torch.einsum("kc,nchw->nkhw", m, x) + b.view(1, 3, 1, 1)
+
+
+def rgb_to_grey(x: torch.Tensor, weights: tuple[float, float, float] = LUMA_BT601) -> torch.Tensor:
+    """(N, 3, H, W) RGB -> (N, 1, H, W) grey as a weighted sum of the channels."""
+    if x.shape[1] != 3:
+        raise ValueError(f"rgb_to_grey expects 3 channels, got shape {tuple(x.shape)}")
+    w = torch.tensor(weights, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+def grey_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) -> (N, 3, H, W) by repeating the channel."""
+    if x.shape[1] != 1:
+        raise ValueError(f"grey_to_rgb expects 1 channel, got shape {tuple(x.shape)}")
+    return x.expand(-1, 3, -1, -1)
