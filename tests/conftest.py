@@ -1,0 +1,47 @@
+"""Shared fixtures: the offline asset folder and the golden outputs of the original implementations.
+
+Tests read real weights and data through ``PERCEPT_ASSETS``. When it is unset, the ``shared/assets``
+folder beside the checkout is used if it exists (the layout of this workplace and of CI).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+_SHARED = ROOT.parent / "shared"
+
+if not os.environ.get("PERCEPT_ASSETS") and (_SHARED / "assets").is_dir():
+    os.environ["PERCEPT_ASSETS"] = str(_SHARED / "assets")
+
+GOLDEN = Path(os.environ.get("PERCEPT_GOLDEN", _SHARED / "golden" / "reference_values.pt"))
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def assets_dir() -> Path:
+    path = os.environ.get("PERCEPT_ASSETS")
+    if not path or not Path(path).is_dir():
+        pytest.fail("PERCEPT_ASSETS must point at the offline asset folder (e.g. ../shared/assets)")
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict:
+    if not GOLDEN.is_file():
+        pytest.fail(f"golden reference values not found at {GOLDEN} (set PERCEPT_GOLDEN)")
+    return torch.load(GOLDEN, weights_only=False)
+
+
+@pytest.fixture(scope="session")
+def golden_pairs(golden) -> dict:
+    """{'rgb': (input, target), 'grey': (input, target)}: 8 real 64x64 pairs, float32 in [0, 1]."""
+    return {
+        "rgb": (golden["rgb_input"], golden["rgb_target"]),
+        "grey": (golden["grey_input"], golden["grey_target"]),
+    }
