@@ -19,10 +19,14 @@ LUMA_ROUNDED = (0.3, 0.59, 0.11)
 
 
 def rgb_to_ycbcr(x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) RGB in [0, 1] -> (N, 3, H, W) YCbCr with Y in [0, 1] and Cb, Cr centred on 0.5."""
-    m = torch.tensor(YCBCR_MATRIX, dtype=x.dtype, device=x.device)
-    b = torch.tensor(YCBCR_OFFSET, dtype=x.dtype, device=x.device)
-    return torch.einsum("kc,nchw->nkhw", m, x) + b.view(1, 3, 1, 1)
+    """(N, 3, H, W) RGB in [0, 1] -> (N, 3, H, W) YCbCr with Y in [0, 1] and Cb, Cr centred on 0.5.
+
+    Evaluated as explicit weighted sums of the three planes, the order of operations of the original
+    Watson code: on flat image regions the Watson-DFT phase term depends on rounding at this level.
+    """
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    planes = [m[0] * r + m[1] * g + m[2] * b + o for m, o in zip(YCBCR_MATRIX, YCBCR_OFFSET)]
+    return torch.stack(planes, dim=1)
 
 
 def rgb_to_grey(x: torch.Tensor, weights: tuple[float, float, float] = LUMA_BT601) -> torch.Tensor:

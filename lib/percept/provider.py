@@ -1,5 +1,109 @@
-"""Placeholder; filled in below."""
+"""Drop-in replacement for the original ``LossProvider`` of Czolbe et al. (2020).
+
+``LossProvider().get_loss_function('Watson-fft', 'RGB', reduction='sum')`` returns a module that
+computes what the original returned, with the original's names, defaults and output shapes:
+
+- ``reduction='sum'`` sums per-image distances over the batch; ``'none'`` gives (N,) for Watson,
+  (N, 1, 1, 1) for Deeploss and elementwise tensors for L1/L2/Adaptive. SSIM's ``'sum'`` is
+  1 - mean SSIM (a mean, as in the original).
+- Watson's luminance masking is pooled over the whole batch, so one image's value depends on the other
+  images in the batch. ``percept.get_metric`` computes each image alone instead.
+- ``deterministic=False`` (the default, as in the original) shifts both images by the same random
+  offset of up to 8 px; the shift draws from torch's RNG, not numpy's.
+
+Fixed rather than reproduced: ``'gray'``/``'Gray'`` mean grey (the original silently used RGB), grey
+conversion checks the channel count rather than the batch size, modules move with ``.to(device)``,
+and Watson's dark-block singularity is floored (see :mod:`percept.metrics.watson`).
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from percept import checks
+
+_NAMES = {
+    "l1": "L1",
+    "l2": "L2",
+    "ssim": "SSIM",
+    "watson": "Watson-dct",
+    "watson-dct": "Watson-dct",
+    "watson-fft": "Watson-fft",
+    "watson-dft": "Watson-fft",
+    "watson-vgg": "Watson-vgg",
+    "watson-deep": "Watson-vgg",
+    "deeploss-vgg": "Deeploss-vgg",
+    "deeploss-squeeze": "Deeploss-squeeze",
+    "adaptive": "Adaptive",
+}
 
 
-class LossProvider:  # noqa: D101
-    pass
+class LossProvider:
+    """The original ``LossProvider`` interface on top of percept's metrics."""
+
+    loss_functions = [
+        "L1",
+        "L2",
+        "SSIM",
+        "Watson-dct",
+        "Watson-fft",
+        "Watson-vgg",
+        "Deeploss-vgg",
+        "Deeploss-squeeze",
+        "Adaptive",
+    ]
+    color_models = ["LA", "RGB"]
+
+    def get_loss_function(
+        self,
+        model: str,
+        colorspace: str = "RGB",
+        reduction: str = "sum",
+        deterministic: bool = False,
+        pretrained: bool = True,
+        image_size: tuple[int, int, int] | None = None,
+    ) -> nn.Module:
+        """Build a loss by its original name; see the module docstring for the semantics."""
+        try:
+            name = _NAMES[model.lower()]
+        except KeyError:
+            raise ValueError(f"unknown loss {model!r}; choose one of {', '.join(self.loss_functions)}") from None
+        space = checks.normalize_colorspace(colorspace)
+        if reduction not in ("sum", "none"):
+            raise ValueError(f"reduction must be 'sum' or 'none' (the original's choices), got {reduction!r}")
+
+        if name in ("L1", "L2"):
+            return nn.L1Loss(reduction=reduction) if name == "L1" else nn.MSELoss(reduction=reduction)
+        if name == "SSIM":
+            from percept.metrics.ssim import original_ssim
+
+            return original_ssim(reduction)
+        if name in ("Watson-dct", "Watson-fft"):
+            from percept.metrics.watson import WatsonDCT, WatsonDFT
+
+            cls = WatsonDCT if name == "Watson-dct" else WatsonDFT
+            return cls(
+                colorspace=space,
+                reduction=reduction,
+                deterministic=deterministic,
+                pretrained=pretrained,
+                batch_luminance=True,
+            )
+        if name == "Watson-vgg":
+            from percept.metrics.deep import WatsonVGG
+
+            return WatsonVGG(colorspace=space, reduction=reduction, pretrained=pretrained)
+        if name.startswith("Deeploss"):
+            from percept.metrics.deep import original_deeploss
+
+            return original_deeploss(name.split("-")[1], space, reduction)
+        from percept.metrics.adaptive import original_adaptive
+
+        if image_size is None:
+            raise ValueError("Adaptive needs image_size, e.g. (3, 64, 64) (3 channels also for 'LA')")
+        return original_adaptive(space, reduction, pretrained, image_size)
+
+
+def get_loss_function(model: str, colorspace: str = "RGB", **kwargs) -> nn.Module:
+    """Shortcut for ``LossProvider().get_loss_function(...)``."""
+    return LossProvider().get_loss_function(model, colorspace, **kwargs)

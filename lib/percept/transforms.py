@@ -1,0 +1,82 @@
+"""Block transforms and random shifts for the Watson metrics.
+
+The image is cut into non-overlapping ``b x b`` blocks (row-major block order, as ``nn.Unfold``
+orders them). The block DCT is one matrix product with a fixed ``b*b x b*b`` operator; the block DFT
+is a batched FFT over all blocks at once. Nothing loops over blocks or images.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+
+def to_blocks(x: torch.Tensor, b: int = 8) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, K, b*b) with K = (H/b)(W/b) blocks in row-major order."""
+    n, c, h, w = x.shape
+    x = x.reshape(n, c, h // b, b, w // b, b).permute(0, 1, 2, 4, 3, 5)
+    return x.reshape(n, c, (h // b) * (w // b), b * b)
+
+
+def dct_matrix(b: int = 8, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Orthonormal DCT-II matrix A (b x b): A[u, a] = sqrt(2/b) c_u cos((2a+1) u pi / 2b), c_0 = 1/sqrt(2)."""
+    u = torch.arange(b, dtype=torch.float64).view(-1, 1)
+    a = torch.arange(b, dtype=torch.float64).view(1, -1)
+    m = math.sqrt(2.0 / b) * torch.cos((2 * a + 1) * u * math.pi / (2 * b))
+    m[0] /= math.sqrt(2.0)
+    return m.to(dtype)
+
+
+@lru_cache(maxsize=8)
+def _block_dct_operator(b: int) -> torch.Tensor:
+    a = dct_matrix(b)
+    # coefficient (u, v) of block X is sum_{a,b} A[u,a] X[a,b] A[v,b]: the Kronecker product of A with itself
+    return torch.kron(a, a).T.contiguous()
+
+
+def _operator(cache_fn, b: int, like: torch.Tensor) -> torch.Tensor:
+    dtype = like.dtype if like.dtype in (torch.float64, torch.float32) else torch.float32
+    return cache_fn(b).to(device=like.device, dtype=dtype)
+
+
+def block_dct(x: torch.Tensor, b: int = 8) -> torch.Tensor:
+    """Orthonormal 2-D DCT-II of every b x b block: (N, C, H, W) -> (N, C, K, b*b), coefficient u*b+v.
+
+    The DC coefficient is ``b * mean(block)``.
+    """
+    return to_blocks(x, b) @ _operator(_block_dct_operator, b, x)
+
+
+def block_rdft(x: torch.Tensor, b: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Onesided 2-D DFT of every b x b block, divided by b*b.
+
+    Returns (real, imag), each (N, C, K, b * (b//2+1)) with coefficient index u*(b//2+1)+v, i.e.
+    ``torch.fft.rfft2(block) / b**2``. The DC term equals the block mean. A true FFT rather than a
+    matrix product: on flat blocks it returns exact zeros where a product leaves rounding noise, and
+    the phase of those coefficients (Watson-DFT) would otherwise be noise.
+    """
+    n, c = x.shape[:2]
+    spectrum = torch.fft.rfft2(to_blocks(x, b).reshape(n, c, -1, b, b)) / (b * b)
+    spectrum = spectrum.reshape(n, c, spectrum.shape[2], -1)
+    return spectrum.real, spectrum.imag
+
+
+def random_shift(
+    input: torch.Tensor, target: torch.Tensor, max_shift: int = 8, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Translate both images by the same random offset, replicating the edges.
+
+    Both are replicate-padded by ``max_shift // 2`` pixels and cropped back to H x W at an offset
+    drawn uniformly from {0, ..., max_shift - 1} per axis, i.e. a shift of -4..+3 px for 8x8 blocks.
+    One offset serves the whole batch (the behaviour of the original), so the block grid moves
+    relative to the image content from call to call.
+    """
+    pad = max_shift // 2
+    n, c, h, w = input.shape
+    offsets = torch.randint(0, max_shift, (2,), generator=generator).tolist()
+    both = F.pad(torch.cat([input, target]), (pad, pad, pad, pad), mode="replicate")
+    both = both[:, :, offsets[0] : offsets[0] + h, offsets[1] : offsets[1] + w]
+    return both[:n], both[n:]
