@@ -1,0 +1,89 @@
+# percept: every command a user needs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.percept-installed
+# offline asset folder: PERCEPT_ASSETS if set, else ../shared/assets when present, else the user cache
+PERCEPT_ASSETS ?= $(shell [ -d ../shared/assets ] && cd ../shared/assets && pwd)
+export PERCEPT_ASSETS
+ifeq ($(PERCEPT_ASSETS),)
+unexport PERCEPT_ASSETS
+endif
+QUICK ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test lint bench data data-mnist data-celeba data-bapps assets figures \
+        reproduce-all reproduce-runtime reproduce-convergence reproduce-vae-mnist reproduce-vae-celeba \
+        reproduce-2afc reproduce-adversarial clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-24s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install everything (fast when already done)
+
+assets: setup  ## download every weight file into ~/.cache/percept (needs internet)
+	$(PY) -m percept.assets fetch
+
+test: setup  ## lint, then the whole test suite (uses PERCEPT_ASSETS, else fetches the assets)
+	$(VENV)/bin/ruff check .
+	@if [ -z "$$PERCEPT_ASSETS" ]; then $(PY) -m percept.assets fetch --skip-missing; fi
+	$(VENV)/bin/pytest -q
+
+lint: setup  ## ruff
+	$(VENV)/bin/ruff check .
+
+bench: setup  ## speed of every metric beside L2 and the peer packages, as ratios
+	$(PY) -m percept.bench $(if $(QUICK),--quick,)
+
+data: data-mnist data-celeba data-bapps  ## download every dataset (MNIST, CelebA, BAPPS: about 8 GB)
+
+data-mnist: setup
+	$(PY) data/download_mnist.py
+
+data-celeba: setup
+	$(PY) data/download_celeba.py
+
+data-bapps: setup  ## BAPPS 2AFC + JND (6.6 GB, resumable)
+	$(PY) data/download_bapps.py
+
+figures: setup  ## execute every notebook (they read results/ only)
+	$(PY) -m percept.notebooks notebooks/*.ipynb experiments/*/analysis.ipynb
+
+reproduce-runtime: setup  ## runtime and memory of every loss (about 15 min on 2 CPU cores; FULL=1 for the paper's protocol)
+	$(PY) experiments/runtime/run.py $(if $(FULL),--full,) $(if $(QUICK),--quick,)
+	$(PY) -m percept.notebooks experiments/runtime/analysis.ipynb
+	$(PY) experiments/runtime/run.py --summary
+
+reproduce-convergence: setup  ## convergence speed of each loss
+	@$(MAKE) --no-print-directory _run EXP=convergence
+
+reproduce-vae-mnist: setup  ## MNIST VAEs with the paper's set of losses
+	@$(MAKE) --no-print-directory _run EXP=vae_mnist
+
+reproduce-vae-celeba: setup  ## CelebA VAEs with the paper's set of losses
+	@$(MAKE) --no-print-directory _run EXP=vae_celeba
+
+reproduce-2afc: setup  ## BAPPS 2AFC / JND agreement of every metric
+	@$(MAKE) --no-print-directory _run EXP=2afc
+
+reproduce-adversarial: setup  ## adversarial robustness of every metric
+	@$(MAKE) --no-print-directory _run EXP=adversarial_robustness
+
+reproduce-all: reproduce-runtime reproduce-convergence reproduce-vae-mnist reproduce-vae-celeba reproduce-2afc reproduce-adversarial  ## every experiment
+
+_run:
+	@if [ ! -f experiments/$(EXP)/run.py ]; then \
+		echo "experiments/$(EXP): not implemented yet"; exit 2; fi
+	$(PY) experiments/$(EXP)/run.py $(if $(QUICK),--quick,)
+	@if [ -f experiments/$(EXP)/analysis.ipynb ]; then $(PY) -m percept.notebooks experiments/$(EXP)/analysis.ipynb; fi
+
+clean:  ## remove the virtual environment and caches (not downloaded data)
+	rm -rf $(VENV) .pytest_cache .ruff_cache lib/*.egg-info
