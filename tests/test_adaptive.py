@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from percept import get_metric
 from percept.metrics import adaptive as A
 
