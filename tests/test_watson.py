@@ -38,9 +38,11 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize("name,space", CASES)
-def test_provider_matches_original_per_pair(golden, name, space):
+@pytest.mark.parametrize("autograd_path", [False, True], ids=["fused", "autograd"])
+def test_provider_matches_original_per_pair(golden, name, space, autograd_path):
     ref = golden["czolbe"][f"{name}/{space}"]
     x, y = _pair(golden, space)
+    y = y.clone().requires_grad_(autograd_path)
     loss = LossProvider().get_loss_function(name, space, reduction="none", deterministic=True)
     d = loss(x, y)
     assert d.shape == (8,)
@@ -74,10 +76,13 @@ def test_provider_sum_matches_original(golden, name, space):
 
 
 @pytest.mark.parametrize("name,space", CASES)
-def test_provider_gradients_match_original(golden, name, space):
+@pytest.mark.parametrize("autograd_path", [False, True], ids=["fused", "autograd"])
+def test_provider_gradients_match_original(golden, name, space, autograd_path):
+    """Both implementations: the fused one (frozen metric) and plain autograd (target needs a gradient)."""
     ref = golden["czolbe"][f"{name}/{space}"]["grad_of_sum"]
     x, y = _pair(golden, space)
     x = x.clone().requires_grad_(True)
+    y = y.clone().requires_grad_(autograd_path)
     loss = LossProvider().get_loss_function(name, space, reduction="sum", deterministic=True)
     loss(x, y).backward()
     noisy = NOISY_GRADIENTS.get((name, space), set())
@@ -309,3 +314,16 @@ def test_provider_names_and_errors():
         provider.get_loss_function("Watson-fft", reduction="mean")
     with pytest.raises(ValueError, match="colorspace"):
         provider.get_loss_function("Watson-fft", "CMYK")
+
+
+def test_trainable_metric_has_parameter_gradients_and_matches_when_dropout_is_off(golden):
+    x, y = golden["rgb_input"][:3], golden["rgb_target"][:3]
+    tuned = WatsonDCT(colorspace="rgb", reduction="sum", trainable=True)
+    tuned(x, y).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in tuned.parameters())
+    tuned.eval()  # dropout off: the same function as the frozen metric
+    frozen = WatsonDCT(colorspace="rgb", reduction="sum")
+    assert torch.allclose(tuned(x, y), frozen(x, y), rtol=1e-6)
+    # Watson-DFT tunes the phase weights of the real coefficients too (the original's behaviour)
+    dft = WatsonDFT(colorspace="rgb", reduction="sum", trainable=True).eval()
+    assert dft(x, y) > WatsonDFT(colorspace="rgb", reduction="sum")(x, y)

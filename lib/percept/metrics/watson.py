@@ -201,13 +201,15 @@ class _Watson(nn.Module):
         """(N,) distances without input checks or reduction."""
         if not self.deterministic:
             input, target = random_shift(input, target, BLOCK, generator=self.generator)
-        both = torch.cat([target, input])
-        if both.dtype in (torch.float16, torch.bfloat16):
-            both = both.float()  # eps = 1e-10 and the powers need float32; see the README on autocast
-        with torch.autocast(both.device.type, enabled=False):
+        self._target_grad = target.requires_grad and torch.is_grad_enabled()
+        if input.dtype in (torch.float16, torch.bfloat16):
+            input, target = input.float(), target.float()  # eps = 1e-10 and the powers need float32
+        with torch.autocast(input.device.type, enabled=False):
+            with self._target_side(self._target_grad):
+                target = rgb_to_ycbcr(target) if self.channels == 3 else target
             if self.channels == 3:
-                both = rgb_to_ycbcr(both)
-            per_channel = self._distance(both, input.shape[0])  # (N, C)
+                input = rgb_to_ycbcr(input)
+            per_channel = self._distance(input, target)  # (N, C)
             if self.channels == 1:
                 return per_channel[:, 0]
             return per_channel @ torch.softmax(self.channel_logits, 0).to(per_channel.dtype)
@@ -225,22 +227,30 @@ class _Watson(nn.Module):
         ratio = (dc + EPS) / (mean + EPS)
         return ratio.pow(self.alpha.view(1, -1, 1)).unsqueeze(-1)
 
-    def _pool(self, c0_abs: torch.Tensor, diff: torch.Tensor, lum: torch.Tensor) -> torch.Tensor:
-        """Contrast masking and Minkowski pooling; all tensors (N, C, K, F). Returns (N, C)."""
+    def _threshold(self, c0_abs: torch.Tensor, lum: torch.Tensor) -> torch.Tensor:
+        """Contrast-masked threshold S = smax(T, M) from the target's |coefficients| (N, C, K, F)."""
         t = torch.exp(self.t_tild).unsqueeze(1)  # (C, 1, F)
         w = torch.sigmoid(self.w_tild).view(-1, 1, 1)
-        beta = self.beta.view(-1, 1, 1)
         thresh = t * lum  # T
         mask = (c0_abs + EPS).pow(w) * thresh.pow(1 - w)  # M
-        s = smooth_max(thresh, mask)
-        terms = (diff / s + EPS).pow(beta)
-        if self.training:
-            terms = self.dropout(terms)
-        n_terms = terms.shape[-1] * terms.shape[-2]
-        total = terms.sum(dim=(-1, -2)) + n_terms * EPS
-        return total.pow(1 / self.beta)
+        return smooth_max(thresh, mask)
 
-    def _distance(self, both: torch.Tensor, n: int) -> torch.Tensor:
+    def _pool(self, v0: torch.Tensor, v1: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Minkowski pooling of |v0 - v1| / s over blocks and frequencies: (N, C, K, F) -> (N, C)."""
+        if self.trainable or s.requires_grad or v0.requires_grad:
+            terms = ((v0 - v1).abs() / s + EPS).pow(self.beta.view(-1, 1, 1))
+            if self.training:
+                terms = self.dropout(terms)
+            total = terms.sum(dim=(-1, -2)) + terms.shape[-1] * terms.shape[-2] * EPS
+            return total.pow(1 / self.beta)
+        return _MinkowskiPool.apply(v1, v0, s, self.beta.detach())
+
+    def _target_side(self, target_requires_grad: bool):
+        """No graph for target-only quantities when nothing upstream of them needs a gradient."""
+        return torch.enable_grad() if (self.trainable or target_requires_grad) else torch.no_grad()
+
+    def _distance(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(N, C) distances of single-channel planes (Y, Cb, Cr or grey)."""
         raise NotImplementedError
 
 
@@ -268,11 +278,12 @@ class WatsonDCT(_Watson):
 
         return {"dct.A": dct_matrix(BLOCK, torch.float32)}
 
-    def _distance(self, both: torch.Tensor, n: int) -> torch.Tensor:
-        coeffs = block_dct(both)  # (2N, C, K, 64)
-        c0, c1 = coeffs[:n], coeffs[n:]
-        lum = self._luminance_masked(c0[..., 0], BLOCK * self.luminance_floor)
-        return self._pool(c0.abs(), (c0 - c1).abs(), lum)
+    def _distance(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with self._target_side(self._target_grad):
+            c0 = block_dct(target)  # (N, C, K, 64)
+            lum = self._luminance_masked(c0[..., 0], BLOCK * self.luminance_floor)
+            s = self._threshold(c0.abs(), lum)
+        return self._pool(c0, block_dct(input), s)
 
 
 class WatsonDFT(_Watson):
@@ -300,22 +311,102 @@ class WatsonDFT(_Watson):
             real_only[u, v] = 0
         self.register_buffer("_complex_mask", real_only.reshape(-1), persistent=False)
 
-    def _distance(self, both: torch.Tensor, n: int) -> torch.Tensor:
-        re, im = block_rdft(both)  # (2N, C, K, 40) each
-        amp = torch.sqrt((re + EPS) ** 2 + (im + EPS) ** 2)
-        a0, a1 = amp[:n], amp[n:]
-        lum = self._luminance_masked(a0[..., 0], self.luminance_floor)
-        d_amp = self._pool(a0, (a0 - a1).abs(), lum)
+    def _phase_weights(self) -> torch.Tensor:
+        w_phase = torch.exp(self.w_phase_tild)
+        return w_phase if self.trainable else w_phase * self._complex_mask
 
+    def _distance(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with self._target_side(self._target_grad):
+            re0, im0 = block_rdft(target)  # (N, C, K, 40) each
+            a0 = torch.sqrt((re0 + EPS) ** 2 + (im0 + EPS) ** 2)
+            lum = self._luminance_masked(a0[..., 0], self.luminance_floor)
+            s = self._threshold(a0, lum)
+        re1, im1 = block_rdft(input)
+        if not (self.trainable or self._target_grad):
+            return _DFTDistance.apply(re1, im1, re0, im0, a0, s, self.beta.detach(), self._phase_weights())
+
+        # the original formula through autograd: needed for gradients w.r.t. parameters or target
+        a1 = torch.sqrt((re1 + EPS) ** 2 + (im1 + EPS) ** 2)
+        d_amp = self._pool(a0, a1, s)
         # phase difference as the angle between the two coefficients, in [0, pi]; the factor just below
         # one keeps the arccos gradient finite when the phases agree
-        phase = torch.atan2(im, re + EPS)
-        delta = torch.arccos(torch.cos(phase[:n] - phase[n:]) * PHASE_CLAMP)
-        w_phase = torch.exp(self.w_phase_tild)
-        if not self.trainable:
-            w_phase = w_phase * self._complex_mask
+        delta = torch.arccos(torch.cos(torch.atan2(im0, re0 + EPS) - torch.atan2(im1, re1 + EPS)) * PHASE_CLAMP)
         if self.training:
             delta = self.dropout(delta)
-        d_phase = (delta * w_phase.unsqueeze(1)).sum(dim=(-1, -2))
+        d_phase = (delta * self._phase_weights().unsqueeze(1)).sum(dim=(-1, -2))
         return d_amp + d_phase
 
+
+class _MinkowskiPool(torch.autograd.Function):
+    """(sum_{k,f} [(|v1 - v0| / s + eps) ** beta + eps]) ** (1 / beta) per (image, channel).
+
+    Differentiable in ``v1`` only (``v0``, ``s`` and ``beta`` are constants: a frozen metric and a
+    target that needs no gradient). The forward pass also computes the elementwise derivative, so
+    the backward pass is one multiplication instead of autograd's chain through abs, div and pow.
+    """
+
+    @staticmethod
+    def forward(ctx, v1, v0, s, beta):
+        diff = v1 - v0
+        ratio = diff.abs().div_(s).add_(EPS)
+        terms = ratio.pow(beta.view(-1, 1, 1))
+        total = terms.sum(dim=(-1, -2)) + terms.shape[-1] * terms.shape[-2] * EPS
+        dist = total.pow(1 / beta)
+        if ctx.needs_input_grad[0]:
+            # d dist / d v1 = total ** (1/beta - 1) * ratio ** (beta - 1) / s * sign(v1 - v0)
+            elementwise = terms.div_(ratio).div_(s).mul_(diff.sign_())
+            ctx.save_for_backward(elementwise, dist / total)
+        return dist
+
+    @staticmethod
+    def backward(ctx, grad_dist):
+        elementwise, scale = ctx.saved_tensors
+        return elementwise * (grad_dist * scale)[..., None, None], None, None, None
+
+
+class _DFTDistance(torch.autograd.Function):
+    """Watson-DFT amplitude + phase distance per (image, channel) for a frozen metric.
+
+    Differentiable in the input's coefficients (``re1``, ``im1``) only. The phase difference is
+    computed from cross and dot products of the two coefficients rather than as the difference of
+    two atan2 angles: the same angle (exactly zero for identical coefficients, as in the original),
+    at a fraction of the cost. Both gradients are formed in the forward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, re1, im1, re0, im0, a0, s, beta, w_phase):
+        # amplitude term: Minkowski pooling of |a0 - a1| / s, with a = |(re + eps, im + eps)|
+        re1e, im1e = re1 + EPS, im1 + EPS
+        a1 = torch.sqrt(re1e * re1e + im1e * im1e)
+        diff = a1 - a0
+        ratio = diff.abs().div_(s).add_(EPS)
+        terms = ratio.pow(beta.view(-1, 1, 1))
+        total = terms.sum(dim=(-1, -2)) + terms.shape[-1] * terms.shape[-2] * EPS
+        d_amp = total.pow(1 / beta)
+
+        # phase term: the angle between z0 = (re0 + eps, im0) and z1 = (re1 + eps, im1)
+        re0e = re0 + EPS
+        dot = re0e * re1e + im0 * im1
+        cross = im0 * re1e - re0e * im1
+        # cos of the angle; exactly 1 for identical coefficients (cross == 0), as atan2 differences give
+        kc = torch.nan_to_num(dot.sign() * torch.rsqrt(1 + (cross / dot) ** 2), nan=1.0).mul_(PHASE_CLAMP)
+        d_phase = (torch.arccos(kc) * w_phase.unsqueeze(1)).sum(dim=(-1, -2))
+
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            # amplitude: d d_amp / d a1 = total ** (1/beta - 1) * ratio ** (beta - 1) / s * sign(a1 - a0),
+            # and d a1 / d re1 = (re1 + eps) / a1, d a1 / d im1 = (im1 + eps) / a1
+            g_amp = terms.div_(ratio).div_(s).mul_(diff.sign_()).div_(a1).mul_((d_amp / total)[..., None, None])
+            # phase: d delta / d re1 = g * im1 and d delta / d im1 = -g * (re1 + eps) with
+            # g = k sin(phi0 - phi1) / (|z1|^2 sqrt(1 - (k cos)^2)), sin(phi0 - phi1) = cross / (|z0| |z1|)
+            rho0 = torch.sqrt(re0e * re0e + im0 * im0)
+            rho1_sq = re1e * re1e + im1 * im1
+            g_phase = cross.mul_(PHASE_CLAMP * w_phase.unsqueeze(1))
+            g_phase = g_phase.div_(rho0 * rho1_sq * torch.sqrt(rho1_sq) * torch.sqrt(1 - kc * kc))
+            ctx.save_for_backward(g_amp * re1e + g_phase * im1, g_amp * im1e - g_phase * re1e)
+        return d_amp + d_phase
+
+    @staticmethod
+    def backward(ctx, grad_dist):
+        grad_re, grad_im = ctx.saved_tensors
+        scale = grad_dist[..., None, None]
+        return grad_re * scale, grad_im * scale, None, None, None, None, None, None
