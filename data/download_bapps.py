@@ -51,9 +51,12 @@ def download(url: str, dest: Path) -> None:
     with response:
         resumed = response.status == 206
         total = int(response.headers.get("Content-Length") or 0) + (start if resumed else 0)
-        with open(partial, "ab" if resumed else "wb") as out, tqdm(
-            total=total or None, initial=start if resumed else 0, unit="B", unit_scale=True, desc=dest.name
-        ) as bar:
+        with (
+            open(partial, "ab" if resumed else "wb") as out,
+            tqdm(
+                total=total or None, initial=start if resumed else 0, unit="B", unit_scale=True, desc=dest.name
+            ) as bar,
+        ):
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 out.write(chunk)
                 bar.update(len(chunk))
