@@ -1,0 +1,448 @@
+"""Agreement with human judgements on BAPPS: 2AFC score and JND mAP of every metric, and 2AFC tuning.
+
+Evaluation (the paper's comparison, czolbe.md §10 and the LPIPS benchmark, lpips_elpips.md part C)::
+
+    make data-bapps                                   # once: 6.6 GB into data/bapps (resumable)
+    python experiments/2afc/run.py                    # every registry metric, rgb and grey -> results/2afc/
+    python experiments/2afc/run.py --metrics watson-dft l2 --colorspaces rgb --subsets traditional cnn
+    python experiments/2afc/run.py --metrics watson-dft watson-dct --batch-luminance   # the original's masking
+    python experiments/2afc/run.py --quick            # ~1 min on 2 CPU cores; SYNTHETIC data if BAPPS is absent
+
+Tuning (Watson-DCT/DFT, Adaptive and LPIPS/Deeploss linear layers on 2AFC train; czolbe.md §10.3)::
+
+    python experiments/2afc/run.py --train --metrics watson-dft --colorspaces rgb grey
+    python experiments/2afc/run.py --train --resume   # continue every run from its last epoch
+    python experiments/2afc/run.py --weights results/2afc/tuned/weights    # score with the tuned weights
+
+Expected runtime (estimates from per-triplet costs measured on 2 shared CPU cores; see README.md): the
+full validation data are 36.4k triplets + 9.6k JND pairs. Every metric without the VGG-16 ones, rgb and
+grey: ~3-4 h on 2 CPU cores; the VGG-16 metrics (lpips-vgg, deeploss-vgg, dps-vgg, watson-vgg, elpips-vgg)
+add about a day on CPU, so run them on a GPU, where reading the PNGs dominates (~5 ms per triplet per
+worker: ``--workers 8`` gives ~10-20 min for everything). Tuning reads the 151k training triplets once per
+epoch: on a GPU with ``--workers 8`` roughly 1-3 min per epoch, i.e. ~1 h for a Watson run (20 epochs),
+~30 min for an LPIPS/Deeploss run (10 epochs); CPU-only tuning takes days. ``--quick``: ~30 s on 2 CPU cores.
+
+Outputs in ``--out`` (default ``results/2afc/``): ``scores.csv`` (metric, colorspace, subset, score in
+[0, 1]; metric "human" is the ceiling p^2 + (1 - p)^2), ``jnd.csv`` (metric, colorspace, subset, map),
+``run.json`` (data, options, machine info, metrics skipped and why). Later runs into the same folder
+replace their own rows and keep the others. Metric labels carry ``+tuned`` (``--weights``) and
+``+batchlum`` (``--batch-luminance``). Training writes ``tuned/weights/<original file name>`` (loadable by
+the original LossProvider and by ``--weights``), ``tuned/<metric>_<colorspace>/{history.csv,
+checkpoints/last.pt}``.
+
+Harness semantics (see :mod:`percept.evaluate`): ``metric(input=p0|p1, target=ref)``, per-image output,
+deterministic; grey = BT.601 luma; similarities (PSNR) negated; patches resized to 64x64 with PIL bilinear
+(antialiased, as the LPIPS loader; ``--resize bilinear-noaa`` for the E-LPIPS loader); the original
+Watson harness's ``(x + 1) / 2`` on [0, 1] data is not applied.
+
+Without BAPPS, ``--quick`` builds a SYNTHETIC folder in the BAPPS layout (asset photographs, synthetic
+distortions, simulated judges) in a temporary folder and writes there; its scores say nothing about
+human agreement, and ``run.json`` says ``"synthetic": true``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from percept import registry
+from percept.data import DatasetError, bapps
+from percept.evaluate import (
+    TuneConfig,
+    build_metric,
+    evaluate_bapps,
+    merge_rows,
+    metric_family,
+    tune_2afc,
+    tuned_weight_file,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_OUT = ROOT / "results" / "2afc"
+log = logging.getLogger("2afc")
+
+QUICK_METRICS = ["l2", "psnr", "ssim", "watson-dct", "watson-dft", "adaptive", "lpips-squeeze"]
+QUICK_TRAIN_METRICS = ["watson-dft", "lpips-squeeze"]
+TRAIN_METRICS = [
+    "watson-dct",
+    "watson-dft",
+    "adaptive",
+    "deeploss-vgg",
+    "deeploss-squeeze",
+    "lpips-alex",
+    "lpips-vgg",
+    "lpips-squeeze",
+]
+QUICK_LIMIT = 24
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data", type=Path, default=None, help=f"BAPPS root with 2afc/ and jnd/ (default {bapps.default_root()})"
+    )
+    p.add_argument("--subsets", nargs="+", default=list(bapps.SUBSETS_2AFC["val"]), help="2AFC val subsets")
+    p.add_argument(
+        "--jnd-subsets", nargs="*", default=list(bapps.SUBSETS_JND["val"]), help="JND val subsets (none: skip)"
+    )
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        help="registry names (default: every registry metric; with --train the tunable ones)",
+    )
+    p.add_argument("--colorspaces", nargs="+", default=["rgb", "grey"], choices=["rgb", "grey"])
+    p.add_argument("--batch-size", type=int, default=None, help="evaluation 128 (the original's), training 50")
+    p.add_argument("--out", type=Path, default=None, help=f"output folder (default {DEFAULT_OUT.relative_to(ROOT)})")
+    p.add_argument(
+        "--quick", action="store_true", help="a ~1 minute run on a few triplets (synthetic data without BAPPS)"
+    )
+    p.add_argument("--limit", type=int, default=None, help="use the first N entries of each subset")
+    p.add_argument(
+        "--resize",
+        default="pil-bilinear",
+        choices=bapps.RESIZE_MODES,
+        help="pil-bilinear: antialiased, as the LPIPS loader; bilinear-noaa: as the E-LPIPS loader",
+    )
+    p.add_argument(
+        "--batch-luminance",
+        action="store_true",
+        help="Watson: the original's luminance masking pooled over the batch (use --batch-size 128)",
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="folder of tuned weights (original file names, e.g. from --train): replace the shipped ones",
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--workers", type=int, default=None, help="DataLoader workers decoding PNGs (default: min(4, CPUs/2))"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    t = p.add_argument_group("tuning (--train)")
+    t.add_argument("--train", action="store_true", help="tune on 2AFC train, then score the tuned metrics on val")
+    t.add_argument("--train-subsets", nargs="+", default=list(bapps.SUBSETS_2AFC["train"]))
+    t.add_argument(
+        "--lr", type=float, default=None, help="default per family: Watson/Adaptive 2e-4, LPIPS/Deeploss 1e-4"
+    )
+    t.add_argument("--nepoch", type=int, default=None, help="epochs at constant lr (Watson 10, LPIPS/Deeploss 5)")
+    t.add_argument(
+        "--nepoch-decay", type=int, default=None, help="epochs of linear decay (Watson 10, LPIPS/Deeploss 5)"
+    )
+    t.add_argument(
+        "--order",
+        default="original",
+        choices=["original", "eval"],
+        help="original: metric(input=ref, target=p) as the reference trained (czolbe.md P4)",
+    )
+    t.add_argument("--backbone-weights", default="imagenet", help="deep metrics' trunk while tuning")
+    t.add_argument(
+        "--lin-init",
+        default="default",
+        choices=["default", "ones"],
+        help="initial linear weights: PyTorch's conv init as the reference, or ones",
+    )
+    t.add_argument("--resume", action="store_true", help="continue each tuning run from its last checkpoint")
+    t.add_argument("--no-eval", action="store_true", help="tune only; do not score the tuned metrics")
+    t.add_argument("--max-batches", type=int, default=None, help="stop each epoch after N batches")
+    return p
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _has_bapps(root: Path, train: bool) -> bool:
+    root = bapps.resolve_root(root)
+    return (root / "2afc" / ("train" if train else "val")).is_dir()
+
+
+def _data_root(args) -> tuple[Path, bool, Path | None]:
+    """(root, synthetic, temporary folder to report): real BAPPS, or with --quick a synthetic folder."""
+    root = args.data if args.data is not None else bapps.default_root()
+    if _has_bapps(root, args.train):
+        return bapps.resolve_root(root), bapps.is_synthetic(root), None
+    if not args.quick:
+        raise DatasetError(f"no BAPPS 2AFC data under {root}; {bapps.FETCH_HINT} (or try --quick: synthetic data)")
+    tmp = Path(tempfile.mkdtemp(prefix="percept-2afc-synthetic-"))
+    n = QUICK_LIMIT
+    bapps.make_synthetic_bapps(tmp / "bapps", n_val=n, n_train=n, n_jnd=n, seed=args.seed)
+    return tmp / "bapps", True, tmp
+
+
+def _check_out(out: Path, synthetic: bool) -> None:
+    """Never mix synthetic and BAPPS scores in one folder."""
+    info = out / "run.json"
+    if info.is_file():
+        try:
+            previous = json.loads(info.read_text()).get("synthetic")
+        except (ValueError, AttributeError):
+            previous = None
+        if previous is not None and bool(previous) != synthetic:
+            kind = "SYNTHETIC" if previous else "BAPPS"
+            raise SystemExit(f"error: {out} holds {kind} scores; write these to another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / bapps.SYNTHETIC_MARKER
+    if synthetic:
+        bapps.mark_synthetic(out, "experiments/2afc/run.py on a synthetic BAPPS-layout folder")
+    elif marker.exists():
+        marker.unlink()
+
+
+def _label(name: str, tuned: bool, batchlum: bool) -> str:
+    return name + ("+tuned" if tuned else "") + ("+batchlum" if batchlum and metric_family(name) == "watson" else "")
+
+
+def _build_all(args, device, names: list[str], weights_dir: Path | None) -> tuple[dict, dict, dict]:
+    """{(label, colorspace): harness}, {label/colorspace: details}, {label/colorspace: reason skipped}."""
+    metrics, details, skipped = {}, {}, {}
+    for name in names:
+        for cs in args.colorspaces:
+            weights = None
+            if weights_dir is not None:
+                try:
+                    candidate = weights_dir / tuned_weight_file(name, cs)
+                except ValueError as err:
+                    skipped[f"{name}/{cs}"] = str(err)
+                    continue
+                if not candidate.is_file():
+                    skipped[f"{name}/{cs}"] = f"no tuned weights {candidate}"
+                    continue
+                weights = candidate
+            label = _label(name, weights is not None, args.batch_luminance)
+            try:
+                metrics[(label, cs)] = build_metric(
+                    name, cs, weights=weights, batch_luminance=args.batch_luminance, device=device
+                )
+            except Exception as err:  # a metric that cannot run here (missing weights, too small for 64x64, ...)
+                skipped[f"{label}/{cs}"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+                continue
+            details[f"{label}/{cs}"] = {
+                "metric": name,
+                "colorspace": cs,
+                "weights": str(weights) if weights is not None else "shipped",
+                "batch_luminance": bool(args.batch_luminance and metric_family(name) == "watson"),
+            }
+    return metrics, details, skipped
+
+
+def _write_run_json(out: Path, payload: dict) -> None:
+    """Write ``run.json`` for this run; earlier runs into the same folder (whose rows the CSVs keep) are
+    listed under ``previous_runs`` without their score lists."""
+    from percept.train import write_json
+
+    path = out / "run.json"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+        previous = old.pop("previous_runs", [])
+        for key in ("evaluation",):
+            if isinstance(old.get(key), dict):
+                old[key] = {k: v for k, v in old[key].items() if k not in ("scores", "jnd")}
+        payload["previous_runs"] = (previous + [old])[-20:] if old else previous
+    write_json(path, payload)
+
+
+def evaluate(args, root: Path, synthetic: bool, out: Path, device, names: list[str], weights_dir=None) -> dict:
+    t0 = time.time()
+    metrics, details, skipped = _build_all(args, device, names, weights_dir)
+    for key, why in skipped.items():
+        log.warning("skipped %s: %s", key, why)
+    if not metrics:
+        raise SystemExit("error: no metric could be built here (see the warnings above)")
+    torch.manual_seed(args.seed)
+    jnd_subsets = args.jnd_subsets if (bapps.resolve_root(root) / "jnd").is_dir() else []
+    if args.jnd_subsets and not jnd_subsets:
+        log.warning("no JND data under %s: jnd.csv is not written", root)
+    result = evaluate_bapps(
+        metrics,
+        root,
+        subsets=args.subsets,
+        jnd_subsets=jnd_subsets,
+        batch_size=args.batch_size or 128,
+        workers=args.workers,
+        resize=args.resize,
+        limit=args.limit,
+        device=device,
+        progress=not args.no_progress,
+    )
+    merge_rows(
+        out / "scores.csv",
+        result.scores,
+        ("metric", "colorspace", "subset", "score"),
+        ("metric", "colorspace", "subset"),
+    )
+    if result.jnd:
+        merge_rows(
+            out / "jnd.csv", result.jnd, ("metric", "colorspace", "subset", "map"), ("metric", "colorspace", "subset")
+        )
+    return {
+        "metrics": details,
+        "skipped": skipped,
+        "counts": result.counts,
+        "seconds": round(time.time() - t0, 1),
+        "scores": result.scores,
+        "jnd": result.jnd,
+    }
+
+
+def train(args, root: Path, out: Path, device, names: list[str]) -> tuple[dict, dict]:
+    tuned_root = out / "tuned"
+    weights_dir = tuned_root / "weights"
+    runs, skipped = {}, {}
+    for name in names:
+        if metric_family(name) is None:
+            skipped[name] = "nothing to tune"
+            continue
+        for cs in args.colorspaces:
+            config = TuneConfig(
+                name,
+                cs,
+                lr=args.lr,
+                nepoch=args.nepoch,
+                nepoch_decay=args.nepoch_decay,
+                batch_size=args.batch_size or 50,
+                order=args.order,
+                batch_luminance=args.batch_luminance,
+                backbone_weights=args.backbone_weights,
+                lin_init=args.lin_init,
+                seed=args.seed,
+                train_subsets=tuple(args.train_subsets),
+                resize=args.resize,
+                limit=args.limit,
+            )
+            try:
+                result = tune_2afc(
+                    config,
+                    root,
+                    tuned_root / config.tag,
+                    resume=args.resume,
+                    device=device,
+                    workers=args.workers,
+                    progress=not args.no_progress,
+                    max_batches=args.max_batches,
+                )
+            except (DatasetError, SystemExit):
+                raise
+            except Exception as err:  # e.g. a trunk whose ImageNet weights are not on this machine
+                skipped[f"{name}/{cs}"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+                log.warning("could not tune %s/%s: %s", name, cs, skipped[f"{name}/{cs}"])
+                continue
+            weights_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(result["weights"], weights_dir / result["weights"].name)
+            last = result["history"][-1] if result["history"] else {}
+            runs[f"{name}/{cs}"] = {
+                "config": result["config"],
+                "weights": str(weights_dir / result["weights"].name),
+                "final_epoch": last,
+            }
+            log.info("tuned %s/%s: %s", name, cs, last)
+    return runs, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    if args.workers is None:
+        args.workers = min(4, (os.cpu_count() or 2) // 2)
+    if args.quick:
+        args.limit = args.limit or QUICK_LIMIT
+        args.workers = 0
+        if args.train:
+            args.nepoch = 1 if args.nepoch is None else args.nepoch
+            args.nepoch_decay = 1 if args.nepoch_decay is None else args.nepoch_decay
+            args.max_batches = args.max_batches or 2
+    from percept.train import machine_info, select_device
+
+    try:
+        names = [registry.canonical_name(n) for n in args.metrics] if args.metrics else None
+    except KeyError as err:
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        return 2
+    if names is None:
+        if args.train:
+            names = QUICK_TRAIN_METRICS if args.quick else TRAIN_METRICS
+        elif args.weights is not None:
+            names = [n for n in registry.list_metrics() if metric_family(n) is not None]
+        else:
+            names = QUICK_METRICS if args.quick else list(registry.list_metrics())
+    if args.batch_luminance and (args.batch_size or 128) != 128 and not args.train:
+        log.warning("--batch-luminance with --batch-size %s: the original evaluated in batches of 128", args.batch_size)
+
+    try:
+        root, synthetic, tmp = _data_root(args)
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if synthetic:
+        print(
+            "=" * 100 + "\nSYNTHETIC DATA: not BAPPS. Patches, distortions and judge values were generated by software "
+            f"({root});\nthe scores below exercise the code and say nothing about agreement with humans.\n" + "=" * 100
+        )
+    out = args.out or ((tmp / "results") if tmp is not None else (DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT))
+    _check_out(out, synthetic)
+    device = select_device(args.device)
+    log.info("data %s%s, writing to %s, device %s", root, " (SYNTHETIC)" if synthetic else "", out, device)
+
+    payload = {
+        "experiment": "2afc",
+        "synthetic": synthetic,
+        "data": str(root),
+        "data_note": (
+            "SYNTHETIC BAPPS-layout folder (software-generated judges), NOT human judgements"
+            if synthetic
+            else "BAPPS (Zhang et al. 2018), official folder layout"
+        ),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "harness": {
+            "call": "metric(input=p0|p1, target=ref) for 2AFC, metric(input=p1, target=p0) for JND; reduction 'none'",
+            "grey": "BT.601 luma 0.299 R + 0.587 G + 0.114 B (percept.color.rgb_to_grey)",
+            "resize": args.resize,
+            "watson_luminance": "batch-pooled (original)" if args.batch_luminance else "per image (percept)",
+            "watson_input_mapping": "none: patches in [0, 1]; the original harness's (x + 1) / 2 is not applied",
+            "similarities": "metrics with higher_is_better (psnr) are negated",
+        },
+        "machine": machine_info(device),
+    }
+    if args.train:
+        runs, skipped = train(args, root, out, device, names)
+        payload["tuning"] = {"runs": runs, "skipped": skipped, "weights": str(out / "tuned" / "weights")}
+        tuned = sorted({r["config"]["metric"] for r in runs.values()})
+        if tuned and not args.no_eval and _has_bapps(root, train=False):
+            payload["evaluation"] = evaluate(args, root, synthetic, out, device, tuned, out / "tuned" / "weights")
+    else:
+        payload["evaluation"] = evaluate(args, root, synthetic, out, device, names, args.weights)
+    _write_run_json(out, payload)
+    _print_summary(payload, out)
+    return 0
+
+
+def _print_summary(payload: dict, out: Path) -> None:
+    ev = payload.get("evaluation")
+    if ev:
+        rows = {}
+        for r in ev["scores"]:
+            rows.setdefault((r["metric"], r["colorspace"]), []).append(r["score"])
+        print(f"\n2AFC score (mean over {len(next(iter(rows.values())))} subsets, x100):")
+        for (m, cs), v in rows.items():
+            print(f"  {m:28s} {cs:5s} {100 * sum(v) / len(v):6.2f}")
+        if ev["skipped"]:
+            print(f"skipped {len(ev['skipped'])} metric/colour-space pairs (reasons in run.json)")
+    tag = " (SYNTHETIC DATA, not BAPPS)" if payload["synthetic"] else ""
+    print(f"wrote {out}{tag}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
