@@ -1,0 +1,680 @@
+"""The ``percept`` command (also ``python -m percept``): distances between image files.
+
+    percept dist REF IMG --metric watson-dft          print one distance
+    percept dirs REFDIR DIR -o out.csv                every file name present in both folders -> CSV
+    percept pairs DIR -o out.csv                      every pair of images in one folder -> CSV
+    percept compare REF A B --metric elpips-vgg       which of A and B is closer to REF (with an error bar)
+    percept list [--check]                            the metrics (and, with --check, which can be built here)
+    percept bench [--quick]                           the speed table (``python -m percept.bench``)
+
+The first image is always the reference (the metric's ``target``): asymmetric metrics such as Watson
+compute their masking from it. Images are read with :mod:`percept.io` (PNG/JPEG; alpha dropped unless
+``--alpha white|black``; grey files replicated to RGB, or colour turned into BT.601 grey with
+``--colorspace grey``) and are never resized unless ``--resize HxW`` is given.
+
+Exit status: 0 success, 1 runtime error (unreadable or corrupt file, size mismatch, missing weights, a
+metric that rejects the input; one line on stderr naming the file, ``--debug`` for the traceback),
+2 usage error (bad arguments, unknown metric or option), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import importlib
+import inspect
+import math
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+DEFAULT_METRIC = "watson-dft"
+#: shared samples for ``compare`` with a stochastic metric (E-LPIPS) unless --samples is given
+DEFAULT_STOCHASTIC_SAMPLES = 50
+
+
+class CLIError(Exception):
+    """A runtime error: reported as one line, exit status 1."""
+
+    exit_code = 1
+
+
+class UsageError(CLIError):
+    """Bad arguments found after parsing (unknown metric, bad option): exit status 2."""
+
+    exit_code = 2
+
+
+# --------------------------------------------------------------------------------------------------
+# argument parsing
+# --------------------------------------------------------------------------------------------------
+
+
+def _size(text: str) -> tuple[int, int]:
+    from percept.io import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _option(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"bad metric option {text!r}: use KEY=VALUE, e.g. version=0.0")
+    key, raw = text.split("=", 1)
+    key = key.strip().replace("-", "_")
+    if not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"bad metric option name {key!r}")
+    lowered = raw.strip().lower()
+    if lowered in ("true", "yes", "on"):
+        return key, True
+    if lowered in ("false", "no", "off"):
+        return key, False
+    if lowered == "none":
+        return key, None
+    try:
+        return key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return key, raw
+
+
+def _add_common(p: argparse.ArgumentParser, *, metric: bool = True) -> None:
+    if metric:
+        p.add_argument("-m", "--metric", default=DEFAULT_METRIC,
+                       help=f"metric name or alias (default {DEFAULT_METRIC}; see `percept list`)")
+        p.add_argument("-c", "--colorspace", default="rgb", choices=["rgb", "grey", "gray", "LA"],
+                       help="rgb (3 channels; grey files are replicated) or grey (1 channel, BT.601 luma; "
+                            "alias gray, LA). Default rgb")
+        p.add_argument("--resize", type=_size, default=None, metavar="HxW",
+                       help="resample every image to HxW (antialiased bicubic). Default: never resize; "
+                            "images of different sizes are an error")
+        p.add_argument("--alpha", choices=["drop", "white", "black"], default="drop",
+                       help="transparent images: drop the alpha channel (default, as the LPIPS/E-LPIPS scripts "
+                            "do) or composite over white/black")
+        p.add_argument("-O", "--option", dest="options", type=_option, action="append", default=[],
+                       metavar="KEY=VALUE",
+                       help="extra metric option, repeatable (e.g. -O version=0.0, -O deterministic=false)")
+        p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: cuda if available)")
+        p.add_argument("--seed", type=int, default=0, help="seed of stochastic metrics (default 0)")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from percept import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="percept",
+        description="Perceptual distances between image files (PNG/JPEG). The first image of each command is "
+                    "the reference.",
+        epilog="Exit status: 0 ok, 1 runtime error (unreadable file, size mismatch, missing weights), 2 usage error.",
+    )
+    parser.add_argument("--version", action="version", version=f"percept {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("dist", help="print the distance between two images",
+                       description="Print d(REF, IMG): the metric with IMG as input and REF as target (reference).")
+    p.add_argument("ref", type=Path, help="reference image")
+    p.add_argument("img", type=Path, help="image to compare with it")
+    _add_common(p)
+    p.set_defaults(func=cmd_dist)
+
+    p = sub.add_parser("dirs", help="distances between same-named files of two folders, as CSV",
+                       description="For every file name present in both folders: d(REFDIR/name, DIR/name). "
+                                   "Names present in only one folder are listed in a warning.")
+    p.add_argument("refdir", type=Path, help="folder of reference images")
+    p.add_argument("dir", type=Path, help="folder of images to compare, matched by file name")
+    _add_batch_options(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_dirs)
+
+    p = sub.add_parser("pairs", help="distances between all pairs of images in a folder, as CSV",
+                       description="For every unordered pair (file0 < file1 by name): d(file0, file1) with file0 "
+                                   "as the reference.")
+    p.add_argument("dir", type=Path, help="folder of images")
+    _add_batch_options(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_pairs)
+
+    p = sub.add_parser("compare", help="which of two images is closer to a reference",
+                       description="Print d(REF, A), d(REF, B) and which is closer. Stochastic metrics (E-LPIPS, or "
+                                   "-O deterministic=false) are averaged over --samples random transformations "
+                                   "shared by both distances, with a standard error.")
+    p.add_argument("ref", type=Path, help="reference image")
+    p.add_argument("a", type=Path, help="first candidate")
+    p.add_argument("b", type=Path, help="second candidate")
+    p.add_argument("--samples", type=int, default=None,
+                   help=f"shared samples for stochastic metrics (default {DEFAULT_STOCHASTIC_SAMPLES}; 1 for "
+                        "deterministic ones)")
+    _add_common(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("list", help="list the metrics", description="List metric names, descriptions and aliases.")
+    p.add_argument("--check", action="store_true",
+                   help="also build each metric here and say whether it works (weights present, module installed)")
+    _add_common(p, metric=False)
+    p.set_defaults(func=cmd_list)
+
+    # parsed by percept.bench itself (see main); registered here so that it shows in --help
+    sub.add_parser("bench", help="speed table of every metric (percept bench --help for its options)",
+                   add_help=False)
+    return parser
+
+
+def _add_batch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--out", type=Path, default=None, help="CSV file to write (default: standard output)")
+    p.add_argument("--batch-size", type=int, default=8, help="image pairs per metric call (default 8)")
+    p.add_argument("--skip-errors", action="store_true",
+                   help="skip unreadable files and failing pairs with a warning instead of stopping "
+                        "(exit status 1 if any were skipped)")
+
+
+# --------------------------------------------------------------------------------------------------
+# shared machinery
+# --------------------------------------------------------------------------------------------------
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(f"bad --device {name!r}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CLIError(f"--device {name}: MPS is not available on this machine (use --device cpu)")
+    return device
+
+
+def _canonical(name: str) -> str:
+    from percept.registry import canonical_name
+
+    try:
+        return canonical_name(name)
+    except KeyError as err:
+        raise UsageError(err.args[0]) from None
+
+
+def build_metric(name: str, colorspace: str, options: dict, device=None):
+    """Build registry metric ``name`` with ``reduction='none'``, in eval mode, on ``device``.
+
+    Raises :class:`UsageError` for an unknown name or option, :class:`CLIError` when the metric cannot be
+    built here (its module has not landed, its weights are missing).
+    """
+    from percept.assets import ChecksumError, MissingAssetError
+    from percept.registry import get_metric
+
+    key = _canonical(name)
+    try:
+        metric = get_metric(key, colorspace=colorspace, reduction="none", **options)
+    except (ModuleNotFoundError, ImportError, AttributeError) as err:
+        raise CLIError(f"metric {key!r} is not available in this installation ({err})") from err
+    except (MissingAssetError, ChecksumError) as err:
+        raise CLIError(f"metric {key!r} cannot be built: {err}") from err
+    except TypeError as err:
+        raise UsageError(f"metric {key!r}: {err}") from err
+    except ValueError as err:
+        raise CLIError(f"metric {key!r}: {err}") from err
+    metric.eval()
+    for p in metric.parameters():
+        p.requires_grad_(False)
+    return metric.to(device) if device is not None else metric
+
+
+def _space(args) -> str:
+    from percept.checks import normalize_colorspace
+
+    return normalize_colorspace(args.colorspace)
+
+
+def _read(path: Path, args):
+    from percept.io import read_image
+
+    return read_image(path, colorspace=_space(args), alpha=args.alpha, resize=args.resize)
+
+
+def _seed(metric, seed: int) -> None:
+    """Seed torch's RNG and the metric's own generator (if it has one) for reproducible random transforms."""
+    import torch
+
+    torch.manual_seed(seed)
+    if hasattr(metric, "generator"):
+        device = next((t.device for t in metric.parameters()), torch.device("cpu"))
+        try:
+            metric.generator = torch.Generator(device=device).manual_seed(seed)
+        except (RuntimeError, TypeError):
+            metric.generator = torch.Generator().manual_seed(seed)
+
+
+def _evaluate(metric, name: str, inputs, targets, paths: str, seed: int):
+    """metric(inputs, targets) as a list of floats; a ValueError from the metric becomes a CLIError naming files."""
+    import torch
+
+    _seed(metric, seed)
+    try:
+        with torch.no_grad():
+            d = metric(inputs, targets)
+    except ValueError as err:
+        message = str(err)
+        if any(word in message for word in ("multiple", "too small", "at least", "image_size", "crop")):
+            message += "; --resize HxW resamples the images"
+        raise CLIError(f"{paths}: {message}") from err
+    d = d.detach().float().reshape(-1).cpu()
+    if d.numel() != inputs.shape[0]:
+        raise CLIError(f"metric {name!r} returned {d.numel()} values for {inputs.shape[0]} image pair(s)")
+    return d.tolist()
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.8g}"
+
+
+def _warn(message: str) -> None:
+    print(f"percept: warning: {message}", file=sys.stderr)
+
+
+def _progress(iterable: Iterable, total: int, desc: str) -> Iterator:
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(iterable, total=total, desc=desc, unit="pair", disable=None, leave=False, file=sys.stderr))
+
+
+def _batched_distances(metric, name: str, jobs: Sequence[tuple], read, args) -> Iterator[tuple[tuple, float | None]]:
+    """Yield (job, distance or None when skipped) for jobs (ref_path, img_path, *labels), batching same sizes."""
+    import torch
+
+    from percept.io import ImageReadError, check_same_size
+
+    batch: list[tuple] = []
+
+    def flush():
+        if not batch:
+            return []
+        refs = torch.cat([r for _, r, _ in batch])
+        imgs = torch.cat([i for _, _, i in batch])
+        label = ", ".join(f"{j[0]} vs {j[1]}" for j, _, _ in batch[:3]) + (" ..." if len(batch) > 3 else "")
+        try:
+            values = _evaluate(metric, name, imgs, refs, label, args.seed)
+        except CLIError:
+            if not args.skip_errors or len(batch) == 1:
+                if not args.skip_errors:
+                    raise
+                _warn(f"skipped {label}: {sys.exc_info()[1]}")
+                return [(j, None) for j, _, _ in batch]
+            # retry one pair at a time to find the failing one(s)
+            out = []
+            for j, r, i in batch:
+                try:
+                    out.append((j, _evaluate(metric, name, i, r, f"{j[0]} vs {j[1]}", args.seed)[0]))
+                except CLIError as err:
+                    _warn(f"skipped {err}")
+                    out.append((j, None))
+            return out
+        return [(j, v) for (j, _, _), v in zip(batch, values)]
+
+    for job in _progress(jobs, len(jobs), name):
+        try:
+            ref, img = read(job[0]), read(job[1])
+            check_same_size(job[:2], (ref, img))
+        except (ImageReadError, ValueError) as err:
+            if not args.skip_errors:
+                raise CLIError(str(err)) from err
+            _warn(f"skipped {job[0]} vs {job[1]}: {err}")
+            yield job, None
+            continue
+        ref, img = ref.to(args.device_obj), img.to(args.device_obj)
+        if batch and (batch[0][1].shape != ref.shape or len(batch) >= max(1, args.batch_size)):
+            yield from flush()
+            batch = []
+        batch.append((job, ref, img))
+    yield from flush()
+
+
+def _writer(args):
+    if args.out is None:
+        return sys.stdout, False
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        return open(args.out, "w", newline=""), True
+    except OSError as err:
+        raise CLIError(f"{args.out}: cannot write ({err.strerror or err})") from None
+
+
+def _prepare(args):
+    from percept.io import ImageReadError  # noqa: F401  (import errors surface early)
+
+    if getattr(args, "batch_size", 1) < 1:
+        raise UsageError("--batch-size must be at least 1")
+    args.device_obj = _device(args.device)
+    options = dict(args.options)
+    name = _canonical(args.metric)
+    metric = build_metric(name, _space(args), options, args.device_obj)
+    return name, metric
+
+
+# --------------------------------------------------------------------------------------------------
+# commands
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_dist(args) -> int:
+    from percept.io import ImageReadError, ImageSizeError, check_same_size
+
+    name = _canonical(args.metric)
+    try:
+        ref, img = _read(args.ref, args), _read(args.img, args)
+        check_same_size((args.ref, args.img), (ref, img))
+    except (ImageReadError, ImageSizeError) as err:
+        raise CLIError(str(err)) from err
+    name, metric = _prepare(args)
+    ref, img = ref.to(args.device_obj), img.to(args.device_obj)
+    (value,) = _evaluate(metric, name, img, ref, f"{args.ref} vs {args.img}", args.seed)
+    print(_fmt(value))
+    return 0
+
+
+def cmd_dirs(args) -> int:
+    from percept.io import ImageReadError, list_images
+
+    try:
+        refs = {p.name: p for p in list_images(args.refdir)}
+        imgs = {p.name: p for p in list_images(args.dir)}
+    except ImageReadError as err:
+        raise CLIError(str(err)) from err
+    common = sorted(set(refs) & set(imgs))
+    for folder, names in ((args.refdir, sorted(set(refs) - set(imgs))), (args.dir, sorted(set(imgs) - set(refs)))):
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            _warn(f"{len(names)} image(s) only in {folder}, not compared: {shown}")
+    if not common:
+        raise CLIError(f"no image file names in common between {args.refdir} and {args.dir}")
+    name, metric = _prepare(args)
+    jobs = [(refs[n], imgs[n], n) for n in common]
+    out, close = _writer(args)
+    skipped = 0
+    try:
+        writer = csv.writer(out)
+        writer.writerow(["file", "distance"])
+        for job, value in _batched_distances(metric, name, jobs, lambda p: _read(p, args), args):
+            if value is None:
+                skipped += 1
+                continue
+            writer.writerow([job[2], _fmt(value)])
+    finally:
+        if close:
+            out.close()
+    if args.out is not None:
+        print(f"wrote {len(common) - skipped} distance(s) to {args.out}", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+def cmd_pairs(args) -> int:
+    from percept.io import ImageReadError, list_images
+
+    try:
+        files = list_images(args.dir)
+    except ImageReadError as err:
+        raise CLIError(str(err)) from err
+    if len(files) < 2:
+        raise CLIError(f"{args.dir}: {len(files)} image file(s); pairs needs at least 2")
+    name, metric = _prepare(args)
+    cache: dict[Path, object] = {}
+
+    def read(path):
+        if path not in cache:
+            cache[path] = _read(path, args)
+        return cache[path]
+
+    jobs = [(files[i], files[j]) for i in range(len(files)) for j in range(i + 1, len(files))]
+    out, close = _writer(args)
+    skipped = 0
+    try:
+        writer = csv.writer(out)
+        writer.writerow(["file0", "file1", "distance"])
+        for job, value in _batched_distances(metric, name, jobs, read, args):
+            if value is None:
+                skipped += 1
+                continue
+            writer.writerow([job[0].name, job[1].name, _fmt(value)])
+    finally:
+        if close:
+            out.close()
+    if args.out is not None:
+        print(f"wrote {len(jobs) - skipped} distance(s) to {args.out}", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+def _is_stochastic(name: str, options: dict) -> bool:
+    return name.startswith("elpips") or options.get("deterministic") is False
+
+
+def _module_compare(name: str):
+    """``compare`` from the E-LPIPS module, if it has landed; else None."""
+    for module in ("percept.elpips", "percept.metrics.elpips"):
+        try:
+            found = importlib.import_module(module)
+        except ImportError:
+            continue
+        if callable(getattr(found, "compare", None)):
+            return found.compare
+    return None
+
+
+def _read_compare_result(result) -> dict | None:
+    """Interpret what an E-LPIPS ``compare`` returned: {d_a, d_b, diff, stderr (of diff) [, se_a, se_b, n]}."""
+    get = result.get if isinstance(result, dict) else (lambda k, default=None: getattr(result, k, default))
+    names = {
+        "d_a": ("d_a", "da", "d0", "distance_a", "dist_a", "mean_a"),
+        "d_b": ("d_b", "db", "d1", "distance_b", "dist_b", "mean_b"),
+        "diff": ("diff", "difference", "mean_diff", "d_diff"),
+        "stderr": ("stderr", "std_err", "diff_stderr", "se", "se_diff", "error"),
+        "se_a": ("se_a", "stderr_a"),
+        "se_b": ("se_b", "stderr_b"),
+        "n": ("n", "samples", "n_samples"),
+    }
+    out = {}
+    for key, candidates in names.items():
+        for c in candidates:
+            value = get(c, None)
+            if value is not None:
+                out[key] = float(value)
+                break
+    if "d_a" not in out or "d_b" not in out:
+        if isinstance(result, tuple) and len(result) >= 2:
+            out = {"d_a": float(result[0]), "d_b": float(result[1])}
+            if len(result) >= 4:
+                out.update(diff=float(result[2]), stderr=float(result[3]))
+        else:
+            return None
+    out.setdefault("diff", out["d_a"] - out["d_b"])
+    return out
+
+
+def _shared_samples(metric, name, ref, a, b, args, samples: int) -> dict:
+    """Average d(ref, a) and d(ref, b) over ``samples`` seeds; both distances of a sample use the same seed,
+    so the same random transformations (shared sampling), and the difference has a small error bar."""
+    import torch
+
+    label = f"{args.ref} vs {args.a} / {args.b}"
+    da, db = [], []
+    for k in _progress(range(samples), samples, name) if samples > 1 else range(samples):
+        seed = args.seed + k
+        da += _evaluate(metric, name, a, ref, label, seed)
+        db += _evaluate(metric, name, b, ref, label, seed)
+    ta, tb = torch.tensor(da, dtype=torch.float64), torch.tensor(db, dtype=torch.float64)
+
+    def se(t):
+        return float(t.std(unbiased=True) / math.sqrt(len(t))) if len(t) > 1 else 0.0
+
+    return {"d_a": float(ta.mean()), "d_b": float(tb.mean()), "diff": float((ta - tb).mean()),
+            "stderr": se(ta - tb), "se_a": se(ta), "se_b": se(tb), "n": samples}
+
+
+def cmd_compare(args) -> int:
+    from percept.io import ImageReadError, ImageSizeError, check_same_size
+    from percept.registry import metric_class
+
+    name = _canonical(args.metric)
+    options = dict(args.options)
+    stochastic = _is_stochastic(name, options)
+    samples = args.samples if args.samples is not None else (DEFAULT_STOCHASTIC_SAMPLES if stochastic else 1)
+    if samples < 1:
+        raise UsageError("--samples must be at least 1")
+    paths = (args.ref, args.a, args.b)
+    try:
+        ref, a, b = (_read(p, args) for p in paths)
+        check_same_size(paths, (ref, a, b))
+    except (ImageReadError, ImageSizeError) as err:
+        raise CLIError(str(err)) from err
+    name, metric = _prepare(args)
+    ref, a, b = (t.to(args.device_obj) for t in (ref, a, b))
+
+    result, note = None, None
+    if name.startswith("elpips"):
+        compare = _module_compare(name)
+        if compare is None:
+            note = "percept.elpips.compare is not available; averaged the metric over shared seeds instead"
+        else:
+            kwargs = {}
+            params = inspect.signature(compare).parameters
+            for key, value in (("metric", metric), ("net", name.split("-", 1)[1]), ("samples", samples),
+                               ("n_samples", samples), ("seed", args.seed), ("device", args.device_obj)):
+                if key in params:
+                    kwargs[key] = value
+            import torch
+
+            torch.manual_seed(args.seed)
+            with torch.no_grad():
+                result = _read_compare_result(compare(ref, a, b, **kwargs))
+            if result is None:
+                note = "could not read percept.elpips.compare's result; averaged over shared seeds instead"
+    if result is None:
+        result = _shared_samples(metric, name, ref, a, b, args, samples)
+    if note:
+        _warn(note)
+
+    higher_is_better = bool(getattr(metric_class(name), "higher_is_better", False))
+    n = int(result.get("n", samples))
+    err = result.get("stderr")
+    if n > 1 and err is not None:
+        sa, sb = result.get("se_a"), result.get("se_b")
+        print(f"d(REF, A) = {_fmt(result['d_a'])}" + (f" ± {sa:.2g}" if sa is not None else "") + f"    A = {args.a}")
+        print(f"d(REF, B) = {_fmt(result['d_b'])}" + (f" ± {sb:.2g}" if sb is not None else "") + f"    B = {args.b}")
+        print(f"d(REF, A) - d(REF, B) = {_fmt(result['diff'])} ± {err:.2g} (standard error over {n} shared samples)")
+    else:
+        print(f"d(REF, A) = {_fmt(result['d_a'])}    A = {args.a}")
+        print(f"d(REF, B) = {_fmt(result['d_b'])}    B = {args.b}")
+    diff = result["diff"]
+    closer_a = diff > 0 if higher_is_better else diff < 0
+    if diff == 0:
+        verdict = f"A and B are equally close to REF ({args.ref})"
+    else:
+        verdict = f"{'A' if closer_a else 'B'} is closer to REF ({args.ref})"
+        if n > 1 and err is not None and abs(diff) < 2 * err:
+            verdict += f", but within 2 standard errors: not significant; try more --samples than {n}"
+    if higher_is_better:
+        verdict += f" [{name} is a similarity: higher means closer]"
+    print(verdict)
+    return 0
+
+
+#: image sizes ``list --check`` tries: Adaptive's weights fit only 64x64, MS-SSIM needs at least 161x161
+CHECK_SIZES = (64, 192)
+
+
+def _try_sizes(metric) -> str:
+    """"ok" if the metric computes a distance on random 3-channel images of one of :data:`CHECK_SIZES`."""
+    import torch
+
+    errors = []
+    for size in CHECK_SIZES:
+        x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        try:
+            with torch.no_grad():
+                metric(x, x.flip(-1))
+            return "ok" if size == CHECK_SIZES[0] else f"ok (at {size}x{size})"
+        except ValueError as err:
+            errors.append(err)
+    raise errors[-1]
+
+
+def cmd_list(args) -> int:
+    from percept.registry import ALIASES, list_metrics
+
+    metrics = list_metrics()
+    width = max(len(n) for n in metrics)
+    for name, description in metrics.items():
+        line = f"{name:<{width}}  {description}"
+        if args.check:
+            try:
+                metric = build_metric(name, "rgb", {})
+                status = _try_sizes(metric)
+            except CLIError as err:
+                status = "UNAVAILABLE: " + " ".join(str(err).split())[:160]
+            except Exception as err:  # a metric that builds but fails on a plain image is worth reporting
+                status = f"FAILS: {type(err).__name__}: " + " ".join(str(err).split())[:160]
+            line += f"\n{'':<{width}}  -> {status}"
+        print(line)
+    aliases = ", ".join(f"{a} = {b}" for a, b in sorted(ALIASES.items()))
+    print(f"\naliases: {aliases}")
+    return 0
+
+
+def _run_bench(argv: list[str]) -> int:
+    try:
+        bench = importlib.import_module("percept.bench")
+    except ModuleNotFoundError as err:
+        if err.name == "percept.bench":
+            print("percept bench: error: percept.bench is not available in this installation", file=sys.stderr)
+            return 1
+        print(f"percept bench: error: a dependency is missing: {err}", file=sys.stderr)
+        return 1
+    return int(bench.main(argv) or 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        return _run_bench(argv[1:])
+    args = build_parser().parse_args(argv)  # exits with status 2 on usage errors
+    debug = args.debug or bool(os.environ.get("PERCEPT_DEBUG"))
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("percept: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `percept pairs DIR | head`
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (silence the flush at exit)
+        except OSError:
+            pass
+        return 141
+    except CLIError as err:
+        if debug:
+            raise
+        message = " ".join(str(err).split())
+        print(f"percept {args.command}: error: {message}", file=sys.stderr)
+        return err.exit_code
+    except Exception as err:  # an unexpected failure: still one line unless --debug
+        if debug:
+            raise
+        message = " ".join(str(err).split())
+        print(f"percept {args.command}: error: {type(err).__name__}: {message} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+__all__ = ["main", "build_parser", "build_metric", "CLIError", "UsageError"]
