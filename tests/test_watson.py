@@ -327,3 +327,18 @@ def test_trainable_metric_has_parameter_gradients_and_matches_when_dropout_is_of
     # Watson-DFT tunes the phase weights of the real coefficients too (the original's behaviour)
     dft = WatsonDFT(colorspace="rgb", reduction="sum", trainable=True).eval()
     assert dft(x, y) > WatsonDFT(colorspace="rgb", reduction="sum")(x, y)
+
+
+def test_shifted_training_path_keeps_the_target_out_of_the_graph(golden):
+    """With the random shift (training) the frozen metric still uses the fused path."""
+    x = golden["rgb_input"][:2].clone().requires_grad_(True)
+    m = WatsonDFT(colorspace="rgb", reduction="sum", deterministic=False)
+    d = m(x, golden["rgb_target"][:2])
+    names = set()
+    stack = [d.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is not None:
+            names.add(type(fn).__name__)
+            stack.extend(f for f, _ in fn.next_functions)
+    assert any("_DFTDistance" in n for n in names) and not any("Atan2" in n for n in names)

@@ -76,7 +76,10 @@ def random_shift(
     """
     pad = max_shift // 2
     n, c, h, w = input.shape
-    offsets = torch.randint(0, max_shift, (2,), generator=generator).tolist()
-    both = F.pad(torch.cat([input, target]), (pad, pad, pad, pad), mode="replicate")
-    both = both[:, :, offsets[0] : offsets[0] + h, offsets[1] : offsets[1] + w]
-    return both[:n], both[n:]
+    top, left = torch.randint(0, max_shift, (2,), generator=generator).tolist()
+
+    def shift(x: torch.Tensor) -> torch.Tensor:
+        # each image on its own, so the target never joins the input's autograd graph
+        return F.pad(x, (pad, pad, pad, pad), mode="replicate")[:, :, top : top + h, left : left + w]
+
+    return shift(input), shift(target)

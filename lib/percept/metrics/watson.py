@@ -28,13 +28,14 @@ Differences from the original code, all documented in the README:
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 import torch.nn as nn
 
 from percept import assets, checks
-from percept.color import rgb_to_ycbcr
+from percept.color import YCBCR_MATRIX, YCBCR_OFFSET, rgb_to_ycbcr
 from percept.transforms import block_dct, block_rdft, random_shift
 
 EPS = 1e-10
@@ -133,8 +134,8 @@ class _Watson(nn.Module):
     def load_original_state_dict(self, state: dict) -> None:
         """Load parameters saved by the original code (``ly.t_tild``, ``w_tild``, ... or grey keys).
 
-        Every learned parameter must be present; buffers of the original that are recomputed here
-        (``blocksize``, ``dct.A``, ``to_YCbCr.*``) are checked when present.
+        Every learned parameter must be present. ``blocksize`` must be 8 when present; the fixed
+        matrices the original stores (``dct.A``, ``to_YCbCr.*``) are recomputed here and not read.
         """
         prefixes = _CHANNEL_PREFIXES if self.channels == 3 else ("",)
         loaded = {}
@@ -168,10 +169,8 @@ class _Watson(nn.Module):
             out.update({p + k: v for k, v in self._original_extra_buffers().items()})
         if self.channels == 3:
             out["w_tild"] = self.channel_logits.detach().clone()
-            out["to_YCbCr.transform"] = torch.tensor(
-                [[0.299, -0.1687, 0.5], [0.587, -0.3313, -0.4187], [0.114, 0.5, -0.0813]]
-            )
-            out["to_YCbCr.bias"] = torch.tensor([0.0, 0.5, 0.5])
+            out["to_YCbCr.transform"] = torch.tensor(YCBCR_MATRIX).T.contiguous()  # stored transposed
+            out["to_YCbCr.bias"] = torch.tensor(YCBCR_OFFSET)
         return out
 
     def _original_extra_buffers(self) -> dict:
@@ -199,17 +198,17 @@ class _Watson(nn.Module):
 
     def per_image(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(N,) distances without input checks or reduction."""
+        target_grad = target.requires_grad and torch.is_grad_enabled()
         if not self.deterministic:
             input, target = random_shift(input, target, BLOCK, generator=self.generator)
-        self._target_grad = target.requires_grad and torch.is_grad_enabled()
         if input.dtype in (torch.float16, torch.bfloat16):
             input, target = input.float(), target.float()  # eps = 1e-10 and the powers need float32
         with torch.autocast(input.device.type, enabled=False):
-            with self._target_side(self._target_grad):
+            with self._target_side(target_grad):
                 target = rgb_to_ycbcr(target) if self.channels == 3 else target
             if self.channels == 3:
                 input = rgb_to_ycbcr(input)
-            per_channel = self._distance(input, target)  # (N, C)
+            per_channel = self._distance(input, target, target_grad)  # (N, C)
             if self.channels == 1:
                 return per_channel[:, 0]
             return per_channel @ torch.softmax(self.channel_logits, 0).to(per_channel.dtype)
@@ -247,9 +246,9 @@ class _Watson(nn.Module):
 
     def _target_side(self, target_requires_grad: bool):
         """No graph for target-only quantities when nothing upstream of them needs a gradient."""
-        return torch.enable_grad() if (self.trainable or target_requires_grad) else torch.no_grad()
+        return contextlib.nullcontext() if (self.trainable or target_requires_grad) else torch.no_grad()
 
-    def _distance(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _distance(self, input: torch.Tensor, target: torch.Tensor, target_grad: bool) -> torch.Tensor:
         """(N, C) distances of single-channel planes (Y, Cb, Cr or grey)."""
         raise NotImplementedError
 
@@ -278,8 +277,8 @@ class WatsonDCT(_Watson):
 
         return {"dct.A": dct_matrix(BLOCK, torch.float32)}
 
-    def _distance(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        with self._target_side(self._target_grad):
+    def _distance(self, input: torch.Tensor, target: torch.Tensor, target_grad: bool) -> torch.Tensor:
+        with self._target_side(target_grad):
             c0 = block_dct(target)  # (N, C, K, 64)
             lum = self._luminance_masked(c0[..., 0], BLOCK * self.luminance_floor)
             s = self._threshold(c0.abs(), lum)
@@ -315,14 +314,14 @@ class WatsonDFT(_Watson):
         w_phase = torch.exp(self.w_phase_tild)
         return w_phase if self.trainable else w_phase * self._complex_mask
 
-    def _distance(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        with self._target_side(self._target_grad):
+    def _distance(self, input: torch.Tensor, target: torch.Tensor, target_grad: bool) -> torch.Tensor:
+        with self._target_side(target_grad):
             re0, im0 = block_rdft(target)  # (N, C, K, 40) each
             a0 = torch.sqrt((re0 + EPS) ** 2 + (im0 + EPS) ** 2)
             lum = self._luminance_masked(a0[..., 0], self.luminance_floor)
             s = self._threshold(a0, lum)
         re1, im1 = block_rdft(input)
-        if not (self.trainable or self._target_grad):
+        if not (self.trainable or target_grad):
             return _DFTDistance.apply(re1, im1, re0, im0, a0, s, self.beta.detach(), self._phase_weights())
 
         # the original formula through autograd: needed for gradients w.r.t. parameters or target
