@@ -213,7 +213,7 @@ def test_black_blocks_stay_bounded_and_continuous():
     assert (values.diff().abs() < 0.05 * values[0]).all()
 
 
-def test_random_shift_is_seeded_and_zero_shift_is_deterministic(golden):
+def test_random_shift_is_seeded_and_zero_shift_is_deterministic(golden, monkeypatch):
     x, y = golden["rgb_input"][:2], golden["rgb_target"][:2]
     m = WatsonDFT(colorspace="rgb", reduction="none", deterministic=False)
     m.generator = torch.Generator().manual_seed(0)
@@ -223,21 +223,42 @@ def test_random_shift_is_seeded_and_zero_shift_is_deterministic(golden):
     values = {tuple(m(x, y).tolist()) for _ in range(6)}
     assert len(values) > 1  # it does shift
     # offset 4 in both axes is no translation at all
-    from percept import transforms
+    import percept.metrics.watson as watson
 
-    m.generator = None
-    original = torch.randint
-
-    def fixed(low, high, size, generator=None):
-        return torch.full(size, 4, dtype=torch.long)
-
-    transforms.torch.randint = fixed
-    try:
-        shifted = m(x, y)
-    finally:
-        transforms.torch.randint = original
+    monkeypatch.setattr(watson, "random_offsets", lambda max_shift, generator=None: (4, 4))
     exact = WatsonDFT(colorspace="rgb", reduction="none")(x, y)
-    assert torch.allclose(shifted, exact)
+    assert torch.allclose(m(x, y), exact)
+    # and a real shift equals the deterministic metric on shifted images
+    monkeypatch.setattr(watson, "random_offsets", lambda max_shift, generator=None: (1, 6))
+    pad = torch.nn.functional.pad
+    xs = pad(x, (4, 4, 4, 4), mode="replicate")[..., 1:65, 6:70]
+    ys = pad(y, (4, 4, 4, 4), mode="replicate")[..., 1:65, 6:70]
+    assert torch.allclose(m(x, y), WatsonDFT(colorspace="rgb", reduction="none")(xs, ys))
+
+
+@pytest.mark.parametrize("cls,name", [(WatsonDCT, "Watson-dct"), (WatsonDFT, "Watson-fft")])
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_chunked_gradients_equal_the_whole_batch(golden, cls, name, deterministic, monkeypatch):
+    """Small chunks (memory-saving path) give the golden per-image values and the unchunked gradients."""
+    import percept.metrics.watson as watson
+
+    monkeypatch.setattr(watson, "random_offsets", lambda max_shift, generator=None: (2, 5))
+    x, y = golden["rgb_input"], golden["rgb_target"]
+    results = []
+    for chunk_pixels in (0, 3 * 64 * 64 * 3):  # whole batch, then chunks of 3 images
+        m = cls(colorspace="rgb", reduction="none", deterministic=deterministic)
+        m.chunk_pixels = chunk_pixels
+        xg = x.clone().requires_grad_(True)
+        d = m(xg, y)
+        (d * torch.arange(1.0, 9.0)).sum().backward()  # distinct upstream gradients per image
+        results.append((d.detach(), xg.grad))
+    (d0, g0), (d1, g1) = results
+    assert torch.allclose(d0, d1, rtol=1e-6)
+    for k in range(8):  # per image, relative to its gradient's norm (pair 6 is identical: zero gradient)
+        assert (g0[k] - g1[k]).norm() <= 1e-5 * g0[k].norm()
+    if deterministic:
+        ref = golden["czolbe"][f"{name}/RGB"]["sum_each_alone"]
+        assert _rel(d1[:7], ref[:7]) < 1e-4
 
 
 def test_autocast_bfloat16_runs_in_float32():

@@ -64,22 +64,32 @@ def block_rdft(x: torch.Tensor, b: int = 8) -> tuple[torch.Tensor, torch.Tensor]
     return spectrum.real, spectrum.imag
 
 
+def random_offsets(max_shift: int = 8, generator: torch.Generator | None = None) -> tuple[int, int]:
+    """A crop offset per axis, uniform in {0, ..., max_shift - 1}, for :func:`shift_images`."""
+    top, left = torch.randint(0, max_shift, (2,), generator=generator).tolist()
+    return top, left
+
+
+def shift_images(x: torch.Tensor, offsets: tuple[int, int], max_shift: int = 8) -> torch.Tensor:
+    """Translate images by ``offsets - max_shift // 2`` pixels per axis, replicating the edges.
+
+    The images are replicate-padded by ``max_shift // 2`` pixels and cropped back to H x W at
+    ``offsets``; offsets (4, 4) with ``max_shift=8`` leave them unchanged.
+    """
+    pad = max_shift // 2
+    top, left = offsets
+    h, w = x.shape[-2:]
+    return F.pad(x, (pad, pad, pad, pad), mode="replicate")[..., top : top + h, left : left + w]
+
+
 def random_shift(
     input: torch.Tensor, target: torch.Tensor, max_shift: int = 8, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Translate both images by the same random offset, replicating the edges.
+    """Translate both images by the same random offset (-4..+3 px for 8x8 blocks), replicating edges.
 
-    Both are replicate-padded by ``max_shift // 2`` pixels and cropped back to H x W at an offset
-    drawn uniformly from {0, ..., max_shift - 1} per axis, i.e. a shift of -4..+3 px for 8x8 blocks.
-    One offset serves the whole batch (the behaviour of the original), so the block grid moves
-    relative to the image content from call to call.
+    One offset serves the whole batch and both images (the behaviour of the original), so the block
+    grid moves relative to the image content from call to call. Each tensor is padded on its own,
+    so the target never joins the input's autograd graph.
     """
-    pad = max_shift // 2
-    n, c, h, w = input.shape
-    top, left = torch.randint(0, max_shift, (2,), generator=generator).tolist()
-
-    def shift(x: torch.Tensor) -> torch.Tensor:
-        # each image on its own, so the target never joins the input's autograd graph
-        return F.pad(x, (pad, pad, pad, pad), mode="replicate")[:, :, top : top + h, left : left + w]
-
-    return shift(input), shift(target)
+    offsets = random_offsets(max_shift, generator)
+    return shift_images(input, offsets, max_shift), shift_images(target, offsets, max_shift)

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from functools import partial
 
 import torch
 import torch.nn as nn
 
 from percept import assets, checks
 from percept.color import YCBCR_MATRIX, YCBCR_OFFSET, rgb_to_ycbcr
-from percept.transforms import block_dct, block_rdft, random_shift
+from percept.transforms import block_dct, block_rdft, random_offsets, shift_images
 
 EPS = 1e-10
 BLOCK = 8
@@ -84,6 +85,7 @@ class _Watson(nn.Module):
         batch_luminance: bool = False,
         luminance_floor: float = 1 / 255,
         weights: str | None = None,
+        chunk_pixels: int = 1 << 16,
     ) -> None:
         super().__init__()
         self.colorspace = checks.normalize_colorspace(colorspace)
@@ -96,6 +98,8 @@ class _Watson(nn.Module):
         self.luminance_floor = float(luminance_floor)
         self.channels = 3 if self.colorspace == "rgb" else 1
         self.generator: torch.Generator | None = None  # set one for reproducible shifts
+        #: pixels per chunk when a frozen metric forms gradients in its forward pass (0: no chunking)
+        self.chunk_pixels = chunk_pixels
         self.dropout = nn.Dropout(0.5)
 
         c = self.channels
@@ -199,8 +203,21 @@ class _Watson(nn.Module):
     def per_image(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(N,) distances without input checks or reduction."""
         target_grad = target.requires_grad and torch.is_grad_enabled()
-        if not self.deterministic:
-            input, target = random_shift(input, target, BLOCK, generator=self.generator)
+        offsets = None if self.deterministic else random_offsets(BLOCK, self.generator)
+        fused = not (self.trainable or target_grad)
+        if fused and input.requires_grad and torch.is_grad_enabled() and self.chunk_pixels:
+            # each image's distance depends on its own pixels only (the batch-pooled luminance mean
+            # comes from the target), so gradients can be formed chunk by chunk in the forward pass
+            chunk = input.shape[0] if self.batch_luminance else max(1, self.chunk_pixels // input[0].numel())
+            if chunk < input.shape[0]:
+                return _ChunkedPerImage.apply(input, target, partial(self._per_image_core, offsets=offsets), chunk)
+        return self._per_image_core(input, target, target_grad, offsets)
+
+    def _per_image_core(
+        self, input: torch.Tensor, target: torch.Tensor, target_grad: bool = False, offsets: tuple | None = None
+    ) -> torch.Tensor:
+        if offsets is not None:
+            input, target = shift_images(input, offsets, BLOCK), shift_images(target, offsets, BLOCK)
         if input.dtype in (torch.float16, torch.bfloat16):
             input, target = input.float(), target.float()  # eps = 1e-10 and the powers need float32
         with torch.autocast(input.device.type, enabled=False):
@@ -409,3 +426,32 @@ class _DFTDistance(torch.autograd.Function):
         grad_re, grad_im = ctx.saved_tensors
         scale = grad_dist[..., None, None]
         return grad_re * scale, grad_im * scale, None, None, None, None, None, None
+
+
+class _ChunkedPerImage(torch.autograd.Function):
+    """Per-image distances whose input gradients are computed chunk by chunk in the forward pass.
+
+    For a frozen metric whose image ``n`` depends only on ``input[n]``, the backward pass is
+    ``grad_input[n] = grad_output[n] * d dist[n] / d input[n]``. Forming those gradients a chunk of
+    images at a time keeps one input-sized buffer alive instead of every intermediate of the batch.
+    """
+
+    @staticmethod
+    def forward(ctx, input, target, per_image, chunk):
+        values = input.new_empty(input.shape[0], dtype=torch.float32 if input.dtype != torch.float64 else input.dtype)
+        grads = torch.empty_like(input)
+        for start in range(0, input.shape[0], chunk):
+            part = slice(start, start + chunk)
+            x = input[part].detach().requires_grad_(True)
+            with torch.enable_grad():
+                d = per_image(x, target[part])
+                (g,) = torch.autograd.grad(d.sum(), x)
+            values[part] = d.detach()
+            grads[part] = g
+        ctx.save_for_backward(grads)
+        return values
+
+    @staticmethod
+    def backward(ctx, grad_values):
+        (grads,) = ctx.saved_tensors
+        return grads * grad_values.to(grads.dtype).view(-1, *([1] * (grads.dim() - 1))), None, None, None
