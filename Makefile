@@ -82,7 +82,7 @@ reproduce-all: reproduce-runtime reproduce-convergence reproduce-vae-mnist repro
 _run:
 	@if [ ! -f experiments/$(EXP)/run.py ]; then \
 		echo "experiments/$(EXP): not implemented yet"; exit 2; fi
-	$(PY) experiments/$(EXP)/run.py $(if $(QUICK),--quick,)
+	$(PY) experiments/$(EXP)/run.py $(if $(QUICK),--quick,) $(if $(EPOCHS),--epochs $(EPOCHS),)
 	@if [ -f experiments/$(EXP)/analysis.ipynb ]; then $(PY) -m percept.notebooks experiments/$(EXP)/analysis.ipynb; fi
 
 clean:  ## remove the virtual environment and caches (not downloaded data)

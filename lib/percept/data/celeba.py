@@ -1,0 +1,170 @@
+"""CelebA for the VAE experiment (spec czolbe.md §11.3): 3x64x64 RGB faces in [0, 1].
+
+Preprocessing as in the paper: each aligned 178x218 image (``img_align_celeba``) is cropped to the box
+(25, 45, 153, 178) (128 wide x 133 high, deliberately not square) and resized to 64x64 with a
+Lanczos ("ANTIALIAS") filter. ``python data/download_celeba.py`` does this once for all 202,599 images
+and writes ``<data root>/celeba/64x64/000001.png`` ...; the paper's random 90/10 split then gives
+182,339 training and 20,260 test images (seeded here; the original seed is unknown).
+
+Offline only 32 aligned images are available (``$PERCEPT_ASSETS/data/celeba_sample``). They are
+preprocessed the same way in memory and split 24 / 8; a warning and ``info["data_source"]`` say so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from percept.data import DatasetError, ImageSet, data_root, log, seeded_split
+
+CROP_BOX = (25, 45, 153, 178)  # (left, upper, right, lower) in the 178x218 aligned image
+SIZE = 64
+N_IMAGES = 202_599
+TEST_FRACTION = 0.1
+OFFLINE_TEST_SIZE = 8
+FETCH_HINT = "python data/download_celeba.py"
+_warned: set = set()
+
+
+def preprocess(image: Image.Image) -> Image.Image:
+    """Aligned CelebA image (178x218) -> the paper's 64x64 RGB crop."""
+    return image.convert("RGB").crop(CROP_BOX).resize((SIZE, SIZE), Image.LANCZOS)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB image -> uint8 tensor (3, H, W)."""
+    return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def read_png(path: Path) -> torch.Tensor:
+    """Read one preprocessed 64x64 image as uint8 (3, 64, 64); a corrupt file raises :class:`DatasetError`."""
+    try:
+        with Image.open(path) as im:
+            t = to_tensor(im)
+    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+        raise DatasetError(f"{path} is corrupt ({err}); delete it and run {FETCH_HINT} again") from err
+    if t.shape != (3, SIZE, SIZE):
+        raise DatasetError(f"{path} is {tuple(t.shape)}, expected (3, 64, 64); rerun {FETCH_HINT}")
+    return t
+
+
+def processed_dir(root: str | Path | None = None) -> Path:
+    """Folder of the preprocessed 64x64 PNGs: ``<root>/celeba/64x64`` (root defaults to :func:`data_root`)."""
+    return (Path(root).expanduser() if root is not None else data_root()) / "celeba" / "64x64"
+
+
+def _processed_files(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("*.png"))
+    if not files:
+        others = sorted(p.name for p in folder.iterdir())[:5] if folder.is_dir() else []
+        what = f"it holds {len(list(folder.iterdir()))} other files ({', '.join(others)}, ...)" if others else "empty"
+        raise DatasetError(
+            f"CelebA folder {folder} has no preprocessed *.png images ({what}); expected the {N_IMAGES:,} 64x64 "
+            f"crops written by: {FETCH_HINT}"
+        )
+    if len(files) != N_IMAGES:
+        log.warning("CelebA: %s holds %d images, not %d (incomplete preprocessing?)", folder, len(files), N_IMAGES)
+    return files
+
+
+def _offline_sample() -> tuple[torch.Tensor, Path]:
+    from percept.assets import data_dir
+
+    folder = data_dir("data/celeba_sample")
+    if folder is None:
+        raise DatasetError(
+            f"no CelebA data: nothing preprocessed in {processed_dir()} (run {FETCH_HINT}) and no offline sample "
+            "(set PERCEPT_ASSETS to the offline asset folder holding data/celeba_sample)"
+        )
+    files = sorted(folder.glob("*.jpg"))
+    if not files:
+        raise DatasetError(f"the offline CelebA sample folder {folder} has no *.jpg images")
+    images = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                images.append(to_tensor(preprocess(im)))
+        except (OSError, UnidentifiedImageError, SyntaxError) as err:
+            raise DatasetError(f"{f} is corrupt ({err})") from err
+    return torch.stack(images), folder
+
+
+def load_celeba(
+    split: str = "train",
+    root: str | Path | None = None,
+    *,
+    offline: bool | None = None,
+    test_fraction: float = TEST_FRACTION,
+    split_seed: int = 0,
+    offline_test_size: int = OFFLINE_TEST_SIZE,
+) -> ImageSet:
+    """Load a CelebA split as an :class:`ImageSet` of (3, 64, 64) images in [0, 1].
+
+    Args:
+        split: "train" or "test".
+        root: data root holding ``celeba/64x64/*.png`` (or that folder itself). None: :func:`percept.data.data_root`,
+            falling back to the offline 32-image sample when nothing was preprocessed there.
+        offline: True forces the offline sample, False requires the preprocessed dataset, None picks.
+        test_fraction: held-out fraction of the full dataset (the paper's 10 %).
+        split_seed: seed of the random split.
+        offline_test_size: held-out images of the offline sample.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown CelebA split {split!r}: use 'train' or 'test'")
+    folder = None
+    if offline is not True:
+        if root is not None:
+            r = Path(root).expanduser()
+            folder = r if r.name == "64x64" or (r.is_dir() and any(r.glob("*.png"))) else processed_dir(r)
+        else:
+            folder = processed_dir()
+        if not folder.is_dir():
+            if root is not None or offline is False:
+                raise DatasetError(f"CelebA folder {folder} does not exist; create it with: {FETCH_HINT}")
+            folder = None  # nothing downloaded: the offline sample
+    if folder is not None:
+        files = _processed_files(folder)
+        n_test = max(1, int(round(len(files) * test_fraction)))
+        if len(files) == N_IMAGES:
+            n_test = 20_260  # the paper's split sizes: 182,339 / 20,260
+        train_ids, test_ids = seeded_split(len(files), n_test, split_seed)
+        ids = train_ids if split == "train" else test_ids
+        info = {
+            "dataset": "celeba",
+            "split": split,
+            "size": len(ids),
+            "offline": False,
+            "split_seed": split_seed,
+            "data_source": f"CelebA aligned, {len(files):,} images preprocessed in {folder}, random split "
+            f"{len(train_ids):,} / {len(test_ids):,} (seed {split_seed}); this is the {split} part",
+            "folder": str(folder),
+        }
+        return ImageSet(files=[files[i] for i in ids], read=read_png, indices=ids, info=info)
+    pixels, sample_dir = _offline_sample()
+    train_ids, test_ids = seeded_split(len(pixels), offline_test_size, split_seed)
+    ids = train_ids if split == "train" else test_ids
+    source = (
+        f"offline: the {len(pixels)}-image CelebA sample ({sample_dir}), cropped and resized as in the paper, split "
+        f"{len(train_ids)} training / {len(test_ids)} held-out (seed {split_seed}); this is the {split} part. The "
+        f"paper trains on 182,339 images (run {FETCH_HINT})."
+    )
+    if split_seed not in _warned:
+        _warned.add(split_seed)
+        log.warning("CelebA: no preprocessed dataset; using %s", source.split("; this is")[0])
+    info = {
+        "dataset": "celeba",
+        "split": split,
+        "size": len(ids),
+        "offline": True,
+        "split_seed": split_seed,
+        "data_source": source,
+        "folder": str(sample_dir),
+    }
+    t = torch.as_tensor(ids, dtype=torch.long)
+    return ImageSet(pixels=pixels[t], indices=t, info=info)
+
+
+__all__ = ["load_celeba", "preprocess", "read_png", "processed_dir", "CROP_BOX"]
