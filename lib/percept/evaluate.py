@@ -146,6 +146,10 @@ def jnd_map(d, same) -> float:
 
 
 # =========================================================================================== harness
+#: samples per distance when E-LPIPS is evaluated on 2AFC (the E-LPIPS paper's protocol)
+ELPIPS_SAMPLES = 50
+
+
 def metric_family(name: str) -> str | None:
     """ "watson", "lpips", "deeploss", "adaptive" (the tunable families) or None."""
     key = registry.canonical_name(name)
@@ -239,6 +243,8 @@ def build_metric(
 ) -> HarnessMetric:
     """Build registry metric ``name`` for the harness (``reduction="none"``, ``deterministic=True``).
 
+    E-LPIPS is the exception: it is evaluated as its ensemble, ``ELPIPS_SAMPLES`` draws per distance.
+
     Args:
         weights: a file of tuned weights in the original format (see :func:`tuned_state_dict`), loaded
             instead of the shipped ones.
@@ -259,6 +265,9 @@ def build_metric(
     )
     if family == "watson":
         opts["batch_luminance"] = batch_luminance
+    if key.startswith("elpips-"):
+        # E-LPIPS is its random ensemble: the spec's 2AFC protocol averages 50 samples per distance
+        opts.update(deterministic=False, n=ELPIPS_SAMPLES)
     if backbone_weights is not None and family in ("lpips", "deeploss"):
         opts["backbone_weights"] = backbone_weights
     if weights is not None:
