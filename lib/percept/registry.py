@@ -29,7 +29,7 @@ _DPS_DOC = "deep perceptual similarity (Sjögren et al.) on {} features; method 
 METRICS: dict[str, Entry] = {
     "l1": Entry("percept.metrics.pixel:L1", "mean absolute error per image"),
     "l2": Entry("percept.metrics.pixel:L2", "mean squared error per image"),
-    "psnr": Entry("percept.metrics.pixel:PSNR", "negative PSNR in dB (lower is more similar)"),
+    "psnr": Entry("percept.metrics.pixel:PSNR", "PSNR in dB, higher is more similar (identical images: 100 dB)"),
     "ssim": Entry("percept.metrics.ssim:SSIM", "1 - SSIM (11x11 Gaussian window, sigma 1.5)"),
     "ms-ssim": Entry("percept.metrics.ssim:MSSSIM", "1 - multi-scale SSIM (5 scales)"),
     "watson-dct": Entry("percept.metrics.watson:WatsonDCT", "Watson's model on 8x8 block DCT (Czolbe et al. 2020)"),
@@ -42,7 +42,10 @@ METRICS: dict[str, Entry] = {
                           {"net": "vgg"}),
     "deeploss-squeeze": Entry("percept.metrics.deep:Deeploss", "LPIPS-style loss retuned by Czolbe et al., SqueezeNet",
                               {"net": "squeeze"}),
-    "watson-vgg": Entry("percept.metrics.deep:WatsonVGG", "Watson-style masking on VGG-16 features (experimental)"),
+    "watson-vgg": Entry(
+        "percept.metrics.deep:WatsonVGG",
+        "Watson-style masking on VGG-16 features (experimental; trained weights unpublished: pretrained=False)",
+    ),
     "dps-alex": Entry("percept.metrics.deep:DPS", _DPS_DOC.format("AlexNet"), {"net": "alex"}),
     "dps-vgg": Entry("percept.metrics.deep:DPS", _DPS_DOC.format("VGG-16"), {"net": "vgg"}),
     "dps-squeeze": Entry("percept.metrics.deep:DPS", _DPS_DOC.format("SqueezeNet"), {"net": "squeeze"}),

@@ -1,0 +1,86 @@
+"""Pixel-wise metrics: L1 (mean absolute error), L2 (mean squared error) and PSNR.
+
+All three take NCHW float tensors in [0, 1] of the same shape and compute one value per image, shape (N,),
+averaged over C, H and W, then apply ``reduction`` ("sum", "mean" or "none").
+
+The original LossProvider used ``nn.L1Loss`` / ``nn.MSELoss`` with reduction ``'sum'``, i.e. a sum over every
+element; that equals the per-image value here times C*H*W, summed over the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from percept import checks
+
+#: PSNR floor on the mean squared error: identical images get 10 * log10(1 / 1e-10) = 100 dB, not inf
+PSNR_MSE_FLOOR = 1e-10
+
+
+def _per_image_mean(values: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N,) mean over everything but the batch dimension."""
+    return values.flatten(1).mean(dim=1)
+
+
+class _PixelMetric(nn.Module):
+    """Shared constructor and checks; subclasses define ``per_image(input, target) -> (N,)``."""
+
+    higher_is_better = False
+    name = "pixel"
+
+    def __init__(self, *, colorspace: str = "rgb", reduction: str = "mean") -> None:
+        super().__init__()
+        self.colorspace = checks.normalize_colorspace(colorspace)
+        self.channels = checks.channels_of(self.colorspace)
+        self.reduction = checks.check_reduction(reduction)
+
+    def per_image(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """input, target: (N, C, H, W) floats in [0, 1], C = 3 (rgb) or 1 (grey).
+
+        Returns a scalar ("sum", "mean") or shape (N,) ("none").
+        """
+        checks.check_pair(input, target, channels=self.channels, name=self.name)
+        return checks.reduce(self.per_image(input, target), self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"colorspace={self.colorspace!r}, reduction={self.reduction!r}"
+
+
+class L1(_PixelMetric):
+    """Mean absolute error per image: mean over C, H, W of |input - target|, in [0, 1]."""
+
+    name = "l1"
+
+    def per_image(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return _per_image_mean((input - target).abs())
+
+
+class L2(_PixelMetric):
+    """Mean squared error per image: mean over C, H, W of (input - target)^2, in [0, 1]."""
+
+    name = "l2"
+
+    def per_image(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return _per_image_mean((input - target).square())
+
+
+class PSNR(_PixelMetric):
+    """Peak signal-to-noise ratio in dB per image, for data range 1: ``10 * log10(1 / MSE)``.
+
+    A similarity, not a distance: ``higher_is_better = True``. The MSE is floored at ``PSNR_MSE_FLOOR``
+    (1e-10), so identical images give a finite 100 dB (with zero gradient) instead of inf. Values are
+    >= 0 dB for inputs in [0, 1]. As a training loss, minimise its negative.
+    """
+
+    higher_is_better = True
+    name = "psnr"
+
+    def per_image(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # float16 cannot hold the 1e-10 floor: compute the MSE in at least float32
+        dtype = torch.promote_types(input.dtype, torch.float32)
+        mse = _per_image_mean((input.to(dtype) - target.to(dtype)).square())
+        return -10.0 * torch.log10(mse.clamp_min(PSNR_MSE_FLOOR))

@@ -1,0 +1,389 @@
+"""L1, L2, PSNR, SSIM and MS-SSIM against references: torch.nn.functional, the golden outputs of the original
+Czolbe et al. code, pytorch-msssim and torchmetrics."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_msssim
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+import percept
+from percept.metrics import pixel, ssim
+from percept.metrics.pixel import L1, L2, PSNR
+from percept.metrics.ssim import MSSSIM, SSIM, original_ssim
+
+KEYS = {"rgb": "RGB", "grey": "LA"}
+
+
+def _rand_pair(shape, seed=0, dtype=torch.float32, noise=0.1):
+    gen = torch.Generator().manual_seed(seed)
+    target = torch.rand(shape, generator=gen, dtype=dtype)
+    return (target + noise * torch.randn(shape, generator=gen, dtype=dtype)).clamp(0, 1), target
+
+
+def _pm_ssim(x, y, **kw):
+    """pytorch-msssim's per-image SSIM (valid windows, data range 1)."""
+    return pytorch_msssim.ssim(x, y, data_range=1, size_average=False, **kw)
+
+
+def _pm_window(x):
+    """Our exact Gaussian in pytorch-msssim's (C, 1, 1, 11) layout (it rounds its own window to float32)."""
+    return ssim.gaussian_window(x.dtype).view(1, 1, 1, -1).repeat(x.shape[1], 1, 1, 1)
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+# ---------------------------------------------------------------------------------------------- L1 / L2 / PSNR
+
+
+@pytest.mark.parametrize("cls, ref", [(L1, F.l1_loss), (L2, F.mse_loss)])
+def test_l1_l2_match_torch_functional(cls, ref):
+    x, y = _rand_pair((4, 3, 16, 12))
+    per_image = ref(x, y, reduction="none").mean(dim=(1, 2, 3))
+    torch.testing.assert_close(cls(reduction="none")(x, y), per_image)
+    torch.testing.assert_close(cls(reduction="mean")(x, y), ref(x, y, reduction="mean"))
+    torch.testing.assert_close(cls(reduction="sum")(x, y), per_image.sum())
+    grey = cls(colorspace="grey", reduction="none")
+    torch.testing.assert_close(grey(x[:, :1], y[:, :1]), ref(x[:, :1], y[:, :1], reduction="none").mean(dim=(1, 2, 3)))
+
+
+@pytest.mark.parametrize("name, cls", [("L1", L1), ("L2", L2)])
+@pytest.mark.parametrize("space", ["rgb", "grey"])
+def test_l1_l2_reproduce_original_sums(golden, golden_pairs, name, cls, space):
+    """The original's nn.L1Loss/MSELoss(reduction='sum') = our per-image mean times C*H*W, summed."""
+    ref = golden["czolbe"][f"{name}/{KEYS[space]}"]
+    x, y = golden_pairs[space]
+    x = x.clone().requires_grad_()
+    total = cls(colorspace=space, reduction="none")(x, y).sum() * x[0].numel()
+    assert abs(total.item() / ref["sum"].item() - 1) < 1e-5
+    total.backward()
+    torch.testing.assert_close(x.grad, ref["grad_of_sum"], rtol=1e-5, atol=1e-6)
+
+
+def test_psnr_matches_torchmetrics():
+    x, y = _rand_pair((4, 3, 16, 16))
+    expected = peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    torch.testing.assert_close(PSNR(reduction="none")(x, y), expected)
+    torch.testing.assert_close(PSNR(reduction="mean")(x, y), expected.mean())
+    assert PSNR.higher_is_better and not L1.higher_is_better and not L2.higher_is_better
+
+
+def test_psnr_identical_images_are_capped():
+    x, _ = _rand_pair((2, 3, 8, 8))
+    x = x.clone().requires_grad_()
+    value = PSNR(reduction="none")(x, x.detach())
+    assert torch.allclose(value, torch.full((2,), -10 * torch.log10(torch.tensor(pixel.PSNR_MSE_FLOOR))))
+    assert value[0].item() == pytest.approx(100.0)
+    value.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    # float16 cannot hold the floor; the MSE is computed in float32
+    assert torch.isfinite(PSNR()(x.detach().half(), x.detach().half()))
+
+
+# ---------------------------------------------------------------------------------------------- SSIM, zeros padding
+
+
+@pytest.mark.parametrize("space", ["rgb", "grey"])
+def test_original_ssim_reproduces_golden(golden, golden_pairs, space):
+    ref = golden["czolbe"][f"SSIM/{KEYS[space]}"]
+    x, y = golden_pairs[space]
+    x = x.clone().requires_grad_()
+    loss = original_ssim("sum")(x, y)
+    assert loss.dim() == 0
+    assert abs(loss.item() / ref["sum"].item() - 1) < 1e-4
+    loss.backward()
+    # The golden gradient is float32 output of the original's 2-D convolutions: the E[x^2] - mu^2 cancellation
+    # leaves it about 1.2e-4 (relative norm) and up to 3.3e-7 (absolute; max |grad| is 9e-4) away from the exact
+    # float64 gradient, so 1e-4 is below the reference's own precision. The float64 test below checks the same
+    # definition against pytorch-msssim to 1e-9.
+    assert _rel(x.grad, ref["grad_of_sum"]) < 3e-4
+    torch.testing.assert_close(x.grad, ref["grad_of_sum"], rtol=1e-3, atol=5e-7)
+    # 'mean' behaves like the original's 'sum' (a mean); 'none' gives 1 - the per-image mean
+    per_image = original_ssim("none")(x.detach(), y)
+    assert per_image.shape == (x.shape[0],)
+    torch.testing.assert_close(per_image.mean(), loss.detach())
+    torch.testing.assert_close(original_ssim("mean")(x.detach(), y), loss.detach())
+
+
+@pytest.mark.parametrize("method", ["matmul", "conv"])
+def test_zeros_padding_equals_pytorch_msssim_on_zero_padded_images_float64(golden_pairs, method):
+    """Zero padding of 5 then 'valid' windows is the original's same-size map: values and gradients in float64."""
+    x, y = (t[:4].double() for t in golden_pairs["rgb"])
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = ssim._ssim_per_image(x1, y, "zeros", method)
+    ref = _pm_ssim(F.pad(x2, (5,) * 4), F.pad(y, (5,) * 4), win=_pm_window(x))
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    ours.sum().backward()
+    ref.sum().backward()
+    assert _rel(x1.grad, x2.grad) < 1e-9
+
+
+@pytest.mark.parametrize("padding", ssim.PADDINGS)
+@pytest.mark.parametrize("method", ["matmul", "conv"])
+def test_chunks_match_pytorch_msssim_gradients_float64(golden_pairs, monkeypatch, padding, method):
+    """Chunks of one image, both filters, every padding: values and input/target gradients vs pytorch-msssim
+    on the padded images (its 'valid' map over an image padded by 5 is our same-size map)."""
+    monkeypatch.setattr(ssim, "_CHUNK_ELEMENTS", 1)
+    x, y = (t[:3].double() for t in golden_pairs["rgb"])
+    ours_in, ref_in = [(x.clone().requires_grad_(), y.clone().requires_grad_()) for _ in range(2)]
+    ours = ssim._ssim_per_image(*ours_in, padding, method)
+    pad = {
+        "valid": lambda t: t,
+        "zeros": lambda t: F.pad(t, (5,) * 4),
+        "reflect": lambda t: F.pad(t, (5,) * 4, mode="reflect"),
+    }
+    ref = _pm_ssim(pad[padding](ref_in[0]), pad[padding](ref_in[1]), win=_pm_window(x))
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    weights = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)  # a different upstream gradient per image
+    (ours * weights).sum().backward()
+    (ref * weights).sum().backward()
+    for a, b in zip(ours_in, ref_in):
+        assert _rel(a.grad, b.grad) < 1e-9
+
+
+def test_original_ssim_ignores_colorspace_and_size():
+    x, y = _rand_pair((2, 2, 8, 9))  # two channels, smaller than the window: the original accepts both
+    ref = 1 - _pm_ssim(F.pad(x, (5,) * 4), F.pad(y, (5,) * 4))
+    torch.testing.assert_close(original_ssim("none")(x, y), ref, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="reduction"):
+        original_ssim("elementwise")
+
+
+# ---------------------------------------------------------------------------------------------- SSIM, valid / reflect
+
+
+@pytest.mark.parametrize("space", ["rgb", "grey"])
+def test_ssim_valid_matches_pytorch_msssim_on_real_images(golden_pairs, space):
+    x, y = golden_pairs[space]
+    ref = 1 - _pm_ssim(x, y)
+    torch.testing.assert_close(SSIM(colorspace=space, reduction="none")(x, y), ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(SSIM(colorspace=space)(x, y), ref.mean(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(SSIM(colorspace=space, reduction="sum")(x, y), ref.sum(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["matmul", "conv"])
+@pytest.mark.parametrize("shape", [(3, 3, 32, 40), (2, 1, 11, 23)])
+def test_ssim_valid_matches_pytorch_msssim_on_random_images(method, shape):
+    x, y = _rand_pair(shape, seed=1, noise=0.3)
+    torch.testing.assert_close(ssim._ssim_per_image(x, y, "valid", method), _pm_ssim(x, y), rtol=0, atol=1e-5)
+    xd, yd = x.double(), y.double()
+    torch.testing.assert_close(
+        ssim._ssim_per_image(xd, yd, "valid", method), _pm_ssim(xd, yd, win=_pm_window(xd)), rtol=0, atol=1e-12
+    )
+
+
+def test_ssim_large_images_take_the_convolution_path():
+    x, y = _rand_pair((1, 3, 230, 210), seed=2)
+    assert 230 + 210 > ssim._MATMUL_MAX_H_PLUS_W
+    torch.testing.assert_close(SSIM(reduction="none")(x, y), 1 - _pm_ssim(x, y), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["matmul", "conv"])
+def test_ssim_reflect_matches_torchmetrics(golden_pairs, method):
+    """torchmetrics reflects 5 pixels and keeps the same-size map: our padding='reflect'."""
+    x, y = golden_pairs["rgb"]
+    expected = structural_similarity_index_measure(x.double(), y.double(), data_range=1.0, reduction="none")
+    ours = ssim._ssim_per_image(x.double(), y.double(), "reflect", method)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
+    # float32: both sides carry float32 cancellation noise (torchmetrics uses a 2-D kernel)
+    expected32 = structural_similarity_index_measure(x, y, data_range=1.0, reduction="none")
+    torch.testing.assert_close(SSIM(padding="reflect", reduction="none")(x, y), 1 - expected32, rtol=0, atol=1e-4)
+
+
+def test_torchmetrics_default_differs_from_valid_only_at_the_border(golden_pairs):
+    """Cropping torchmetrics' full SSIM map to the valid positions gives pytorch-msssim's value."""
+    x, y = (t.double() for t in golden_pairs["rgb"])
+    _, full = structural_similarity_index_measure(x, y, data_range=1.0, reduction="none", return_full_image=True)
+    cropped = full[..., 5:-5, 5:-5].mean(dim=(1, 2, 3))
+    torch.testing.assert_close(SSIM(reduction="none")(x, y), 1 - cropped, rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- MS-SSIM
+
+
+def _ms_inputs(golden_pairs, space, size):
+    x, y = golden_pairs[space]
+    up = [F.interpolate(t[:2], size=size, mode="bilinear", align_corners=False).clamp(0, 1) for t in (x, y)]
+    return up[0], up[1]
+
+
+@pytest.mark.parametrize("space", ["rgb", "grey"])
+@pytest.mark.parametrize("size", [(192, 192), (161, 175)])
+def test_ms_ssim_matches_pytorch_msssim(golden_pairs, space, size):
+    x, y = _ms_inputs(golden_pairs, space, size)
+    ref = pytorch_msssim.ms_ssim(x, y, data_range=1, size_average=False)
+    torch.testing.assert_close(MSSSIM(colorspace=space, reduction="none")(x, y), 1 - ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ssim.ms_ssim(x, y), ref, rtol=0, atol=1e-5)
+
+
+def test_ms_ssim_checkpointed_chunks_match_pytorch_msssim_gradients(golden_pairs, monkeypatch):
+    """One image per checkpointed chunk, float64: values and gradients vs autograd through pytorch-msssim."""
+    monkeypatch.setattr(ssim, "_MS_CHUNK_ELEMENTS", 1)
+    x, y = (t.double() for t in _ms_inputs(golden_pairs, "rgb", (161, 170)))
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = ssim._ms_ssim_per_image(x1, y)
+    ref = pytorch_msssim.ms_ssim(x2, y, data_range=1, size_average=False, win=_pm_window(x))
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    (ours * torch.tensor([1.0, -3.0], dtype=torch.float64)).sum().backward()
+    (ref * torch.tensor([1.0, -3.0], dtype=torch.float64)).sum().backward()
+    assert _rel(x1.grad, x2.grad) < 1e-9
+
+
+def test_ms_ssim_negative_contrast_is_clipped_like_pytorch_msssim():
+    """Anti-correlated images: negative cs means at some scale give 0 there (relu), with a finite gradient."""
+    y, _ = _rand_pair((1, 1, 176, 176), seed=3)
+    x = (1 - y).clone().requires_grad_()
+    ref = pytorch_msssim.ms_ssim(x.detach(), y, data_range=1, size_average=False)
+    ours = MSSSIM(colorspace="grey", reduction="none")(x, y)
+    torch.testing.assert_close(ours, 1 - ref, rtol=0, atol=1e-5)
+    ours.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+# ---------------------------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("padding", ssim.PADDINGS)
+@pytest.mark.parametrize("method", ["matmul", "conv"])
+def test_ssim_gradcheck(padding, method):
+    x, y = _rand_pair((1, 1, 16, 16), seed=4, dtype=torch.float64, noise=0.2)
+    x, y = x.requires_grad_(), y.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: ssim._ssim_per_image(a, b, padding, method), (x, y))
+
+
+@pytest.mark.parametrize("padding", ["valid", "zeros"])
+def test_ssim_gradcheck_target_only(padding):
+    """The fused backward filters back only the maps the inputs that need a gradient use: target alone here."""
+    x, y = _rand_pair((2, 2, 13, 12), seed=9, dtype=torch.float64, noise=0.2)
+    assert torch.autograd.gradcheck(lambda b: ssim._ssim_per_image(x, b, padding, "matmul"), (y.requires_grad_(),))
+
+
+@pytest.mark.parametrize("cls", [L1, L2, PSNR])
+def test_pixel_gradcheck(cls):
+    x, y = _rand_pair((2, 3, 4, 4), seed=5, dtype=torch.float64, noise=0.2)
+    y = y + 0.01 * (x == y)  # L1 is not differentiable where input == target
+    metric = cls(reduction="none")
+    assert torch.autograd.gradcheck(lambda a: metric.per_image(a, y), (x.requires_grad_(),))
+
+
+def test_ms_ssim_gradcheck_fast_mode():
+    x, y = _rand_pair((1, 1, 161, 161), seed=6, dtype=torch.float64, noise=0.05)
+    x = x.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a: ssim._ms_ssim_per_image(a, y), (x,), fast_mode=True)
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [L1(), L2(), PSNR(), SSIM(), SSIM(padding="zeros"), SSIM(padding="reflect"), MSSSIM(), original_ssim("sum")],
+    ids=lambda m: f"{type(m).__name__}-{getattr(m, 'padding', '')}",
+)
+def test_gradients_finite_at_identity(metric):
+    size = 161 if isinstance(metric, MSSSIM) else 24
+    x, _ = _rand_pair((2, 3, size, size), seed=7)
+    x1 = x.clone().requires_grad_()
+    value = metric(x1, x)
+    expected = 100.0 if isinstance(metric, PSNR) else 0.0
+    assert value.item() == pytest.approx(expected, abs=1e-5)
+    value.backward()
+    assert torch.isfinite(x1.grad).all()
+    assert x1.grad.abs().max().item() < 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- dtypes
+
+
+def test_ssim_under_bfloat16_autocast_computes_in_float32(golden_pairs):
+    x, y = golden_pairs["rgb"]
+    metric = SSIM(reduction="none")
+    x1 = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = metric(x1, y)
+        ms_value = MSSSIM()(*_ms_inputs(golden_pairs, "rgb", (176, 176)))
+    assert value.dtype == torch.float32 and torch.isfinite(ms_value)
+    torch.testing.assert_close(value, 1 - _pm_ssim(x, y), rtol=0, atol=1e-5)
+    value.sum().backward()
+    assert torch.isfinite(x1.grad).all()
+
+
+def test_inference_mode_and_no_grad(golden_pairs):
+    x, y = golden_pairs["rgb"]
+    with torch.inference_mode():
+        value = SSIM(reduction="none")(x, y)
+    with torch.no_grad():
+        ms_value = MSSSIM(reduction="none")(*_ms_inputs(golden_pairs, "rgb", (161, 161)))
+    torch.testing.assert_close(value, 1 - _pm_ssim(x, y), rtol=0, atol=1e-5)
+    ms_ref = pytorch_msssim.ms_ssim(*_ms_inputs(golden_pairs, "rgb", (161, 161)), data_range=1, size_average=False)
+    torch.testing.assert_close(ms_value, 1 - ms_ref, rtol=0, atol=1e-5)
+
+
+def test_ssim_half_inputs_give_float32():
+    x, y = _rand_pair((2, 3, 16, 16), seed=8)
+    xb, yb = x.bfloat16(), y.bfloat16()
+    value = SSIM(reduction="none")(xb, yb)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, 1 - _pm_ssim(xb.float(), yb.float()), rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "metric, x, y, error, match",
+    [
+        (SSIM(), torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 15), ValueError, "shapes differ"),
+        (SSIM(), torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16), ValueError, "expected 3 channel"),
+        (SSIM(colorspace="LA"), torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16), ValueError, "expected 1 channel"),
+        (SSIM(), torch.randint(0, 255, (1, 3, 16, 16)), torch.rand(1, 3, 16, 16), TypeError, "float"),
+        (SSIM(), torch.full((1, 3, 16, 16), float("nan")), torch.rand(1, 3, 16, 16), ValueError, "NaN"),
+        (SSIM(), torch.rand(1, 3, 16, 16) * 255, torch.rand(1, 3, 16, 16), ValueError, "255"),
+        (SSIM(), torch.rand(1, 3, 16, 16) * 2 - 1, torch.rand(1, 3, 16, 16), ValueError, r"\[-1, 1\]"),
+        (SSIM(), torch.rand(1, 3, 10, 16), torch.rand(1, 3, 10, 16), ValueError, "too small.*11x11"),
+        (SSIM(), torch.rand(3, 16, 16), torch.rand(3, 16, 16), ValueError, "4-D"),
+        (MSSSIM(), torch.rand(1, 3, 160, 200), torch.rand(1, 3, 160, 200), ValueError, "161x161"),
+        (L2(), torch.rand(1, 3, 4, 4), torch.rand(1, 1, 4, 4), ValueError, "shapes differ"),
+        (L1(), [[0.0]], torch.rand(1, 3, 4, 4), TypeError, "torch.Tensor"),
+    ],
+)
+def test_bad_inputs_raise_helpful_errors(metric, x, y, error, match):
+    with pytest.raises(error, match=match):
+        metric(x, y)
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: SSIM(padding="same"), "padding"),
+        (lambda: SSIM(reduction="avg"), "reduction"),
+        (lambda: MSSSIM(colorspace="cmyk"), "colorspace"),
+        (lambda: L1(reduction="elementwise_mean"), "reduction"),
+    ],
+)
+def test_bad_options_raise(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+
+def test_registry_builds_the_metrics():
+    metric = percept.get_metric("ssim")
+    assert isinstance(metric, SSIM) and metric.padding == "valid" and metric.reduction == "mean"
+    assert isinstance(percept.get_metric("ms-ssim"), MSSSIM)
+    assert isinstance(percept.get_metric("msssim", colorspace="LA"), MSSSIM)
+    l2 = percept.get_metric("l2", pretrained=True, deterministic=True, trainable=False, reduction="sum")
+    assert isinstance(l2, L2) and l2.reduction == "sum"
+    assert isinstance(percept.get_metric("mae"), L1)
+    psnr = percept.get_metric("psnr")
+    assert isinstance(psnr, PSNR) and psnr.higher_is_better
+    grey = percept.get_metric("ssim", colorspace="LA", padding="zeros")
+    assert grey.channels == 1 and grey.padding == "zeros"
+    for name in ("l1", "l2", "psnr", "ssim", "ms-ssim"):
+        assert list(percept.get_metric(name).parameters()) == []
+    assert "higher is more similar" in percept.list_metrics()["psnr"]
+    with pytest.raises(TypeError, match="padding"):
+        percept.get_metric("l1", padding="zeros")
