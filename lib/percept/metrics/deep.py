@@ -1,0 +1,902 @@
+"""Deep-feature metrics: LPIPS, Deeploss, Watson-VGG and the deep perceptual similarity (DPS) methods.
+
+One mechanism (:class:`DeepDistance`) gives LPIPS (Zhang et al. 2018), Czolbe et al.'s Deeploss and the
+five DPS methods of Sjögren et al. 2022:
+
+    input scaling -> backbone taps -> [modify: spatial / sort / mean] -> [channel normalisation]
+    -> squared difference -> [learned non-negative per-channel weights | channel sum]
+    -> mean over positions (or an upsampled spatial map) -> sum over layers (and branches)
+
+Every metric takes NCHW float tensors in [0, 1] (the LPIPS [-1, 1] mapping happens inside) and returns one
+value per image, reduced by ``reduction``; lower means more similar (``higher_is_better = False``).
+``spatial=True`` (LPIPS, DPS with method "spatial") returns the (N, 1, H, W) distance map instead and
+ignores ``reduction``.
+
+Fixes of the reference implementations' known flaws:
+
+- channel normalisation ``f / sqrt(sum_c f^2 + eps^2)`` (epsilon inside the square root, eps = 1e-10): no NaN
+  gradient for all-zero feature vectors or input == target; the value differs from LPIPS's
+  ``f / (||f|| + 1e-10)`` by about 1e-10 / ||f|| relative (the golden LPIPS values match to 3e-6);
+- linear weights are always loaded strictly (every layer, right shapes, no foreign keys), whatever the
+  dropout setting; dropout (p = 0.5, on the squared differences) is active only with ``trainable=True``
+  in training mode;
+- the backbone is a registered, frozen submodule (``.to(device)`` moves it, it is in the state dict)
+  and stays in eval mode;
+- 1-channel (grey) input is replicated to 3 channels when ``colorspace="grey"``, checked on the channel
+  count (never on the batch size).
+
+Images smaller than the backbone's receptive field (AlexNet 31 px, VGG-16 16 px, SqueezeNet 17 px for the
+LPIPS taps; ``metric.backbone.min_size`` in general) raise a ``ValueError`` naming the minimum size.
+
+Speed: both images go through the backbone in one batched pass when both or neither need gradients;
+when only ``input`` does (a training loss), the target pass runs without autograd. With
+``cache_target=True`` the target's features are kept between calls and reused while the same target
+tensor object (unmodified) is passed again. On CPU the backbone runs in channels-last memory format where
+that is faster and computes the first layer's input gradient in space-to-depth form
+(:class:`percept.backbones.StemConv2d`); the channel normalisation and the weighted squared difference have
+fused backward passes (first derivatives only: double backward raises).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from percept import assets, checks
+from percept.backbones import FeatureExtractor, build_backbone, canonical_arch, load_checkpoint
+
+__all__ = [
+    "EPS",
+    "LPIPS_SHIFT",
+    "LPIPS_SCALE",
+    "METHODS",
+    "scale_input",
+    "InputScaling",
+    "normalize_channels",
+    "squared_difference_mean",
+    "modify_features",
+    "lin_weights_from_state",
+    "DeepDistance",
+    "LPIPS",
+    "Deeploss",
+    "WatsonVGG",
+    "DPS",
+    "original_deeploss",
+]
+
+#: the epsilon of the reference implementations (channel normalisation, Watson terms)
+EPS = 1e-10
+#: LPIPS's ScalingLayer for inputs in [-1, 1]; identical to ImageNet mean/std normalisation of [0, 1] inputs
+LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+LPIPS_SCALE = (0.458, 0.448, 0.450)
+#: the DPS comparison methods of Sjögren et al.
+METHODS = ("spatial", "sort", "mean", "spatial+sort", "spatial+mean")
+_SCALINGS = ("lpips", "raw", "czolbe")
+
+
+# ------------------------------------------------------------------------------------------ functional
+def _affine(mode: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (a, b) with backbone input = a * x + b for [0, 1] images x."""
+    if mode == "lpips":  # (2x - 1 - shift) / scale
+        return tuple(2 / s for s in LPIPS_SCALE), tuple((-1 - t) / s for t, s in zip(LPIPS_SHIFT, LPIPS_SCALE))
+    if mode == "raw":  # 2x - 1
+        return (2.0, 2.0, 2.0), (-1.0, -1.0, -1.0)
+    if mode == "czolbe":  # (x - shift) / scale
+        return tuple(1 / s for s in LPIPS_SCALE), tuple(-t / s for t, s in zip(LPIPS_SHIFT, LPIPS_SCALE))
+    raise ValueError(f"unknown input scaling {mode!r}: use one of {', '.join(_SCALINGS)}")
+
+
+def scale_input(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """Map [0, 1] images (N, 3, H, W) to the backbone's input.
+
+    - ``"lpips"``: 2x - 1, then LPIPS's (x - shift) / scale, i.e. ImageNet normalisation (LPIPS v0.1, DPS);
+    - ``"raw"``: 2x - 1 only (LPIPS v0.0, whose trunk was fed unscaled [-1, 1] images);
+    - ``"czolbe"``: (x - shift) / scale applied to [0, 1] directly, as Czolbe et al.'s Deeploss and
+      Watson-VGG do (their trained weights expect it).
+
+    Evaluated as one affine map per channel (equal to the two-step form up to float rounding).
+    """
+    a, b = _affine(mode)
+    a = torch.tensor(a, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    b = torch.tensor(b, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return torch.addcmul(b, x, a)
+
+
+class InputScaling(nn.Module):
+    """:func:`scale_input` as a module with its constants as (non-persistent) buffers, so they follow
+    ``.to(device, dtype)`` and no host-to-device copy happens per call."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        a, b = _affine(mode)
+        self.mode = mode
+        self.register_buffer("a", torch.tensor(a).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("b", torch.tensor(b).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.b.to(x.dtype), x, self.a.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
+
+
+def _channels_last(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and t.stride(1) == 1 and t.shape[1] > 1
+
+
+def _sum_of_squares_over_channels(f: torch.Tensor) -> torch.Tensor:
+    """(N, C, ...) -> (N, 1, ...), with the faster reduction for the memory layout (measured on CPU)."""
+    if _channels_last(f):
+        return torch.linalg.vector_norm(f, dim=1, keepdim=True).square_()
+    return f.square().sum(dim=1, keepdim=True)
+
+
+class _ChannelNorm(torch.autograd.Function):
+    """u = f / sqrt(sum_c f^2 + eps^2) with a fused backward: grad_f = (g - u * sum_c(u g)) / sqrt(...)."""
+
+    @staticmethod
+    def forward(ctx, f: torch.Tensor, eps: float) -> torch.Tensor:
+        inv = torch.rsqrt(_sum_of_squares_over_channels(f).add_(eps * eps))
+        u = f * inv
+        ctx.save_for_backward(u, inv)
+        return u
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        u, inv = ctx.saved_tensors
+        s = (u * g).sum(dim=1, keepdim=True)
+        return torch.addcmul(g, u, s, value=-1).mul_(inv), None
+
+
+def _sum_of_squares_over_positions(r: torch.Tensor) -> torch.Tensor:
+    """(N, C, ...) -> (N, C): sum of squares over the positions, with the faster reduction for the layout."""
+    if _channels_last(r):  # reduce over the middle axis of (N, H*W, C)
+        return r.square().sum(dim=(2, 3))
+    return torch.linalg.vector_norm(r.flatten(2), dim=2).square_()
+
+
+class _SquaredDifferenceMean(torch.autograd.Function):
+    """(N,) = mean over positions of sum_c w_c (u_c - v_c)^2 for (N, C, ...) tensors; w (C,) or None (w = 1).
+
+    Same value as the autograd composition, with a two-pass backward."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, v: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        r = u - v
+        positions = r[0, 0].numel()
+        per_channel = _sum_of_squares_over_positions(r).div_(positions)  # (N, C)
+        d = per_channel.sum(dim=1) if w is None else per_channel @ w.to(per_channel.dtype)
+        ctx.positions = positions
+        ctx.save_for_backward(r, w, per_channel if (w is not None and ctx.needs_input_grad[2]) else None)
+        return d
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gd: torch.Tensor):
+        r, w, per_channel = ctx.saved_tensors
+        coef = gd.view(-1, 1) * (2.0 / ctx.positions)  # (N, 1)
+        if w is not None:
+            coef = coef * w.to(coef.dtype).view(1, -1)
+        gr = r * coef.view(*coef.shape, *([1] * (r.dim() - 2)))
+        grad_u = gr if ctx.needs_input_grad[0] else None
+        grad_v = -gr if ctx.needs_input_grad[1] else None
+        grad_w = (gd.view(1, -1) @ per_channel).view(-1).to(w.dtype) if per_channel is not None else None
+        return grad_u, grad_v, grad_w
+
+
+def normalize_channels(f: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """Unit-normalise ``f`` (N, C, ...) along C: ``f / sqrt(sum_c f^2 + eps^2)``.
+
+    The epsilon sits inside the square root, so all-zero vectors map to 0 with a finite gradient (the
+    reference's ``f / (||f|| + eps)`` gives NaN there). For a vector of norm n the value differs from the
+    reference's by about eps / n relative (1e-10 for n = 1). Half-precision features are normalised in
+    float32. First derivatives only (a fused backward; double backward raises).
+    """
+    if f.dtype in (torch.float16, torch.bfloat16):
+        return _ChannelNorm.apply(f.float(), eps).to(f.dtype)
+    return _ChannelNorm.apply(f, eps)
+
+
+def squared_difference_mean(u: torch.Tensor, v: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,) mean over positions of ``sum_c weight_c (u_c - v_c)^2`` for (N, C, ...) feature tensors; ``weight``
+    of C elements (any shape, e.g. a (1, C, 1, 1) conv weight) or None for the plain channel sum."""
+    return _SquaredDifferenceMean.apply(u, v, None if weight is None else weight.reshape(-1))
+
+
+def modify_features(f: torch.Tensor, how: str) -> torch.Tensor:
+    """Sjögren et al.'s modifiers of an (N, C, H, W) map, before channel normalisation.
+
+    - ``"spatial"``: unchanged (N, C, H, W);
+    - ``"sort"``: each channel's H*W values sorted ascending, (N, C, H*W) (position p means rank p);
+    - ``"mean"``: each channel's spatial mean, (N, C, 1).
+    """
+    if how == "spatial":
+        return f
+    if how == "sort":
+        return f.flatten(2).sort(dim=2).values
+    if how == "mean":
+        return f.flatten(2).mean(dim=2, keepdim=True)
+    raise ValueError(f"unknown modifier {how!r}: use spatial, sort or mean")
+
+
+def lin_weights_from_state(state: Mapping, channels: Sequence[int], *, where: str = "checkpoint") -> list[torch.Tensor]:
+    """Strictly extract per-layer linear weights, each (1, C_l, 1, 1), from an LPIPS-format state dict.
+
+    Accepted key layouts: ``lin{k}.model.1.weight`` (LPIPS / Czolbe files, dropout at index 0),
+    ``lin{k}.model.0.weight`` (saved with ``use_dropout=False``) or ``lins.{k}.weight`` (this module).
+    Every layer must be present exactly once with the right shape and no other key may appear, so a
+    wrong or partial checkpoint is an error instead of silently random weights.
+    """
+    layouts = ("lin{k}.model.1.weight", "lin{k}.model.0.weight", "lins.{k}.weight")
+    out, used, missing = [], set(), []
+    for k, c in enumerate(channels):
+        found = [layout.format(k=k) for layout in layouts if layout.format(k=k) in state]
+        if not found:
+            missing.append(f"lin{k}")
+            continue
+        if len(found) > 1:
+            raise RuntimeError(f"{where}: layer {k} appears under several keys: {found}")
+        w = state[found[0]]
+        if tuple(w.shape) != (1, c, 1, 1):
+            raise RuntimeError(f"{where}: {found[0]} has shape {tuple(w.shape)}, expected (1, {c}, 1, 1)")
+        used.add(found[0])
+        out.append(w.detach().float().clone())
+    foreign = sorted(k for k in state if k not in used)
+    if missing or foreign:
+        raise RuntimeError(
+            f"{where} does not hold exactly {len(channels)} linear layers for channels {tuple(channels)}: "
+            f"missing {missing or 'none'}, unexpected or duplicate {foreign[:6] or 'none'}"
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------- mechanism
+class DeepDistance(nn.Module):
+    """The shared mechanism: backbone taps -> [modifier] -> [channel norm] -> squared difference ->
+    [linear weights] -> pooling, summed over layers and branches.
+
+    Args:
+        backbone: a :class:`percept.backbones.FeatureExtractor`.
+        scaling: input scaling (:func:`scale_input`): "lpips", "raw" or "czolbe".
+        branches: modifiers compared and summed with weight 1, e.g. ("spatial",) for LPIPS,
+            ("spatial", "sort") for DPS spatial+sort.
+        channel_norm: unit-normalise along channels after the modifier.
+        lin: learned non-negative per-channel weights per layer and branch (1x1 convs without bias,
+            ``lins``, ordered branch-major); initialised to 1 (the channel sum) until loaded.
+        trainable: linear weights require grad, and dropout (``dropout``, on the squared differences)
+            is active in training mode.
+        cache_target: keep the target's features between calls (see module docstring).
+
+    ``forward(input, target, spatial=False)`` takes backbone-ready 3-channel batches in [0, 1] (no checks:
+    the metric classes validate) and returns (N,) distances, or the (N, 1, H, W) map with ``spatial``.
+    """
+
+    def __init__(
+        self,
+        backbone: FeatureExtractor,
+        *,
+        scaling: str = "lpips",
+        branches: Sequence[str] = ("spatial",),
+        channel_norm: bool = True,
+        lin: bool = False,
+        trainable: bool = False,
+        dropout: float = 0.5,
+        eps: float = EPS,
+        cache_target: bool = False,
+    ):
+        super().__init__()
+        if scaling not in _SCALINGS:
+            raise ValueError(f"unknown input scaling {scaling!r}: use one of {', '.join(_SCALINGS)}")
+        for b in branches:
+            if b not in ("spatial", "sort", "mean"):
+                raise ValueError(f"unknown branch {b!r}: use spatial, sort or mean")
+        self.backbone = backbone
+        self.scaling = scaling
+        self.scale = InputScaling(scaling)
+        self.branches = tuple(branches)
+        self.channel_norm = channel_norm
+        self.trainable = trainable
+        self.dropout = dropout
+        self.eps = eps
+        self.cache_target = cache_target
+        self._cache: tuple | None = None
+        if lin:
+            convs = [nn.Conv2d(c, 1, 1, bias=False) for _ in self.branches for c in backbone.channels]
+            for conv in convs:
+                nn.init.ones_(conv.weight)
+                conv.weight.requires_grad_(trainable)
+            self.lins = nn.ModuleList(convs)
+        else:
+            self.lins = None
+
+    # -------------------------------------------------------------------------------------- weights
+    def load_lin_weights(self, state: Mapping | str | os.PathLike, *, where: str | None = None) -> None:
+        """Strictly load linear weights (see :func:`lin_weights_from_state`) from a state dict or file."""
+        if self.lins is None:
+            raise RuntimeError("this distance has no linear layers (lin=False)")
+        where = where or (str(state) if not isinstance(state, Mapping) else "state dict")
+        if not isinstance(state, Mapping):
+            state = load_checkpoint(state)
+        weights = lin_weights_from_state(state, [c for _ in self.branches for c in self.backbone.channels], where=where)
+        with torch.no_grad():
+            for conv, w in zip(self.lins, weights):
+                conv.weight.copy_(w)
+
+    # -------------------------------------------------------------------------------------- features
+    def clear_cache(self) -> None:
+        self._cache = None
+
+    def _apply(self, fn, recurse=True):
+        self._cache = None
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._cache = None
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def backbone_input(self, *images: torch.Tensor) -> torch.Tensor:
+        """The scaled backbone input for one or more [0, 1] batches, concatenated along the batch axis.
+
+        Without autograd the scaling writes straight into one buffer in the memory format the backbone
+        starts with (no separate concatenation and layout copies)."""
+        if torch.is_grad_enabled() and any(x.requires_grad for x in images):
+            x = images[0] if len(images) == 1 else torch.cat(images)
+            return self.scale(x)
+        first = images[0]
+        h, w = first.shape[-2:]
+        cl = self.backbone.channels_last and first.device.type == "cpu" and h * w >= self.backbone.CL_MIN_POSITIONS
+        shape = (sum(x.shape[0] for x in images), *first.shape[1:])
+        out = torch.empty(
+            shape,
+            dtype=first.dtype,
+            device=first.device,
+            memory_format=torch.channels_last if cl else torch.contiguous_format,
+        )
+        a, b = self.scale.a.to(first.dtype), self.scale.b.to(first.dtype)
+        start = 0
+        for x in images:
+            torch.addcmul(b, x, a, out=out[start : start + x.shape[0]])
+            start += x.shape[0]
+        return out
+
+    def features(self, *images: torch.Tensor) -> list[list[torch.Tensor]]:
+        """[branch][layer] compared features of [0, 1] batches (several are concatenated along the batch
+        axis): scaled, tapped, modified, normalised."""
+        taps = self.backbone(self.backbone_input(*images))
+        out = []
+        for branch in self.branches:
+            feats = [modify_features(f, branch) for f in taps]
+            if self.channel_norm:
+                feats = [normalize_channels(f, self.eps) for f in feats]
+            out.append(feats)
+        return out
+
+    def _backbone_trains(self) -> bool:
+        return any(p.requires_grad for p in self.backbone.parameters())
+
+    def pair_features(self, input: torch.Tensor, target: torch.Tensor):
+        """Features of input and target: one batched backbone pass when both or neither need autograd,
+        else the target without autograd; the cached target features when ``cache_target`` applies."""
+        grad = torch.is_grad_enabled()
+        bb_grad = grad and self._backbone_trains()
+        in_grad = grad and (input.requires_grad or bb_grad)
+        tg_grad = grad and (target.requires_grad or bb_grad)
+        if self.cache_target and not tg_grad:
+            c = self._cache
+            if c is not None and c[0] is target and c[1] == target._version:
+                return self.features(input), c[2]
+            with torch.no_grad():
+                ft = self.features(target)
+            self._cache = (target, target._version, ft)
+            return self.features(input), ft
+        if in_grad == tg_grad:
+            n = input.shape[0]
+            both = self.features(input, target)
+            return [[f[:n] for f in b] for b in both], [[f[n:] for f in b] for b in both]
+        with torch.no_grad() if not tg_grad else torch.enable_grad():
+            ft = self.features(target)
+        return self.features(input), ft
+
+    # -------------------------------------------------------------------------------------- compare
+    def _drop(self, d: torch.Tensor) -> torch.Tensor:
+        if self.trainable and self.training and self.dropout > 0:
+            return F.dropout(d, self.dropout, training=True)
+        return d
+
+    def layer_distances(self, input: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
+        """Per-(branch, layer) distances, each (N,), branch-major; their sum is the distance."""
+        f_in, f_tg = self.pair_features(input, target)
+        out = []
+        k = 0
+        for b_in, b_tg in zip(f_in, f_tg):
+            for a, b in zip(b_in, b_tg):
+                weight = None if self.lins is None else self.lins[k].weight
+                if self.trainable and self.training and self.dropout > 0:
+                    d = self._drop((a - b).square()).flatten(2).mean(dim=2)  # (N, C)
+                    d = d.sum(dim=1) if weight is None else d @ weight.view(-1).to(d.dtype)
+                else:
+                    d = squared_difference_mean(a, b, weight)
+                out.append(d)
+                k += 1
+        return out
+
+    def distance_map(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W): per-layer maps (weighted channel sums) upsampled bilinearly (align_corners=False)
+        to the input size and summed, as LPIPS's ``spatial=True``. Only for the "spatial" branch."""
+        if self.branches != ("spatial",):
+            raise ValueError("a spatial distance map exists only for the 'spatial' method")
+        f_in, f_tg = self.pair_features(input, target)
+        size = input.shape[-2:]
+        total = None
+        for k, (a, b) in enumerate(zip(f_in[0], f_tg[0])):
+            d = self._drop((a - b).square())
+            if self.lins is not None:
+                m = F.conv2d(d, self.lins[k].weight.to(d.dtype))
+            else:
+                m = d.sum(dim=1, keepdim=True)
+            m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+            total = m if total is None else total + m
+        return total
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, spatial: bool = False) -> torch.Tensor:
+        if spatial:
+            return self.distance_map(input, target)
+        return torch.stack(self.layer_distances(input, target), dim=0).sum(dim=0)
+
+    def extra_repr(self) -> str:
+        return (
+            f"scaling={self.scaling!r}, branches={self.branches}, channel_norm={self.channel_norm}, "
+            f"lin={self.lins is not None}, trainable={self.trainable}, cache_target={self.cache_target}"
+        )
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _to_rgb(x: torch.Tensor, colorspace: str) -> torch.Tensor:
+    return x.expand(-1, 3, -1, -1) if colorspace == "grey" else x
+
+
+def _backbone(net: str, backbone_weights, pretrained: bool, layers=None, channels_last: bool = True):
+    if backbone_weights is None:
+        backbone_weights = "imagenet" if pretrained else "random"
+    return build_backbone(net, layers, weights=backbone_weights, channels_last=channels_last)
+
+
+def _short_net(net: str) -> str:
+    arch = canonical_arch(net)
+    names = {"alexnet": "alex", "vgg16": "vgg", "squeezenet1_1": "squeeze"}
+    if arch not in names:
+        raise ValueError(f"net must be 'alex', 'vgg' or 'squeeze', got {net!r}")
+    return names[arch]
+
+
+class _DeepMetric(nn.Module):
+    """Input checks, grey handling, reduction; subclasses set ``self.distance`` (a DeepDistance)."""
+
+    higher_is_better = False
+    name = "deep"
+
+    def _setup(self, colorspace: str, reduction: str) -> None:
+        self.colorspace = checks.normalize_colorspace(colorspace)
+        self.reduction = checks.check_reduction(reduction)
+
+    @property
+    def backbone(self) -> FeatureExtractor:
+        return self.distance.backbone
+
+    def clear_cache(self) -> None:
+        """Forget cached target features (``cache_target=True``)."""
+        self.distance.clear_cache()
+
+    def _check(self, input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        checks.check_pair(
+            input, target, channels=checks.channels_of(self.colorspace), min_size=self.backbone.min_size, name=self.name
+        )
+        return _to_rgb(input, self.colorspace), _to_rgb(target, self.colorspace)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """input, target: (N, C, H, W) in [0, 1], C = 3 (rgb) or 1 (grey), H, W >= ``backbone.min_size``.
+
+        Returns a scalar ("sum", "mean"), shape (N,) ("none"), or the (N, 1, H, W) map when built with
+        ``spatial=True``.
+        """
+        input, target = self._check(input, target)
+        if getattr(self, "spatial", False):
+            return self.distance(input, target, spatial=True)
+        return checks.reduce(self.distance(input, target), self.reduction)
+
+
+# --------------------------------------------------------------------------------------------- LPIPS
+class LPIPS(_DeepMetric):
+    """LPIPS (Zhang et al. 2018), as the ``lpips`` 0.1.4 package computes it, for [0, 1] inputs.
+
+    d = sum_l mean_hw sum_c w_lc (f^_0 - f^_1)^2 with f^ the channel-normalised backbone taps.
+
+    Args:
+        net: "alex" (AlexNet), "vgg" (VGG-16) or "squeeze" (SqueezeNet 1.1).
+        version: "0.1" (default; ImageNet input scaling) or "0.0" (the first release: unscaled [-1, 1]
+            input to the trunk, its own linear weights). "v0.1"/"v0.0" are accepted.
+        lin: use the learned linear weights (True) or the uncalibrated baseline, a plain channel sum
+            (False; the paper's "net" rows; twice the package's old ``PNet`` value).
+        spatial: return the (N, 1, H, W) map (per-layer maps upsampled bilinearly and summed); its mean
+            is only approximately the scalar distance.
+        pretrained: ImageNet backbone and the published linear weights (``weights/lpips/v{version}/``:
+            from the asset folder, torchmetrics or the lpips package). False: random backbone and linear
+            weights 1. A missing file raises :class:`percept.assets.MissingAssetError`.
+        trainable: linear weights require grad; dropout (p = 0.5) on the squared differences in train mode.
+        backbone_weights: override the backbone: "imagenet", "random", a checkpoint path or a state dict.
+        lin_weights: override the linear weights: a checkpoint path or a state dict (LPIPS key layout).
+        cache_target: reuse the target's features while the same target tensor is passed again.
+        colorspace: "rgb" or "grey" (1 channel, replicated to 3).
+        reduction: "mean", "sum" or "none" (shape (N,)).
+    """
+
+    name = "lpips"
+
+    def __init__(
+        self,
+        *,
+        net: str = "alex",
+        version: str = "0.1",
+        lin: bool = True,
+        spatial: bool = False,
+        colorspace: str = "rgb",
+        reduction: str = "mean",
+        pretrained: bool = True,
+        trainable: bool = False,
+        backbone_weights: str | os.PathLike | Mapping | None = None,
+        lin_weights: str | os.PathLike | Mapping | None = None,
+        cache_target: bool = False,
+    ):
+        super().__init__()
+        self._setup(colorspace, reduction)
+        self.net = _short_net(net)
+        self.version = str(version).lstrip("v")
+        if self.version not in ("0.1", "0.0"):
+            raise ValueError(f"unknown LPIPS version {version!r}: use '0.1' or '0.0'")
+        self.name = f"lpips-{self.net}"
+        self.spatial = spatial
+        self.lin = lin
+        if lin_weights is None and lin and pretrained:
+            lin_weights = assets.locate(f"weights/lpips/v{self.version}/{self.net}.pth")
+        backbone = _backbone(self.net, backbone_weights, pretrained)
+        self.distance = DeepDistance(
+            backbone,
+            scaling="lpips" if self.version == "0.1" else "raw",
+            lin=lin,
+            trainable=trainable,
+            cache_target=cache_target,
+        )
+        if lin and lin_weights is not None:
+            self.distance.load_lin_weights(lin_weights)
+        self.eval()
+
+    def extra_repr(self) -> str:
+        return (
+            f"net={self.net!r}, version={self.version!r}, lin={self.lin}, spatial={self.spatial}, "
+            f"colorspace={self.colorspace!r}, reduction={self.reduction!r}"
+        )
+
+
+# ------------------------------------------------------------------------------------------ Deeploss
+class Deeploss(_DeepMetric):
+    """Deeploss-VGG / Deeploss-Squeeze of Czolbe et al. 2020: LPIPS-style metrics with their own trained
+    linear weights (``weights/czolbe/{rgb,gray}_pnet_lin_{vgg,squeeze}_trial0.pth``).
+
+    Faithful to their LossProvider: LPIPS's shift/scale is applied to the [0, 1] input directly (no
+    2x - 1), and grey input (1 channel) is replicated to 3 channels before that scaling. Their grey weights
+    were trained with grey computed after the scaling (pitfall P9); the provider's order is kept because
+    it is what users of the provider got. Differences from the original: NaN-safe channel normalisation,
+    a registered backbone, and the grey check on the channel count (their wrapper checked the batch size).
+
+    Args: as :class:`LPIPS` (net "vgg" or "squeeze"), without version/lin/spatial.
+    """
+
+    name = "deeploss"
+
+    def __init__(
+        self,
+        *,
+        net: str = "vgg",
+        colorspace: str = "rgb",
+        reduction: str = "mean",
+        pretrained: bool = True,
+        trainable: bool = False,
+        backbone_weights: str | os.PathLike | Mapping | None = None,
+        lin_weights: str | os.PathLike | Mapping | None = None,
+        cache_target: bool = False,
+    ):
+        super().__init__()
+        self._setup(colorspace, reduction)
+        self.net = _short_net(net)
+        if self.net not in ("vgg", "squeeze"):
+            raise ValueError(f"Deeploss exists for net 'vgg' and 'squeeze', got {net!r}")
+        self.name = f"deeploss-{self.net}"
+        if lin_weights is None and pretrained:
+            space = "rgb" if self.colorspace == "rgb" else "gray"
+            lin_weights = assets.locate(f"weights/czolbe/{space}_pnet_lin_{self.net}_trial0.pth")
+        backbone = _backbone(self.net, backbone_weights, pretrained)
+        self.distance = DeepDistance(
+            backbone, scaling="czolbe", lin=True, trainable=trainable, cache_target=cache_target
+        )
+        if lin_weights is not None:
+            self.distance.load_lin_weights(lin_weights)
+        self.eval()
+
+    def extra_repr(self) -> str:
+        return f"net={self.net!r}, colorspace={self.colorspace!r}, reduction={self.reduction!r}"
+
+
+class _OriginalDeeploss(nn.Module):
+    """The original LossProvider's output convention around :class:`Deeploss`."""
+
+    higher_is_better = False
+
+    def __init__(self, metric: Deeploss, reduction: str):
+        super().__init__()
+        self.metric = metric
+        self.reduction = reduction
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        d = self.metric(input, target)  # (N,)
+        if self.reduction == "sum":
+            return d.sum()
+        if self.reduction == "mean":
+            return d.mean()
+        return d.view(-1, 1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"
+
+
+def original_deeploss(net: str, colorspace: str, reduction: str, *, pretrained: bool = True) -> nn.Module:
+    """Deeploss as the original ``LossProvider.get_loss_function('Deeploss-<net>', colorspace, reduction)``
+    returns it: ``'sum'`` gives the scalar sum over the batch, ``'none'`` shape (N, 1, 1, 1) (``'mean'``,
+    which the original treated like 'none', gives the batch mean here). Grey ('LA', 'grey', ...) takes
+    1-channel input, expanded to 3 channels. All parameters are frozen."""
+    if reduction not in ("sum", "none", "mean"):
+        raise ValueError(f"unknown reduction {reduction!r}: use 'sum' or 'none' (or 'mean')")
+    metric = Deeploss(net=net, colorspace=colorspace, reduction="none", pretrained=pretrained)
+    metric.requires_grad_(False)
+    return _OriginalDeeploss(metric, reduction)
+
+
+# ---------------------------------------------------------------------------------------- Watson-VGG
+def _smooth_max(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a * s_a + b * s_b with (s_a, s_b) = softmax(a, b), elementwise."""
+    s = torch.sigmoid(a - b)  # softmax over two entries
+    return a * s + b * (1 - s)
+
+
+class WatsonVGG(nn.Module):
+    """Watson-style contrast masking on channel-normalised VGG-16 features (Czolbe et al., "Watson-VGG";
+    explored during their development, not the paper's metric).
+
+    With c0 = features of the target (the reference: masking comes from it) and c1 of the input, per layer
+    l (relu1_2 ... relu5_3): t_l = exp(t~_l) per channel, w_l = sigmoid(w~_l),
+    S_l = smax(t_l, (|c0| + eps)^w_l * t_l^(1 - w_l)) and
+
+        D = ( sum_l 1/(H_l W_l) sum_{c,h,w} [ (|c0 - c1| / S_l + eps)^beta + eps ] )^(1/beta).
+
+    Initial values: t = 1, w = 0.2, beta = 1. Dropout (p = 0.5) on the pooled terms when ``trainable`` in
+    train mode. Input scaling as Deeploss (LPIPS shift/scale on [0, 1]); grey input replicated to 3.
+
+    **The trained weights cannot be obtained here**: ``{rgb,gray}_watson_vgg_trial0.pth`` were never in the
+    public repository. ``pretrained=True`` therefore needs ``weights=<path to that file>`` (the original
+    layout, including its VGG trunk, or this module's state dict) and raises
+    :class:`percept.assets.MissingAssetError` without it. ``pretrained=False`` gives the initial values
+    above on a random backbone; pass ``backbone_weights="imagenet"`` for the ImageNet VGG-16 trunk.
+    Because of the epsilon terms, d(x, x) is a small positive floor, not 0.
+    """
+
+    higher_is_better = False
+    name = "watson-vgg"
+    _LAYERS = 5
+
+    def __init__(
+        self,
+        *,
+        colorspace: str = "rgb",
+        reduction: str = "mean",
+        pretrained: bool = True,
+        trainable: bool = False,
+        backbone_weights: str | os.PathLike | Mapping | None = None,
+        weights: str | os.PathLike | Mapping | None = None,
+        cache_target: bool = False,
+    ):
+        super().__init__()
+        self.colorspace = checks.normalize_colorspace(colorspace)
+        self.reduction = checks.check_reduction(reduction)
+        self.trainable = trainable
+        self.cache_target = cache_target
+        self._cache: tuple | None = None
+        state = None
+        if weights is not None:
+            state = load_checkpoint(weights)
+        elif pretrained:
+            space = "rgb" if self.colorspace == "rgb" else "gray"
+            raise assets.MissingAssetError(
+                f"missing asset weights/czolbe/{space}_watson_vgg_trial0.pth: Czolbe et al.'s trained Watson-VGG "
+                "weights were never published in their repository and cannot be fetched. Pass weights=<path> if "
+                "you have the file, or pretrained=False for the initial values (t=1, w=0.2, beta=1), with "
+                "backbone_weights='imagenet' for the ImageNet VGG-16 trunk."
+            )
+        trunk = {k: v for k, v in (state or {}).items() if k.startswith(("vgg.", "backbone."))}
+        if backbone_weights is None and trunk:
+            backbone_weights = self._trunk_state(trunk)
+        elif backbone_weights is None:
+            backbone_weights = "imagenet" if pretrained else "random"
+        self.backbone = build_backbone("vgg16", weights=backbone_weights)
+        self.scale = InputScaling("czolbe")
+        channels = self.backbone.channels
+        logit = math.log(0.2 / 0.8)
+        self.t_tild = nn.ParameterList([nn.Parameter(torch.zeros(c), requires_grad=trainable) for c in channels])
+        self.w_tild = nn.Parameter(torch.full((len(channels),), logit), requires_grad=trainable)
+        self.beta = nn.Parameter(torch.tensor(1.0), requires_grad=trainable)
+        if state is not None:
+            self._load_params(state)
+        self.eval()
+
+    @staticmethod
+    def _trunk_state(trunk: Mapping) -> dict:
+        out = {}
+        for k, v in trunk.items():
+            if k.startswith("backbone.body."):
+                out["features." + k[len("backbone.body.") :]] = v
+            elif k.startswith("vgg.slice"):  # original: vgg.slice{s}.{features index}.{param}
+                _, _, idx, param = k.split(".", 3)
+                out[f"features.{idx}.{param}"] = v
+        return out
+
+    def _load_params(self, state: Mapping) -> None:
+        own = {k: v for k, v in state.items() if not k.startswith(("vgg.", "backbone.", "shift", "scale"))}
+        mapped = {}
+        for k in range(self._LAYERS):
+            for key in (f"t{k}_tild", f"t_tild.{k}"):
+                if key in own:
+                    mapped[f"t_tild.{k}"] = own.pop(key)
+        if "w_tild" in own:
+            mapped["w_tild"] = own.pop("w_tild")
+        elif all(f"w{k}_tild" in own for k in range(self._LAYERS)):
+            mapped["w_tild"] = torch.stack([own.pop(f"w{k}_tild").reshape(()) for k in range(self._LAYERS)])
+        if "beta" in own:
+            mapped["beta"] = own.pop("beta")
+        expected = {f"t_tild.{k}" for k in range(self._LAYERS)} | {"w_tild", "beta"}
+        if own or set(mapped) != expected:
+            raise RuntimeError(
+                f"not a Watson-VGG checkpoint: missing {sorted(expected - set(mapped))}, unexpected {sorted(own)[:6]}"
+            )
+        with torch.no_grad():
+            for k in range(self._LAYERS):
+                if mapped[f"t_tild.{k}"].shape != self.t_tild[k].shape:
+                    raise RuntimeError(f"t{k}_tild has shape {tuple(mapped[f't_tild.{k}'].shape)}")
+                self.t_tild[k].copy_(mapped[f"t_tild.{k}"])
+            self.w_tild.copy_(mapped["w_tild"].reshape(self.w_tild.shape))
+            self.beta.copy_(mapped["beta"].reshape(()))
+
+    def clear_cache(self) -> None:
+        self._cache = None
+
+    def _apply(self, fn, recurse=True):
+        self._cache = None
+        return super()._apply(fn, recurse)
+
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [normalize_channels(f) for f in self.backbone(self.scale(x))]
+
+    def _pair(self, input: torch.Tensor, target: torch.Tensor):
+        grad = torch.is_grad_enabled()
+        if self.cache_target and not (grad and target.requires_grad):
+            c = self._cache
+            if c is None or c[0] is not target or c[1] != target._version:
+                with torch.no_grad():
+                    c = (target, target._version, self._features(target))
+                self._cache = c
+            return self._features(input), c[2]
+        if (grad and input.requires_grad) == (grad and target.requires_grad):
+            n = input.shape[0]
+            both = self._features(torch.cat([input, target]))
+            return [f[:n] for f in both], [f[n:] for f in both]
+        with torch.no_grad() if not target.requires_grad else torch.enable_grad():
+            ft = self._features(target)
+        return self._features(input), ft
+
+    def per_image(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(N,) distances of 3-channel [0, 1] batches (no checks)."""
+        c1s, c0s = self._pair(input, target)
+        w = torch.sigmoid(self.w_tild)
+        total = 0
+        for k, (c0, c1) in enumerate(zip(c0s, c1s)):
+            t = torch.exp(self.t_tild[k]).view(1, -1, 1, 1).to(c0.dtype)
+            s = _smooth_max(t, (c0.abs() + EPS) ** w[k] * t ** (1 - w[k]))
+            term = ((c0 - c1).abs() / s + EPS) ** self.beta
+            if self.trainable and self.training:
+                term = F.dropout(term, 0.5, training=True)
+            total = total + (term + EPS).flatten(1).sum(dim=1) / (c0.shape[2] * c0.shape[3])
+        return total ** (1 / self.beta)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """input, target: (N, C, H, W) in [0, 1]; returns a scalar or (N,) per ``reduction``."""
+        checks.check_pair(
+            input, target, channels=checks.channels_of(self.colorspace), min_size=self.backbone.min_size, name=self.name
+        )
+        input, target = _to_rgb(input, self.colorspace), _to_rgb(target, self.colorspace)
+        return checks.reduce(self.per_image(input, target), self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"colorspace={self.colorspace!r}, reduction={self.reduction!r}, trainable={self.trainable}"
+
+
+# ----------------------------------------------------------------------------------------------- DPS
+class DPS(_DeepMetric):
+    """The deep perceptual similarity methods of Sjögren et al. 2022 (uncalibrated, frozen backbone).
+
+    Per layer, the feature maps are modified ("spatial": unchanged; "sort": each channel's values sorted
+    over positions; "mean": each channel's spatial mean), optionally unit-normalised along channels,
+    compared by the squared difference summed over channels, and averaged over positions; layers are
+    summed. "spatial+sort" / "spatial+mean" add the two terms with weight 1. "spatial" with
+    ``channel_norm=True`` is LPIPS without linear layers (``LPIPS(lin=False)``); "sort" and "mean" are
+    invariant to any permutation of feature-map positions (approximately to translations of the image).
+
+    Args:
+        net: "alex", "vgg", "squeeze", or any torchvision classification model (Pihlgren et al.'s
+            loss-network study), with ``layers``.
+        method: one of :data:`METHODS`.
+        channel_norm: unit-normalise along channels after the modifier (the default of the paper).
+        layers: tap indices (see :mod:`percept.backbones`); default the LPIPS taps for alex/vgg/squeeze,
+            Pihlgren et al.'s four layers for their other networks.
+        spatial: return the (N, 1, H, W) distance map (method "spatial" only).
+        pretrained: ImageNet backbone (False: random). backbone_weights overrides it.
+        cache_target, colorspace, reduction: as :class:`LPIPS`.
+
+    Input scaling is ImageNet normalisation (as LPIPS v0.1).
+    """
+
+    name = "dps"
+
+    def __init__(
+        self,
+        *,
+        net: str = "alex",
+        method: str = "spatial",
+        channel_norm: bool = True,
+        layers: Sequence[int] | None = None,
+        spatial: bool = False,
+        colorspace: str = "rgb",
+        reduction: str = "mean",
+        pretrained: bool = True,
+        backbone_weights: str | os.PathLike | Mapping | None = None,
+        cache_target: bool = False,
+    ):
+        super().__init__()
+        self._setup(colorspace, reduction)
+        if method not in METHODS:
+            raise ValueError(f"unknown DPS method {method!r}: use one of {', '.join(METHODS)}")
+        if spatial and method != "spatial":
+            raise ValueError(f"spatial=True needs method='spatial' (got {method!r}): sort/mean have no positions")
+        self.method = method
+        self.channel_norm = channel_norm
+        self.spatial = spatial
+        arch = canonical_arch(net)
+        self.name = f"dps-{arch}"
+        backbone = _backbone(arch, backbone_weights, pretrained, layers)
+        self.distance = DeepDistance(
+            backbone,
+            scaling="lpips",
+            branches=tuple(method.split("+")),
+            channel_norm=channel_norm,
+            cache_target=cache_target,
+        )
+        self.eval()
+
+    def extra_repr(self) -> str:
+        return (
+            f"method={self.method!r}, channel_norm={self.channel_norm}, spatial={self.spatial}, "
+            f"colorspace={self.colorspace!r}, reduction={self.reduction!r}"
+        )
