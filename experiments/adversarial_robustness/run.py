@@ -57,9 +57,7 @@ import csv
 import importlib.util
 import json
 import math
-import os
 import shlex
-import subprocess
 import sys
 import time
 import zlib
@@ -69,6 +67,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from percept.train import load_average, machine_info
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "results" / "adversarial_robustness"
@@ -402,31 +402,6 @@ def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) ->
             writer.writerow({k: _fmt(row.get(k)) for k in columns})
 
 
-def machine_info(device: torch.device) -> dict:
-    try:
-        from percept.train import machine_info as info
-
-        out = info(device)
-    except ImportError:
-        import platform
-
-        out = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-               "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
-    try:
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                           text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return out
-
-
-def _load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
 def adv_key(label: str, eps: float) -> str:
     """The images.npz key of the adversarial images crafted on ``label`` with budget ``eps``."""
     return f"adv__{label}__eps{eps:g}"
@@ -633,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    started, load_before = time.time(), _load_average()
+    started, load_before = time.time(), load_average()
 
     names, photos, skipped_photos = load_photos(args.photos, args.size)
     if len(names) < 2:
@@ -752,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
         "barycenter": bary,
         "seed": args.seed,
         "wall_seconds": round(time.time() - started, 1),
-        "load_average_1min": {"start": load_before, "end": _load_average()},
+        "load_average_1min": {"start": load_before, "end": load_average()},
     }
     info["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     (out / "machine.json").write_text(json.dumps(info, indent=2, default=str) + "\n")

@@ -51,7 +51,6 @@ import math
 import os
 import shlex
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -60,6 +59,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from percept.train import load_average, machine_info
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "results" / "convergence"
@@ -347,31 +348,6 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def machine_info(device: torch.device) -> dict:
-    try:
-        from percept.train import machine_info as info
-    except ImportError:
-        import platform
-
-        return {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-                "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
-    out = info(device)
-    try:
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                           text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return out
-
-
-def _load_average() -> float | None:
-    """1-minute load average: other processes on the machine slow the timings down."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
 def save_reconstructions(out: Path, target: torch.Tensor, finals: dict[str, torch.Tensor]) -> None:
     """reconstructions.npz (uint8 arrays) and a quick-look reconstructions.png (targets, then one row per loss)."""
     from PIL import Image, ImageDraw
@@ -484,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, summaries, finals, skipped = [], [], {}, {}
     started = time.time()
-    load_before = _load_average()
+    load_before = load_average()
     for name in args.losses:
         try:
             run = optimise(name, target, init, args, device)
@@ -521,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         "record_every": args.record_every,
         "skipped": skipped,
         "wall_seconds": round(time.time() - started, 1),
-        "load_average_1min": {"start": load_before, "end": _load_average()},
+        "load_average_1min": {"start": load_before, "end": load_average()},
     }
     (out / "machine.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     width = max(len(s["loss"]) for s in summaries)

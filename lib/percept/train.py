@@ -64,6 +64,7 @@ import os
 import platform
 import random
 import shutil
+import subprocess
 import sys
 import time
 import warnings
@@ -912,7 +913,26 @@ def machine_info(device: torch.device | str | None = None) -> dict:
         info["torchvision"] = torchvision.__version__
     except ImportError:
         pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        info["git_commit"] = commit or None
+    except (OSError, subprocess.SubprocessError):
+        pass
     return info
+
+
+def load_average() -> float | None:
+    """1-minute load average: other processes on the machine slow timings down."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def write_json(path: str | Path, obj: dict) -> None:
