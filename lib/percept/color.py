@@ -18,15 +18,31 @@ LUMA_BT601 = (0.299, 0.587, 0.114)
 LUMA_ROUNDED = (0.3, 0.59, 0.11)
 
 
-def rgb_to_ycbcr(x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) RGB in [0, 1] -> (N, 3, H, W) YCbCr with Y in [0, 1] and Cb, Cr centred on 0.5.
+def rgb_to_ycbcr(x: torch.Tensor, *, scale: float = 1.0, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, 3, ...) RGB in [0, 1] -> (N, 3, ...) YCbCr with Y in [0, 1] and Cb, Cr centred on 0.5.
 
-    Evaluated as explicit weighted sums of the three planes, the order of operations of the original
-    Watson code: on flat image regions the Watson-DFT phase term depends on rounding at this level.
+    Evaluated plane by plane as ``((m0 * R + m1 * G) + m2 * B) + offset``, the order of operations of the
+    original Watson code, with every intermediate rounded as there: on flat image regions the
+    Watson-DFT phase term depends on rounding at this level. Equal pixels give equal outputs.
+    ``scale`` multiplies the result; a power of two is folded into the coefficients, which leaves
+    every rounding step unchanged (the result is bit for bit the unscaled one times ``scale``).
+    ``out`` (no autograd) may be any strided tensor of the input's shape, e.g. a view in block order.
     """
-    r, g, b = x[:, 0], x[:, 1], x[:, 2]
-    planes = [m[0] * r + m[1] * g + m[2] * b + o for m, o in zip(YCBCR_MATRIX, YCBCR_OFFSET)]
-    return torch.stack(planes, dim=1)
+    matrix = [[m * scale for m in row] for row in YCBCR_MATRIX]
+    offset = [o * scale for o in YCBCR_OFFSET]
+    if x.requires_grad and torch.is_grad_enabled():  # autograd does not record out= operations
+        r, g, b = x[:, 0], x[:, 1], x[:, 2]
+        planes = [m[0] * r + m[1] * g + m[2] * b + o for m, o in zip(matrix, offset)]
+        return torch.stack(planes, dim=1) if out is None else out.copy_(torch.stack(planes, dim=1))
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    product = torch.empty(x[:, 0].shape, dtype=x.dtype, device=x.device)
+    for plane, m, o in zip(out.unbind(1), matrix, offset):
+        torch.mul(x[:, 0], m[0], out=plane)
+        plane.add_(torch.mul(x[:, 1], m[1], out=product))
+        plane.add_(torch.mul(x[:, 2], m[2], out=product))
+        plane.add_(o)
+    return out
 
 
 def rgb_to_grey(x: torch.Tensor, weights: tuple[float, float, float] = LUMA_BT601) -> torch.Tensor:

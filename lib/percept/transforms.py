@@ -13,6 +13,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from percept.color import YCBCR_MATRIX, rgb_to_ycbcr
+
 
 def to_blocks(x: torch.Tensor, b: int = 8) -> torch.Tensor:
     """(N, C, H, W) -> (N, C, K, b*b) with K = (H/b)(W/b) blocks in row-major order."""
@@ -50,18 +52,70 @@ def block_dct(x: torch.Tensor, b: int = 8) -> torch.Tensor:
     return to_blocks(x, b) @ _operator(_block_dct_operator, b, x)
 
 
-def block_rdft(x: torch.Tensor, b: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def block_rdft(x: torch.Tensor, b: int = 8, *, ycbcr: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Onesided 2-D DFT of every b x b block, divided by b*b.
 
-    Returns (real, imag), each (N, C, K, b * (b//2+1)) with coefficient index u*(b//2+1)+v, i.e.
-    ``torch.fft.rfft2(block) / b**2``. The DC term equals the block mean. A true FFT rather than a
-    matrix product: on flat blocks it returns exact zeros where a product leaves rounding noise, and
-    the phase of those coefficients (Watson-DFT) would otherwise be noise.
+    Returns (real, imag), each (N, C, K, b * (b//2+1)) and contiguous, with coefficient index
+    u*(b//2+1)+v: ``torch.fft.rfft2(block) / b**2``, bit for bit (the blocks are scaled first, which is
+    exact for a power of two and cheaper than dividing complex numbers). The DC term equals the block
+    mean. A true FFT rather than a matrix product: on flat blocks it returns exact zeros where a
+    product leaves rounding noise, and the phase of those coefficients (Watson-DFT) would otherwise
+    be noise. ``ycbcr=True`` transforms the YCbCr planes of an RGB input (:func:`rgb_to_ycbcr`, fused
+    with the reordering into blocks).
     """
+    n, c, h, w = x.shape
+    scale = 1.0 / (b * b)
+    if x.requires_grad and torch.is_grad_enabled():
+        x = rgb_to_ycbcr(x) if ycbcr else x
+        blocks = to_blocks(x, b).reshape(n, c, -1, b, b) * scale
+    else:  # colour and scale in image order, then one reordering pass into a contiguous buffer
+        buffer = torch.empty(n, c, h // b, w // b, b, b, dtype=x.dtype, device=x.device)
+        in_blocks = buffer.permute(0, 1, 2, 4, 3, 5)  # a view of the buffer in image order
+        if ycbcr:
+            x = rgb_to_ycbcr(x, scale=scale)
+        else:
+            x = x * scale
+        in_blocks.copy_(x.reshape(n, c, h // b, b, w // b, b))
+        blocks = buffer.view(n, c, -1, b, b)
+    spectrum = torch.fft.rfft2(blocks).reshape(n, c, blocks.shape[2], -1)
+    planes = torch.view_as_real(spectrum).movedim(-1, 0).contiguous()
+    return planes[0], planes[1]
+
+
+@lru_cache(maxsize=8)
+def _rdft_adjoint_operator(b: int) -> torch.Tensor:
+    basis = torch.eye(b * b, dtype=torch.float64).view(-1, b, b)
+    spectrum = torch.fft.rfft2(basis).reshape(b * b, -1) / (b * b)  # (pixel, coefficient)
+    return torch.cat([spectrum.real, spectrum.imag], dim=1).T.contiguous()  # (2 * coefficients, pixels)
+
+
+def from_blocks(x: torch.Tensor, h: int, w: int, b: int = 8) -> torch.Tensor:
+    """Inverse of :func:`to_blocks`: (N, C, K, b*b) -> (N, C, H, W)."""
     n, c = x.shape[:2]
-    spectrum = torch.fft.rfft2(to_blocks(x, b).reshape(n, c, -1, b, b)) / (b * b)
-    spectrum = spectrum.reshape(n, c, spectrum.shape[2], -1)
-    return spectrum.real, spectrum.imag
+    x = x.reshape(n, c, h // b, w // b, b, b).permute(0, 1, 2, 4, 3, 5)
+    return x.reshape(n, c, h, w)
+
+
+def block_rdft_adjoint(
+    grad: torch.Tensor, h: int, w: int, b: int = 8, *, ycbcr: bool = False, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Gradient w.r.t. the image of a function of :func:`block_rdft`'s output (same ``b`` and ``ycbcr``).
+
+    ``grad`` is (N, C, K, 2F): the gradients w.r.t. the F real parts, then w.r.t. the F imaginary
+    parts of each block's coefficients. Returns (N, C, H, W), written into ``out`` when given. The
+    transform is linear, so this is one product with the transposed (real-valued) transform matrix,
+    then the transposed colour matrix; gradients need no exact zeros.
+    """
+    n, c = grad.shape[:2]
+    blocks = grad @ _operator(_rdft_adjoint_operator, b, grad)  # (N, C, K, b*b)
+    if ycbcr:
+        matrix = torch.tensor(YCBCR_MATRIX, dtype=blocks.dtype, device=blocks.device)
+        blocks = torch.matmul(matrix.T, blocks.view(n, c, -1))
+    in_image_order = blocks.view(n, c, h // b, w // b, b, b).permute(0, 1, 2, 4, 3, 5)
+    if out is None:
+        return in_image_order.reshape(n, c, h, w)
+    out.view(n, c, h // b, b, w // b, b).copy_(in_image_order)
+    return out
 
 
 def random_offsets(max_shift: int = 8, generator: torch.Generator | None = None) -> tuple[int, int]:

@@ -28,7 +28,6 @@ Differences from the original code, all documented in the README:
 
 from __future__ import annotations
 
-import contextlib
 import math
 from functools import partial
 
@@ -37,7 +36,7 @@ import torch.nn as nn
 
 from percept import assets, checks
 from percept.color import YCBCR_MATRIX, YCBCR_OFFSET, rgb_to_ycbcr
-from percept.transforms import block_dct, block_rdft, random_offsets, shift_images
+from percept.transforms import block_dct, block_rdft, block_rdft_adjoint, dct_matrix, random_offsets, shift_images
 
 EPS = 1e-10
 BLOCK = 8
@@ -203,32 +202,86 @@ class _Watson(nn.Module):
     def per_image(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(N,) distances without input checks or reduction."""
         target_grad = target.requires_grad and torch.is_grad_enabled()
-        offsets = None if self.deterministic else random_offsets(BLOCK, self.generator)
-        fused = not (self.trainable or target_grad)
-        if fused and input.requires_grad and torch.is_grad_enabled() and self.chunk_pixels:
-            # each image's distance depends on its own pixels only (the batch-pooled luminance mean
-            # comes from the target), so gradients can be formed chunk by chunk in the forward pass
-            chunk = input.shape[0] if self.batch_luminance else max(1, self.chunk_pixels // input[0].numel())
-            if chunk < input.shape[0]:
-                return _ChunkedPerImage.apply(input, target, partial(self._per_image_core, offsets=offsets), chunk)
-        return self._per_image_core(input, target, target_grad, offsets)
-
-    def _per_image_core(
-        self, input: torch.Tensor, target: torch.Tensor, target_grad: bool = False, offsets: tuple | None = None
-    ) -> torch.Tensor:
-        if offsets is not None:
+        if not self.deterministic:
+            offsets = random_offsets(BLOCK, self.generator)
             input, target = shift_images(input, offsets, BLOCK), shift_images(target, offsets, BLOCK)
+        if self.trainable or target_grad:
+            return self._per_image_autograd(input, target)
+        # frozen metric, constant target: the distance is computed chunk by chunk with its input
+        # gradient formed in the same pass (see _FrozenPerImage)
+        want_grad = input.requires_grad and torch.is_grad_enabled()
+        with torch.no_grad():
+            consts = self._frozen_constants(input.dtype, input.device, target)
+        per_image = self.chunk_pixels // input[0].numel() if self.chunk_pixels else input.shape[0]
+        return _FrozenPerImage.apply(input, target, partial(self._frozen_chunk, consts), max(1, per_image), want_grad)
+
+    def _per_image_autograd(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The formula through autograd: gradients for the parameters (2AFC tuning) or the target."""
         if input.dtype in (torch.float16, torch.bfloat16):
             input, target = input.float(), target.float()  # eps = 1e-10 and the powers need float32
         with torch.autocast(input.device.type, enabled=False):
-            with self._target_side(target_grad):
-                target = rgb_to_ycbcr(target) if self.channels == 3 else target
             if self.channels == 3:
-                input = rgb_to_ycbcr(input)
-            per_channel = self._distance(input, target, target_grad)  # (N, C)
+                input, target = rgb_to_ycbcr(input), rgb_to_ycbcr(target)
+            per_channel = self._distance(input, target)  # (N, C)
             if self.channels == 1:
                 return per_channel[:, 0]
             return per_channel @ torch.softmax(self.channel_logits, 0).to(per_channel.dtype)
+
+    # -- frozen fast path -------------------------------------------------------------------------
+    def _frozen_constants(self, dtype: torch.dtype, device: torch.device, target: torch.Tensor) -> dict:
+        """Parameter-derived constants of the frozen path, shaped to broadcast over (N, C, Hb, 8, Wb, F')."""
+        dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        c = self.channels
+        t_log = self.t_tild.detach().to(dtype)
+        w = torch.sigmoid(self.w_tild.to(dtype))
+        freq = self._frequency_view
+        per_channel = (1, c) + (1,) * (freq(t_log).dim() - 2)
+        consts = {
+            "dtype": dtype,
+            "alpha": self.alpha.to(dtype),
+            "w": w.view(per_channel),
+            "one_m_w": (1 - w).view(per_channel),
+            "t": freq(torch.exp(t_log)),
+            "t_log_1mw": freq(t_log * (1 - w)[:, None]),
+            "beta": self.beta.to(dtype),
+            "weights": torch.softmax(self.channel_logits.to(dtype), 0) if c == 3 else torch.ones(1, dtype=dtype),
+        }
+        # luminance masking divides by the mean DC term of each target (or of the whole batch): it is
+        # the (scaled) mean of the target's colour planes, so it is computed here for all images at once
+        plane_means = target.to(dtype).mean(dim=(2, 3))  # (N, C)
+        if c == 3:
+            matrix = torch.tensor(YCBCR_MATRIX, dtype=dtype, device=device)
+            plane_means = plane_means @ matrix.T + torch.tensor(YCBCR_OFFSET, dtype=dtype, device=device)
+        mean_dc = plane_means * self._dc_scale
+        consts["mean_dc"] = mean_dc.mean(dim=0, keepdim=True) if self.batch_luminance else mean_dc
+        if c == 3:
+            consts["ycbcr"] = matrix
+            consts["dc_offset"] = self._dc_scale * torch.tensor(YCBCR_OFFSET[1:], dtype=dtype).view(1, 2, 1, 1)
+        if isinstance(self, WatsonDFT):
+            consts["w_phase"] = freq(self._phase_weights().to(dtype))
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in consts.items()}
+
+    def _frozen_log_luminance(self, dc: torch.Tensor, mean_dc: torch.Tensor, consts: dict) -> torch.Tensor:
+        """alpha * log((dc + eps) / (mean + eps)) per block, dc (n, C, K), mean_dc (n or 1, C); floored like
+        :meth:`_luminance_masked`."""
+        floor = self._dc_scale * self.luminance_floor
+        mean = mean_dc[:, :, None]
+        if floor > 0:
+            dc = dc.clamp_min(floor)
+            mean = mean.clamp_min(floor)
+        return torch.log((dc + EPS) / (mean + EPS)).mul_(consts["alpha"].view(1, -1, 1))
+
+    def _frozen_inverse_threshold(self, c0_abs: torch.Tensor, log_lum: torch.Tensor, consts: dict) -> torch.Tensor:
+        """1 / S from the target's |coefficients| and the log luminance factor per block, both shaped to
+        broadcast with the frequency constants of ``consts``.
+
+        ``M = (|c0| + eps) ** w * T ** (1 - w)`` is formed in log space (a log and an exp instead of
+        two powers); ``S = smax(T, M) = M + (T - M) sigmoid(T - M)``.
+        """
+        m = torch.add(c0_abs, EPS).log_().mul_(consts["w"]).add_(consts["t_log_1mw"]).add_(log_lum * consts["one_m_w"])
+        m = m.exp_()
+        gap = torch.mul(consts["t"], log_lum.exp()).sub_(m)  # T - M
+        return m.addcmul_(gap, torch.sigmoid(gap)).reciprocal_()
 
     def _luminance_masked(self, dc: torch.Tensor, floor: float) -> torch.Tensor:
         """((dc + eps) / (mean dc + eps)) ** alpha with dc of shape (N, C, K); returns (N, C, K, 1).
@@ -253,20 +306,14 @@ class _Watson(nn.Module):
 
     def _pool(self, v0: torch.Tensor, v1: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """Minkowski pooling of |v0 - v1| / s over blocks and frequencies: (N, C, K, F) -> (N, C)."""
-        if self.trainable or s.requires_grad or v0.requires_grad:
-            terms = ((v0 - v1).abs() / s + EPS).pow(self.beta.view(-1, 1, 1))
-            if self.training:
-                terms = self.dropout(terms)
-            total = terms.sum(dim=(-1, -2)) + terms.shape[-1] * terms.shape[-2] * EPS
-            return total.pow(1 / self.beta)
-        return _MinkowskiPool.apply(v1, v0, s, self.beta.detach())
+        terms = ((v0 - v1).abs() / s + EPS).pow(self.beta.view(-1, 1, 1))
+        if self.training:
+            terms = self.dropout(terms)
+        total = terms.sum(dim=(-1, -2)) + terms.shape[-1] * terms.shape[-2] * EPS
+        return total.pow(1 / self.beta)
 
-    def _target_side(self, target_requires_grad: bool):
-        """No graph for target-only quantities when nothing upstream of them needs a gradient."""
-        return contextlib.nullcontext() if (self.trainable or target_requires_grad) else torch.no_grad()
-
-    def _distance(self, input: torch.Tensor, target: torch.Tensor, target_grad: bool) -> torch.Tensor:
-        """(N, C) distances of single-channel planes (Y, Cb, Cr or grey)."""
+    def _distance(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(N, C) distances of single-channel planes (Y, Cb, Cr or grey), through autograd."""
         raise NotImplementedError
 
 
@@ -294,11 +341,66 @@ class WatsonDCT(_Watson):
 
         return {"dct.A": dct_matrix(BLOCK, torch.float32)}
 
-    def _distance(self, input: torch.Tensor, target: torch.Tensor, target_grad: bool) -> torch.Tensor:
-        with self._target_side(target_grad):
-            c0 = block_dct(target)  # (N, C, K, 64)
-            lum = self._luminance_masked(c0[..., 0], BLOCK * self.luminance_floor)
-            s = self._threshold(c0.abs(), lum)
+    _dc_scale = float(BLOCK)  # the DC coefficient is 8 x the block mean
+
+    def _frequency_view(self, values: torch.Tensor) -> torch.Tensor:
+        return values.reshape(1, self.channels, 1, BLOCK, 1, BLOCK)
+
+    def _frozen_chunk(self, consts: dict, x: torch.Tensor, y: torch.Tensor, part: slice, grad_out):
+        """Values (n,) of a chunk of images, and their input gradients written to ``grad_out`` unless it is
+        None; see :class:`_FrozenPerImage`.
+
+        The coefficients stay in image layout: coefficient (u, v) of block (i, j) sits at pixel
+        (8i + u, 8j + v), so thresholds and masks broadcast over a (n, C, Hb, 8, Wb, 8) view and no
+        block reordering is needed. The DCT is linear, so the input enters only through the DCT of
+        the (colour-transformed) difference ``input - target``.
+        """
+        dtype = consts["dtype"]
+        x, y = x.to(dtype), y.to(dtype)
+        n, c, h, w = x.shape
+        hb, wb = h // BLOCK, w // BLOCK
+        a = dct_matrix(BLOCK, dtype).to(x.device)
+        ycc = consts.get("ycbcr")
+
+        # target side: 1 / S
+        c0 = _separable(y if ycc is None else _mix_channels(ycc, y), a, a.T).view(n, c, hb, BLOCK, wb, BLOCK)
+        if ycc is not None:  # the colour offset moves the DC terms of Cb and Cr only
+            c0[:, 1:, :, 0, :, 0] += consts["dc_offset"]
+        mean_dc = consts["mean_dc"]
+        log_lum = self._frozen_log_luminance(
+            c0[:, :, :, 0, :, 0].reshape(n, c, -1), mean_dc if mean_dc.shape[0] == 1 else mean_dc[part], consts
+        )
+        inv_s = self._frozen_inverse_threshold(c0.abs_(), log_lum.view(n, c, hb, 1, wb, 1), consts)
+        del c0
+
+        # input side: Minkowski pooling of |D| / S with D the DCT of the difference
+        diff = x - y
+        coef = _separable(diff if ycc is None else _mix_channels(ycc, diff), a, a.T).view_as(inv_s)
+        ratio = coef.abs().mul_(inv_s).add_(EPS)
+        beta = consts["beta"]
+        terms = torch.log(ratio).mul_(beta.view(1, c, 1, 1, 1, 1)).exp_()
+        total = terms.sum(dim=(2, 3, 4, 5)) + terms[0, 0].numel() * EPS  # (n, C)
+        dist = total.pow(1 / beta)
+        if grad_out is None:
+            return dist @ consts["weights"]
+        # d dist / d coef = dist / total * ratio ** (beta - 1) / S * sign(coef), then the transposed DCT
+        # and colour transform; the channel weights are folded into the per-image scale
+        grad = terms.div_(ratio).mul_(inv_s).mul_(coef.sign_())
+        scale = consts["weights"] * dist / total  # (n, C)
+        grad = _separable(grad.view(n, c, h, w), a.T, a)
+        out = grad_out if grad_out.dtype == dtype else None
+        if ycc is None:
+            grad = torch.mul(grad, scale.view(n, c, 1, 1), out=out)
+        else:
+            grad = torch.matmul(ycc.T * scale[:, None, :], grad.view(n, c, h * w), out=_flat(out))
+        if out is None:
+            grad_out.copy_(grad.view_as(grad_out))
+        return dist @ consts["weights"]
+
+    def _distance(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        c0 = block_dct(target)  # (N, C, K, 64)
+        lum = self._luminance_masked(c0[..., 0], BLOCK * self.luminance_floor)
+        s = self._threshold(c0.abs(), lum)
         return self._pool(c0, block_dct(input), s)
 
 
@@ -331,17 +433,77 @@ class WatsonDFT(_Watson):
         w_phase = torch.exp(self.w_phase_tild)
         return w_phase if self.trainable else w_phase * self._complex_mask
 
-    def _distance(self, input: torch.Tensor, target: torch.Tensor, target_grad: bool) -> torch.Tensor:
-        with self._target_side(target_grad):
-            re0, im0 = block_rdft(target)  # (N, C, K, 40) each
-            a0 = torch.sqrt((re0 + EPS) ** 2 + (im0 + EPS) ** 2)
-            lum = self._luminance_masked(a0[..., 0], self.luminance_floor)
-            s = self._threshold(a0, lum)
-        re1, im1 = block_rdft(input)
-        if not (self.trainable or target_grad):
-            return _DFTDistance.apply(re1, im1, re0, im0, a0, s, self.beta.detach(), self._phase_weights())
+    _dc_scale = 1.0  # the DC coefficient is the block mean
 
+    def _frequency_view(self, values: torch.Tensor) -> torch.Tensor:
+        return values.reshape(1, self.channels, 1, self.n_freq)
+
+    def _frozen_chunk(self, consts: dict, x: torch.Tensor, y: torch.Tensor, part: slice, grad_out):
+        """Values (n,) of a chunk of images, and their input gradients written to ``grad_out`` unless it is
+        None; see :class:`_FrozenPerImage`.
+
+        The phase difference is the angle between ``z0 = (re0 + eps, im0)`` and ``z1 = (re1 + eps, im1)``,
+        from their dot and cross products rather than as a difference of two atan2 angles: with
+        ``q = cross / dot``, ``cos = sign(dot) / sqrt(1 + q^2)``, exactly 1 for identical coefficients
+        (as in the original), at a fraction of the cost.
+        """
+        dtype = consts["dtype"]
+        x, y = x.to(dtype), y.to(dtype)
+        n, c, h, w = x.shape
+        f = self.n_freq
+        # elementwise colour transform: flat blocks stay exactly flat, so their phases are exactly 0
+
+        # target side: amplitude a0 = |(re0 + eps, im0 + eps)| and 1 / S
+        re0, im0 = block_rdft(y, ycbcr=c == 3)  # (n, C, K, 40) each
+        re0e = re0.add_(EPS)
+        a0 = (im0 + EPS).square_().addcmul_(re0e, re0e).sqrt_()
+        mean_dc = consts["mean_dc"]
+        log_lum = self._frozen_log_luminance(a0[..., 0], mean_dc if mean_dc.shape[0] == 1 else mean_dc[part], consts)
+        inv_s = self._frozen_inverse_threshold(a0, log_lum.unsqueeze(-1), consts)
+
+        # amplitude term: Minkowski pooling of |a1 - a0| / S
+        re1, im1 = block_rdft(x, ycbcr=c == 3)
+        re1e, im1e = re1.add_(EPS), im1 + EPS
+        a1 = im1e.square().addcmul_(re1e, re1e).sqrt_()
+        diff = a0.neg_().add_(a1)  # a1 - a0
+        ratio = diff.abs().mul_(inv_s).add_(EPS)
+        terms = torch.log(ratio).mul_(consts["beta"].view(1, c, 1, 1)).exp_()
+        total = terms.sum(dim=(2, 3)) + terms[0, 0].numel() * EPS  # (n, C)
+        d_amp = total.pow(1 / consts["beta"])
+
+        # phase term; the factor just below one keeps the arccos gradient finite
+        dot = torch.mul(re0e, re1e).addcmul_(im0, im1)
+        cross = torch.mul(im0, re1e).sub_(re0e * im1)  # two rounded products: exactly 0 for z0 == z1
+        q2 = cross.div(dot).square_()
+        kc = (q2 + 1).rsqrt_().copysign_(dot).nan_to_num_(nan=1.0).mul_(PHASE_CLAMP)  # nan: both zero, angle 0
+        w_phase = consts["w_phase"]
+        d_phase = (torch.arccos(kc).sum(dim=2) * w_phase.view(1, c, f)).sum(dim=-1)
+        dist = d_amp + d_phase
+        if grad_out is None:
+            return dist @ consts["weights"]
+
+        # amplitude: d d_amp / d a1 = d_amp / total * ratio ** (beta - 1) / S * sign(a1 - a0), and
+        # d a1 / d re1 = (re1 + eps) / a1, d a1 / d im1 = (im1 + eps) / a1
+        scale = (consts["weights"] * d_amp / total).view(n, c, 1, 1)
+        g_amp = terms.div_(ratio).mul_(inv_s).mul_(diff.sign_()).div_(a1).mul_(scale)
+        # phase: d delta / d re1 = g im1, d delta / d im1 = -g (re1 + eps), where with k = PHASE_CLAMP
+        # g = k sin(phi0 - phi1) / (|z1|^2 sqrt(1 - k^2 cos^2)) = k sign(cross) / (|z1|^2 sqrt(1 + (1 - k^2) / q^2))
+        g_phase = q2.reciprocal_().mul_(1 - PHASE_CLAMP**2).add_(1).rsqrt_().copysign_(cross)
+        g_phase.mul_(w_phase * (consts["weights"].view(1, c, 1, 1) * PHASE_CLAMP))
+        g_phase = g_phase.div_(im1.square().addcmul_(re1e, re1e)).nan_to_num_(nan=0.0)  # nan: z0 or z1 is 0
+        coef_grad = torch.empty(n, c, re1.shape[2], 2 * f, dtype=dtype, device=x.device)
+        torch.addcmul(g_amp * re1e, g_phase, im1, out=coef_grad[..., :f])
+        torch.addcmul(g_amp.mul_(im1e), g_phase, re1e, value=-1, out=coef_grad[..., f:])
+        block_rdft_adjoint(coef_grad, h, w, ycbcr=c == 3, out=grad_out)
+        return dist @ consts["weights"]
+
+    def _distance(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # the original formula through autograd: needed for gradients w.r.t. parameters or target
+        re0, im0 = block_rdft(target)  # (N, C, K, 40) each
+        a0 = torch.sqrt((re0 + EPS) ** 2 + (im0 + EPS) ** 2)
+        lum = self._luminance_masked(a0[..., 0], self.luminance_floor)
+        s = self._threshold(a0, lum)
+        re1, im1 = block_rdft(input)
         a1 = torch.sqrt((re1 + EPS) ** 2 + (im1 + EPS) ** 2)
         d_amp = self._pool(a0, a1, s)
         # phase difference as the angle between the two coefficients, in [0, pi]; the factor just below
@@ -353,105 +515,48 @@ class WatsonDFT(_Watson):
         return d_amp + d_phase
 
 
-class _MinkowskiPool(torch.autograd.Function):
-    """(sum_{k,f} [(|v1 - v0| / s + eps) ** beta + eps]) ** (1 / beta) per (image, channel).
+def _separable(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``left @ block @ right`` for every 8 x 8 block of (n, C, H, W), in image layout (two small products)."""
+    n, c, h, w = x.shape
+    rows = (x.reshape(-1, BLOCK) @ right).view(n, c, h // BLOCK, BLOCK, w)
+    return torch.matmul(left, rows).view(n, c, h, w)
 
-    Differentiable in ``v1`` only (``v0``, ``s`` and ``beta`` are constants: a frozen metric and a
-    target that needs no gradient). The forward pass also computes the elementwise derivative, so
-    the backward pass is one multiplication instead of autograd's chain through abs, div and pow.
+
+def _mix_channels(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-pixel channel mixing ``out[:, i] = sum_j matrix[i, j] x[:, j]``; ``matrix`` (C, C) or per image (n, C, C)."""
+    n, c, h, w = x.shape
+    return torch.matmul(matrix, x.reshape(n, c, h * w)).view(n, -1, h, w)
+
+
+def _flat(x: torch.Tensor | None) -> torch.Tensor | None:
+    """(n, C, H, W) -> (n, C, H*W) view, or None."""
+    return None if x is None else x.view(x.shape[0], x.shape[1], -1)
+
+
+class _FrozenPerImage(torch.autograd.Function):
+    """Per-image distances of a frozen metric against a constant target, in chunks of images.
+
+    Each image's distance depends on its own pixels only (the masking comes from the target), so
+    ``grad_input[n] = grad_output[n] * d dist[n] / d input[n]``. ``chunk_fn(x, y, part, grad_out)``
+    returns a chunk's values and, when ``grad_out`` is given, writes those per-image gradients into it,
+    computed in closed form in the same pass. The backward pass is one multiplication; only the
+    gradient (one input-sized tensor) outlives the forward pass, and the intermediates of one chunk
+    at a time stay in cache.
     """
 
     @staticmethod
-    def forward(ctx, v1, v0, s, beta):
-        diff = v1 - v0
-        ratio = diff.abs().div_(s).add_(EPS)
-        terms = ratio.pow(beta.view(-1, 1, 1))
-        total = terms.sum(dim=(-1, -2)) + terms.shape[-1] * terms.shape[-2] * EPS
-        dist = total.pow(1 / beta)
-        if ctx.needs_input_grad[0]:
-            # d dist / d v1 = total ** (1/beta - 1) * ratio ** (beta - 1) / s * sign(v1 - v0)
-            elementwise = terms.div_(ratio).div_(s).mul_(diff.sign_())
-            ctx.save_for_backward(elementwise, dist / total)
-        return dist
-
-    @staticmethod
-    def backward(ctx, grad_dist):
-        elementwise, scale = ctx.saved_tensors
-        return elementwise * (grad_dist * scale)[..., None, None], None, None, None
-
-
-class _DFTDistance(torch.autograd.Function):
-    """Watson-DFT amplitude + phase distance per (image, channel) for a frozen metric.
-
-    Differentiable in the input's coefficients (``re1``, ``im1``) only. The phase difference is
-    computed from cross and dot products of the two coefficients rather than as the difference of
-    two atan2 angles: the same angle (exactly zero for identical coefficients, as in the original),
-    at a fraction of the cost. Both gradients are formed in the forward pass.
-    """
-
-    @staticmethod
-    def forward(ctx, re1, im1, re0, im0, a0, s, beta, w_phase):
-        # amplitude term: Minkowski pooling of |a0 - a1| / s, with a = |(re + eps, im + eps)|
-        re1e, im1e = re1 + EPS, im1 + EPS
-        a1 = torch.sqrt(re1e * re1e + im1e * im1e)
-        diff = a1 - a0
-        ratio = diff.abs().div_(s).add_(EPS)
-        terms = ratio.pow(beta.view(-1, 1, 1))
-        total = terms.sum(dim=(-1, -2)) + terms.shape[-1] * terms.shape[-2] * EPS
-        d_amp = total.pow(1 / beta)
-
-        # phase term: the angle between z0 = (re0 + eps, im0) and z1 = (re1 + eps, im1)
-        re0e = re0 + EPS
-        dot = re0e * re1e + im0 * im1
-        cross = im0 * re1e - re0e * im1
-        # cos of the angle; exactly 1 for identical coefficients (cross == 0), as atan2 differences give
-        kc = torch.nan_to_num(dot.sign() * torch.rsqrt(1 + (cross / dot) ** 2), nan=1.0).mul_(PHASE_CLAMP)
-        d_phase = (torch.arccos(kc) * w_phase.unsqueeze(1)).sum(dim=(-1, -2))
-
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            # amplitude: d d_amp / d a1 = total ** (1/beta - 1) * ratio ** (beta - 1) / s * sign(a1 - a0),
-            # and d a1 / d re1 = (re1 + eps) / a1, d a1 / d im1 = (im1 + eps) / a1
-            g_amp = terms.div_(ratio).div_(s).mul_(diff.sign_()).div_(a1).mul_((d_amp / total)[..., None, None])
-            # phase: d delta / d re1 = g * im1 and d delta / d im1 = -g * (re1 + eps) with
-            # g = k sin(phi0 - phi1) / (|z1|^2 sqrt(1 - (k cos)^2)), sin(phi0 - phi1) = cross / (|z0| |z1|)
-            rho0 = torch.sqrt(re0e * re0e + im0 * im0)
-            rho1_sq = re1e * re1e + im1 * im1
-            g_phase = cross.mul_(PHASE_CLAMP * w_phase.unsqueeze(1))
-            g_phase = g_phase.div_(rho0 * rho1_sq * torch.sqrt(rho1_sq) * torch.sqrt(1 - kc * kc))
-            ctx.save_for_backward(g_amp * re1e + g_phase * im1, g_amp * im1e - g_phase * re1e)
-        return d_amp + d_phase
-
-    @staticmethod
-    def backward(ctx, grad_dist):
-        grad_re, grad_im = ctx.saved_tensors
-        scale = grad_dist[..., None, None]
-        return grad_re * scale, grad_im * scale, None, None, None, None, None, None
-
-
-class _ChunkedPerImage(torch.autograd.Function):
-    """Per-image distances whose input gradients are computed chunk by chunk in the forward pass.
-
-    For a frozen metric whose image ``n`` depends only on ``input[n]``, the backward pass is
-    ``grad_input[n] = grad_output[n] * d dist[n] / d input[n]``. Forming those gradients a chunk of
-    images at a time keeps one input-sized buffer alive instead of every intermediate of the batch.
-    """
-
-    @staticmethod
-    def forward(ctx, input, target, per_image, chunk):
-        values = input.new_empty(input.shape[0], dtype=torch.float32 if input.dtype != torch.float64 else input.dtype)
-        grads = torch.empty_like(input)
-        for start in range(0, input.shape[0], chunk):
-            part = slice(start, start + chunk)
-            x = input[part].detach().requires_grad_(True)
-            with torch.enable_grad():
-                d = per_image(x, target[part])
-                (g,) = torch.autograd.grad(d.sum(), x)
-            values[part] = d.detach()
-            grads[part] = g
-        ctx.save_for_backward(grads)
-        return values
+    def forward(ctx, input, target, chunk_fn, per_chunk, want_grad):
+        grads = torch.empty_like(input, memory_format=torch.contiguous_format) if want_grad else None
+        values = []
+        with torch.autocast(input.device.type, enabled=False):
+            for start in range(0, input.shape[0], per_chunk):
+                part = slice(start, start + per_chunk)
+                values.append(chunk_fn(input[part], target[part], part, None if grads is None else grads[part]))
+        if want_grad:
+            ctx.save_for_backward(grads)
+        return torch.cat(values)
 
     @staticmethod
     def backward(ctx, grad_values):
         (grads,) = ctx.saved_tensors
-        return grads * grad_values.to(grads.dtype).view(-1, *([1] * (grads.dim() - 1))), None, None, None
+        return grads * grad_values.to(grads.dtype).view(-1, *([1] * (grads.dim() - 1))), None, None, None, None
