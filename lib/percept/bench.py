@@ -19,13 +19,12 @@ measurement.
 
 **Memory** is the extra memory of one iteration, after a warm-up iteration, above what the process held right
 before it (the metric, its lazily built constants, ``param`` and ``target`` already allocated), as a multiple
-of the input batch (B*C*H*W float32). On CUDA: ``torch.cuda.max_memory_allocated()`` minus
-``memory_allocated()`` before. On CPU torch's allocator keeps no statistics, so each candidate runs in a fresh
-process (forked from a server that has imported torch), returns freed heap to the OS (``malloc_trim``),
-resets the kernel's peak resident set size (``/proc/self/clear_refs``) and reads ``VmHWM - VmRSS(before)``
-after the iteration (Linux only; elsewhere the column is empty). It includes the harness's own share (the
-sigmoid output, ``param.grad``: about 2x input), which L2's row shows; with small batches (``--quick``)
-page granularity and allocator slack make the multiples larger.
+of the input batch (B*C*H*W float32): the peak of live tensor memory, i.e. allocations minus frees. On CUDA:
+``torch.cuda.max_memory_allocated()`` minus ``memory_allocated()`` before. On CPU the same quantity is read
+from the profiler's memory timeline (every allocation and free of the iteration, in order), in a fresh process
+per candidate; this is exact and repeatable, where the resident set size depends on the C library's caching
+(it moved L2's own row between 2x and 4x from run to run). It includes the harness's own share (the sigmoid
+output kept for its backward pass, ``param.grad``, the gradient flowing back), which L2's row shows.
 
 **Targets** (from the issue; printed as pass/FAIL, never asserted): Watson-DCT and Watson-DFT at most 10x L2;
 SSIM at least 1.5x faster than pytorch-msssim with equal values (max abs difference per image <= 1e-5);
@@ -186,15 +185,20 @@ def _reset_peak_rss() -> bool:
 class PeakMemory:
     """Context manager: the peak extra memory of the enclosed code, in bytes (``.bytes``; ``.method`` says how).
 
-    CUDA: ``max_memory_allocated() - memory_allocated()`` at entry. CPU (Linux): peak resident set size
-    (VmHWM, reset at entry) minus the resident set size at entry; meaningful in a fresh process only, which
-    is why :func:`run_isolated` exists. Elsewhere ``bytes`` is None.
+    CUDA: ``max_memory_allocated() - memory_allocated()`` at entry (live tensor memory). CPU, ``live=True``:
+    the same quantity for the CPU allocator, from the profiler's memory timeline (every allocation and
+    free of the enclosed code, in order; exact and independent of the C library's caching, but slow, so
+    for a separate memory pass only). CPU otherwise (Linux): peak resident set size (VmHWM, reset at
+    entry) minus the resident set size at entry; meaningful in a fresh process only, which is why
+    :func:`run_isolated` exists, and subject to the allocator's caching. Elsewhere ``bytes`` is None.
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, live: bool = False):
         self.device = torch.device(device)
+        self.live = live
         self.bytes: float | None = None
         self.method = ""
+        self._profiler = None
 
     def __enter__(self) -> PeakMemory:
         _trim_heap()
@@ -204,6 +208,14 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             self.method = "cuda_max_memory_allocated"
+        elif self.live:
+            from torch.profiler import ProfilerActivity, profile
+
+            self._profiler = profile(
+                activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+            )
+            self._profiler.__enter__()
+            self.method = "cpu_live_tensor_bytes"
         else:
             self._base = _proc_status_kib("VmRSS")
             self._ok = self._base is not None and _reset_peak_rss()
@@ -214,9 +226,26 @@ class PeakMemory:
         if self.device.type == "cuda":
             synchronize(self.device)
             self.bytes = float(torch.cuda.max_memory_allocated(self.device) - self._base)
+        elif self._profiler is not None:
+            self._profiler.__exit__(*exc)
+            self.bytes = _peak_live_bytes(self._profiler)
         elif self._ok:
             peak = _proc_status_kib("VmHWM")
             self.bytes = None if peak is None else float(max(0, peak - self._base) * 1024)
+
+
+def _peak_live_bytes(profiler) -> float:
+    """Peak of allocations minus frees over a profiled region (blocks allocated before it are not counted)."""
+    from torch.profiler._memory_profiler import Action
+
+    live = peak = 0
+    for _, action, _, size in profiler._memory_profile().timeline:
+        if action == Action.CREATE:
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
+        peak = max(peak, live)
+    return float(peak)
 
 
 # ----------------------------------------------------------------------------------------- fresh process
@@ -920,7 +949,7 @@ def _memory_of_case(key: str, colorspace: str, shape: tuple, device: str) -> flo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prep.step()  # warm-up: pages in code and creates the metric's lazily built constants
-        with PeakMemory(torch.device(device)) as mem:
+        with PeakMemory(torch.device(device), live=True) as mem:
             prep.step()
     return mem.bytes
 
@@ -1177,7 +1206,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "ms_per_iter: median over interleaved rounds of one training iteration (sigmoid, forward, backward, SGD "
         "step). speedup_vs_peer = peer time / percept time. peak_mem_x_input: extra memory of one iteration "
-        "as a multiple of the input batch (incl. ~2x of the harness: sigmoid output, param.grad). original_x_l2: "
+        "as a multiple of the input batch (peak live tensor memory, incl. the harness's share: see L2's row). original_x_l2: "
         "the issue's figure for the original code on 2 CPU cores (documented anchor, not measured)."
     )
     if args.out:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 #: rows are Y, Cb, Cr; columns are R, G, B (full-range BT.601 / JPEG)
@@ -28,21 +30,29 @@ def rgb_to_ycbcr(x: torch.Tensor, *, scale: float = 1.0, out: torch.Tensor | Non
     every rounding step unchanged (the result is bit for bit the unscaled one times ``scale``).
     ``out`` (no autograd) may be any strided tensor of the input's shape, e.g. a view in block order.
     """
-    matrix = [[m * scale for m in row] for row in YCBCR_MATRIX]
-    offset = [o * scale for o in YCBCR_OFFSET]
     if x.requires_grad and torch.is_grad_enabled():  # autograd does not record out= operations
         r, g, b = x[:, 0], x[:, 1], x[:, 2]
-        planes = [m[0] * r + m[1] * g + m[2] * b + o for m, o in zip(matrix, offset)]
+        planes = [
+            m[0] * scale * r + m[1] * scale * g + m[2] * scale * b + o * scale
+            for m, o in zip(YCBCR_MATRIX, YCBCR_OFFSET)
+        ]
         return torch.stack(planes, dim=1) if out is None else out.copy_(torch.stack(planes, dim=1))
+    # the same operations for the three output planes at once: column j of the matrix times input plane j
+    shape = (1, 3) + (1,) * (x.dim() - 2)
+    coefficients = _scaled_coefficients(scale, x.dtype, x.device)  # (4, 3): the matrix columns, then offsets
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    product = torch.empty(x[:, 0].shape, dtype=x.dtype, device=x.device)
-    for plane, m, o in zip(out.unbind(1), matrix, offset):
-        torch.mul(x[:, 0], m[0], out=plane)
-        plane.add_(torch.mul(x[:, 1], m[1], out=product))
-        plane.add_(torch.mul(x[:, 2], m[2], out=product))
-        plane.add_(o)
-    return out
+    torch.mul(x[:, 0:1], coefficients[0].view(shape), out=out)
+    product = torch.mul(x[:, 1:2], coefficients[1].view(shape))
+    out.add_(product)
+    out.add_(torch.mul(x[:, 2:3], coefficients[2].view(shape), out=product))
+    return out.add_(coefficients[3].view(shape))
+
+
+@functools.lru_cache(maxsize=32)
+def _scaled_coefficients(scale: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    columns = [[row[j] * scale for row in YCBCR_MATRIX] for j in range(3)]
+    return torch.tensor(columns + [[o * scale for o in YCBCR_OFFSET]], dtype=dtype, device=device)
 
 
 def rgb_to_grey(x: torch.Tensor, weights: tuple[float, float, float] = LUMA_BT601) -> torch.Tensor:

@@ -39,9 +39,20 @@ def _block_dct_operator(b: int) -> torch.Tensor:
     return torch.kron(a, a).T.contiguous()
 
 
+@lru_cache(maxsize=64)
+def _on_device(builder, b: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return builder(b).to(device=device, dtype=dtype)
+
+
 def _operator(cache_fn, b: int, like: torch.Tensor) -> torch.Tensor:
+    """A cached constant (never modify it) in ``like``'s floating dtype (float32 for others) and device."""
     dtype = like.dtype if like.dtype in (torch.float64, torch.float32) else torch.float32
-    return cache_fn(b).to(device=like.device, dtype=dtype)
+    return _on_device(cache_fn, b, dtype, like.device)
+
+
+def dct_operator(b: int, like: torch.Tensor) -> torch.Tensor:
+    """The cached DCT-II matrix of :func:`dct_matrix` in ``like``'s dtype and device (do not modify it)."""
+    return _operator(dct_matrix, b, like)
 
 
 def block_dct(x: torch.Tensor, b: int = 8) -> torch.Tensor:
@@ -82,6 +93,10 @@ def block_rdft(x: torch.Tensor, b: int = 8, *, ycbcr: bool = False) -> tuple[tor
     return planes[0], planes[1]
 
 
+def _ycbcr_transposed(_: int) -> torch.Tensor:
+    return torch.tensor(YCBCR_MATRIX, dtype=torch.float64).T.contiguous()
+
+
 @lru_cache(maxsize=8)
 def _rdft_adjoint_operator(b: int) -> torch.Tensor:
     basis = torch.eye(b * b, dtype=torch.float64).view(-1, b, b)
@@ -109,8 +124,7 @@ def block_rdft_adjoint(
     n, c = grad.shape[:2]
     blocks = grad @ _operator(_rdft_adjoint_operator, b, grad)  # (N, C, K, b*b)
     if ycbcr:
-        matrix = torch.tensor(YCBCR_MATRIX, dtype=blocks.dtype, device=blocks.device)
-        blocks = torch.matmul(matrix.T, blocks.view(n, c, -1))
+        blocks = torch.matmul(_operator(_ycbcr_transposed, 3, blocks), blocks.view(n, c, -1))
     in_image_order = blocks.view(n, c, h // b, w // b, b, b).permute(0, 1, 2, 4, 3, 5)
     if out is None:
         return in_image_order.reshape(n, c, h, w)
@@ -134,6 +148,43 @@ def shift_images(x: torch.Tensor, offsets: tuple[int, int], max_shift: int = 8) 
     top, left = offsets
     h, w = x.shape[-2:]
     return F.pad(x, (pad, pad, pad, pad), mode="replicate")[..., top : top + h, left : left + w]
+
+
+def shift_images_adjoint(
+    grad: torch.Tensor,
+    offsets: tuple[int, int],
+    max_shift: int = 8,
+    *,
+    in_padded_frame: bool = False,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The gradient w.r.t. the images of a function of :func:`shift_images`'s output.
+
+    ``grad`` is the gradient w.r.t. the shifted images (N, C, H, W) or, with ``in_padded_frame``, that
+    gradient already placed in the padded frame (N, C, H + 2p, W + 2p), p = max_shift // 2, at ``offsets``
+    with zeros elsewhere. Edge pixels collect the gradients of the replicated copies they fed. Returns
+    (N, C, H, W), written into ``out`` when given.
+    """
+    pad = max_shift // 2
+    n, c = grad.shape[:2]
+    if in_padded_frame:
+        padded = grad
+        h, w = grad.shape[-2] - 2 * pad, grad.shape[-1] - 2 * pad
+    else:
+        (top, left), (h, w) = offsets, grad.shape[-2:]
+        padded = grad.new_zeros(n, c, h + 2 * pad, w + 2 * pad)
+        padded[..., top : top + h, left : left + w] = grad
+    like = grad.new_empty(()).expand(n, c, h, w)  # only its shape is read
+    if out is None:
+        return torch.ops.aten.replication_pad2d_backward(padded, like, [pad] * 4)
+    return torch.ops.aten.replication_pad2d_backward.grad_input(padded, like, [pad] * 4, grad_input=out)
+
+
+def shift_weights(size: int, offset: int, max_shift: int = 8, like: torch.Tensor | None = None) -> torch.Tensor:
+    """How often each of ``size`` source rows (or columns) appears after :func:`shift_images` along one axis."""
+    source = (torch.arange(size) + offset - max_shift // 2).clamp(0, size - 1)
+    counts = torch.bincount(source, minlength=size)
+    return counts if like is None else counts.to(device=like.device, dtype=like.dtype)
 
 
 def random_shift(

@@ -36,7 +36,16 @@ import torch.nn as nn
 
 from percept import assets, checks
 from percept.color import YCBCR_MATRIX, YCBCR_OFFSET, rgb_to_ycbcr
-from percept.transforms import block_dct, block_rdft, block_rdft_adjoint, dct_matrix, random_offsets, shift_images
+from percept.transforms import (
+    block_dct,
+    block_rdft,
+    block_rdft_adjoint,
+    dct_operator,
+    random_offsets,
+    shift_images,
+    shift_images_adjoint,
+    shift_weights,
+)
 
 EPS = 1e-10
 BLOCK = 8
@@ -84,7 +93,7 @@ class _Watson(nn.Module):
         batch_luminance: bool = False,
         luminance_floor: float = 1 / 255,
         weights: str | None = None,
-        chunk_pixels: int = 1 << 16,
+        chunk_pixels: int = 1 << 18,
     ) -> None:
         super().__init__()
         self.colorspace = checks.normalize_colorspace(colorspace)
@@ -202,18 +211,25 @@ class _Watson(nn.Module):
     def per_image(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(N,) distances without input checks or reduction."""
         target_grad = target.requires_grad and torch.is_grad_enabled()
-        if not self.deterministic:
-            offsets = random_offsets(BLOCK, self.generator)
-            input, target = shift_images(input, offsets, BLOCK), shift_images(target, offsets, BLOCK)
+        offsets = None if self.deterministic else random_offsets(BLOCK, self.generator)
         if self.trainable or target_grad:
+            if offsets is not None:
+                input, target = shift_images(input, offsets, BLOCK), shift_images(target, offsets, BLOCK)
             return self._per_image_autograd(input, target)
         # frozen metric, constant target: the distance is computed chunk by chunk with its input
-        # gradient formed in the same pass (see _FrozenPerImage)
+        # gradient formed in the same pass (see _FrozenPerImage); the shift is applied chunk by chunk too
         want_grad = input.requires_grad and torch.is_grad_enabled()
         with torch.no_grad():
-            consts = self._frozen_constants(input.dtype, input.device, target)
-        per_image = self.chunk_pixels // input[0].numel() if self.chunk_pixels else input.shape[0]
-        return _FrozenPerImage.apply(input, target, partial(self._frozen_chunk, consts), max(1, per_image), want_grad)
+            consts = self._frozen_constants(input.dtype, input.device, target, offsets)
+        n = input.shape[0]
+        # chunks of at most chunk_pixels values and a quarter of the batch (the intermediates of a chunk
+        # take several times its size), of balanced sizes
+        per_chunk = max(1, min(self.chunk_pixels, input.numel() // 4) // input[0].numel()) if self.chunk_pixels else n
+        per_chunk = -(-n // -(-n // per_chunk))
+        chunk_fn = partial(self._frozen_chunk, consts)
+        if offsets is not None:
+            chunk_fn = partial(_shifted_chunk, chunk_fn, offsets)
+        return _FrozenPerImage.apply(input, target, chunk_fn, per_chunk, want_grad)
 
     def _per_image_autograd(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The formula through autograd: gradients for the parameters (2AFC tuning) or the target."""
@@ -228,7 +244,9 @@ class _Watson(nn.Module):
             return per_channel @ torch.softmax(self.channel_logits, 0).to(per_channel.dtype)
 
     # -- frozen fast path -------------------------------------------------------------------------
-    def _frozen_constants(self, dtype: torch.dtype, device: torch.device, target: torch.Tensor) -> dict:
+    def _frozen_constants(
+        self, dtype: torch.dtype, device: torch.device, target: torch.Tensor, offsets: tuple | None = None
+    ) -> dict:
         """Parameter-derived constants of the frozen path, shaped to broadcast over (N, C, Hb, 8, Wb, F')."""
         dtype = torch.float64 if dtype == torch.float64 else torch.float32
         c = self.channels
@@ -248,7 +266,12 @@ class _Watson(nn.Module):
         }
         # luminance masking divides by the mean DC term of each target (or of the whole batch): it is
         # the (scaled) mean of the target's colour planes, so it is computed here for all images at once
-        plane_means = target.to(dtype).mean(dim=(2, 3))  # (N, C)
+        if offsets is None:
+            plane_means = target.to(dtype).mean(dim=(2, 3))  # (N, C)
+        else:  # the means of the shifted target: replicated edge rows and columns count several times
+            h, w = target.shape[-2:]
+            rows, cols = (shift_weights(size, o, BLOCK, like=target) for size, o in zip((h, w), offsets))
+            plane_means = torch.einsum("nchw,h,w->nc", target, rows, cols).to(dtype) / (h * w)
         if c == 3:
             matrix = torch.tensor(YCBCR_MATRIX, dtype=dtype, device=device)
             plane_means = plane_means @ matrix.T + torch.tensor(YCBCR_OFFSET, dtype=dtype, device=device)
@@ -359,7 +382,7 @@ class WatsonDCT(_Watson):
         x, y = x.to(dtype), y.to(dtype)
         n, c, h, w = x.shape
         hb, wb = h // BLOCK, w // BLOCK
-        a = dct_matrix(BLOCK, dtype).to(x.device)
+        a = dct_operator(BLOCK, x)
         ycc = consts.get("ycbcr")
 
         # target side: 1 / S
@@ -376,6 +399,7 @@ class WatsonDCT(_Watson):
         # input side: Minkowski pooling of |D| / S with D the DCT of the difference
         diff = x - y
         coef = _separable(diff if ycc is None else _mix_channels(ycc, diff), a, a.T).view_as(inv_s)
+        del diff
         ratio = coef.abs().mul_(inv_s).add_(EPS)
         beta = consts["beta"]
         terms = torch.log(ratio).mul_(beta.view(1, c, 1, 1, 1, 1)).exp_()
@@ -386,15 +410,18 @@ class WatsonDCT(_Watson):
         # d dist / d coef = dist / total * ratio ** (beta - 1) / S * sign(coef), then the transposed DCT
         # and colour transform; the channel weights are folded into the per-image scale
         grad = terms.div_(ratio).mul_(inv_s).mul_(coef.sign_())
+        del ratio, inv_s, coef
         scale = consts["weights"] * dist / total  # (n, C)
         grad = _separable(grad.view(n, c, h, w), a.T, a)
-        out = grad_out if grad_out.dtype == dtype else None
         if ycc is None:
+            out = grad_out if grad_out.dtype == dtype else None
             grad = torch.mul(grad, scale.view(n, c, 1, 1), out=out)
         else:
-            grad = torch.matmul(ycc.T * scale[:, None, :], grad.view(n, c, h * w), out=_flat(out))
+            out = grad_out if grad_out.dtype == dtype and grad_out.is_contiguous() else None
+            flat = None if out is None else out.view(n, c, h * w)
+            grad = torch.matmul(ycc.T * scale[:, None, :], grad.view(n, c, h * w), out=flat)
         if out is None:
-            grad_out.copy_(grad.view_as(grad_out))
+            grad_out.copy_(grad.view(grad_out.shape))
         return dist @ consts["weights"]
 
     def _distance(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -451,49 +478,57 @@ class WatsonDFT(_Watson):
         x, y = x.to(dtype), y.to(dtype)
         n, c, h, w = x.shape
         f = self.n_freq
-        # elementwise colour transform: flat blocks stay exactly flat, so their phases are exactly 0
+        want_grad = grad_out is not None
 
-        # target side: amplitude a0 = |(re0 + eps, im0 + eps)| and 1 / S
-        re0, im0 = block_rdft(y, ycbcr=c == 3)  # (n, C, K, 40) each
-        re0e = re0.add_(EPS)
+        # target side: amplitude a0 = |(re0 + eps, im0 + eps)| and 1 / S; the colour transform is
+        # elementwise, so flat blocks stay exactly flat and their phases are exactly 0
+        re0e, im0 = block_rdft(y, ycbcr=c == 3)  # (n, C, K, 40) each
+        re0e.add_(EPS)
         a0 = (im0 + EPS).square_().addcmul_(re0e, re0e).sqrt_()
         mean_dc = consts["mean_dc"]
         log_lum = self._frozen_log_luminance(a0[..., 0], mean_dc if mean_dc.shape[0] == 1 else mean_dc[part], consts)
         inv_s = self._frozen_inverse_threshold(a0, log_lum.unsqueeze(-1), consts)
 
         # amplitude term: Minkowski pooling of |a1 - a0| / S
-        re1, im1 = block_rdft(x, ycbcr=c == 3)
-        re1e, im1e = re1.add_(EPS), im1 + EPS
+        re1e, im1 = block_rdft(x, ycbcr=c == 3)
+        re1e.add_(EPS)
+        im1e = im1 + EPS
         a1 = im1e.square().addcmul_(re1e, re1e).sqrt_()
         diff = a0.neg_().add_(a1)  # a1 - a0
         ratio = diff.abs().mul_(inv_s).add_(EPS)
         terms = torch.log(ratio).mul_(consts["beta"].view(1, c, 1, 1)).exp_()
         total = terms.sum(dim=(2, 3)) + terms[0, 0].numel() * EPS  # (n, C)
         d_amp = total.pow(1 / consts["beta"])
+        if want_grad:
+            # d d_amp / d a1 = d_amp / total * ratio ** (beta - 1) / S * sign(a1 - a0), and
+            # d a1 / d re1 = (re1 + eps) / a1, d a1 / d im1 = (im1 + eps) / a1
+            scale = (consts["weights"] * d_amp / total).view(n, c, 1, 1)
+            g_amp = terms.div_(ratio).mul_(inv_s).mul_(diff.sign_()).div_(a1).mul_(scale)
+        del a0, inv_s, a1, diff, ratio, terms  # (intermediates are freed as soon as possible: memory)
 
         # phase term; the factor just below one keeps the arccos gradient finite
         dot = torch.mul(re0e, re1e).addcmul_(im0, im1)
         cross = torch.mul(im0, re1e).sub_(re0e * im1)  # two rounded products: exactly 0 for z0 == z1
+        del re0e, im0
         q2 = cross.div(dot).square_()
         kc = (q2 + 1).rsqrt_().copysign_(dot).nan_to_num_(nan=1.0).mul_(PHASE_CLAMP)  # nan: both zero, angle 0
+        del dot
         w_phase = consts["w_phase"]
-        d_phase = (torch.arccos(kc).sum(dim=2) * w_phase.view(1, c, f)).sum(dim=-1)
-        dist = d_amp + d_phase
-        if grad_out is None:
+        dist = d_amp + (torch.arccos(kc).sum(dim=2) * w_phase.view(1, c, f)).sum(dim=-1)
+        del kc
+        if not want_grad:
             return dist @ consts["weights"]
 
-        # amplitude: d d_amp / d a1 = d_amp / total * ratio ** (beta - 1) / S * sign(a1 - a0), and
-        # d a1 / d re1 = (re1 + eps) / a1, d a1 / d im1 = (im1 + eps) / a1
-        scale = (consts["weights"] * d_amp / total).view(n, c, 1, 1)
-        g_amp = terms.div_(ratio).mul_(inv_s).mul_(diff.sign_()).div_(a1).mul_(scale)
-        # phase: d delta / d re1 = g im1, d delta / d im1 = -g (re1 + eps), where with k = PHASE_CLAMP
+        # d delta / d re1 = g im1, d delta / d im1 = -g (re1 + eps), where with k = PHASE_CLAMP
         # g = k sin(phi0 - phi1) / (|z1|^2 sqrt(1 - k^2 cos^2)) = k sign(cross) / (|z1|^2 sqrt(1 + (1 - k^2) / q^2))
         g_phase = q2.reciprocal_().mul_(1 - PHASE_CLAMP**2).add_(1).rsqrt_().copysign_(cross)
+        del cross
         g_phase.mul_(w_phase * (consts["weights"].view(1, c, 1, 1) * PHASE_CLAMP))
         g_phase = g_phase.div_(im1.square().addcmul_(re1e, re1e)).nan_to_num_(nan=0.0)  # nan: z0 or z1 is 0
-        coef_grad = torch.empty(n, c, re1.shape[2], 2 * f, dtype=dtype, device=x.device)
+        coef_grad = torch.empty(n, c, re1e.shape[2], 2 * f, dtype=dtype, device=x.device)
         torch.addcmul(g_amp * re1e, g_phase, im1, out=coef_grad[..., :f])
         torch.addcmul(g_amp.mul_(im1e), g_phase, re1e, value=-1, out=coef_grad[..., f:])
+        del g_amp, g_phase, re1e, im1, im1e
         block_rdft_adjoint(coef_grad, h, w, ycbcr=c == 3, out=grad_out)
         return dist @ consts["weights"]
 
@@ -528,9 +563,17 @@ def _mix_channels(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.matmul(matrix, x.reshape(n, c, h * w)).view(n, -1, h, w)
 
 
-def _flat(x: torch.Tensor | None) -> torch.Tensor | None:
-    """(n, C, H, W) -> (n, C, H*W) view, or None."""
-    return None if x is None else x.view(x.shape[0], x.shape[1], -1)
+def _shifted_chunk(chunk_fn, offsets: tuple[int, int], x: torch.Tensor, y: torch.Tensor, part: slice, grad_out):
+    """``chunk_fn`` on the shifted images of a chunk; its gradient is mapped back to the unshifted ones."""
+    shifted = shift_images(x, offsets, BLOCK), shift_images(y, offsets, BLOCK)
+    if grad_out is None:
+        return chunk_fn(*shifted, part, None)
+    top, left = offsets
+    h, w = x.shape[-2:]
+    padded = grad_out.new_zeros(*x.shape[:2], h + BLOCK, w + BLOCK)  # the gradient of the padded images
+    values = chunk_fn(*shifted, part, padded[..., top : top + h, left : left + w])
+    shift_images_adjoint(padded, offsets, BLOCK, in_padded_frame=True, out=grad_out)
+    return values
 
 
 class _FrozenPerImage(torch.autograd.Function):
@@ -554,9 +597,17 @@ class _FrozenPerImage(torch.autograd.Function):
                 values.append(chunk_fn(input[part], target[part], part, None if grads is None else grads[part]))
         if want_grad:
             ctx.save_for_backward(grads)
+        ctx.used = False
         return torch.cat(values)
 
     @staticmethod
     def backward(ctx, grad_values):
+        if ctx.used:  # the gradients below were scaled in place by the first backward pass
+            raise RuntimeError(
+                "backward through a frozen Watson metric can run only once per forward pass; "
+                "evaluate the metric again (or use trainable=True, which keeps the autograd graph)"
+            )
+        ctx.used = True
         (grads,) = ctx.saved_tensors
-        return grads * grad_values.to(grads.dtype).view(-1, *([1] * (grads.dim() - 1))), None, None, None, None
+        # in place: the saved gradients are not needed again, and a second input-sized buffer is saved
+        return grads.mul_(grad_values.to(grads.dtype).view(-1, *([1] * (grads.dim() - 1)))), None, None, None, None
