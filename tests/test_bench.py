@@ -77,6 +77,17 @@ def test_peak_memory_sees_an_allocation():
     assert 200 * 2**20 < mem.bytes < 400 * 2**20
 
 
+def test_peak_memory_live_counts_tensor_allocations_exactly():
+    x = torch.ones(2**20)
+    with bench.PeakMemory(torch.device("cpu"), live=True) as mem:
+        y = x * 2  # 4 MiB, alive at the end
+        z = torch.empty(2**21)  # 8 MiB, freed inside
+        del z
+    assert mem.method == "cpu_live_tensor_bytes"
+    assert mem.bytes == 12 * 2**20
+    del y
+
+
 def test_celeba_batch(assets_dir):
     rgb, source = bench.celeba_batch(40, 64, "rgb")
     grey, _ = bench.celeba_batch(40, 64, "grey")

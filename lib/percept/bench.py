@@ -214,6 +214,7 @@ class PeakMemory:
             self._profiler = profile(
                 activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
             )
+            self._stderr = _silence_stderr()  # the profiler's C++ side logs start/stop lines on every run
             self._profiler.__enter__()
             self.method = "cpu_live_tensor_bytes"
         else:
@@ -227,11 +228,33 @@ class PeakMemory:
             synchronize(self.device)
             self.bytes = float(torch.cuda.max_memory_allocated(self.device) - self._base)
         elif self._profiler is not None:
-            self._profiler.__exit__(*exc)
-            self.bytes = _peak_live_bytes(self._profiler)
+            try:
+                self._profiler.__exit__(*exc)
+                self.bytes = _peak_live_bytes(self._profiler)
+            finally:
+                _restore_stderr(self._stderr)
         elif self._ok:
             peak = _proc_status_kib("VmHWM")
             self.bytes = None if peak is None else float(max(0, peak - self._base) * 1024)
+
+
+def _silence_stderr() -> int | None:
+    """Point file descriptor 2 at /dev/null; returns the saved descriptor (None where that fails)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        return saved
+    except OSError:
+        return None
+
+
+def _restore_stderr(saved: int | None) -> None:
+    if saved is not None:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _peak_live_bytes(profiler) -> float:

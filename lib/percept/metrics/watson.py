@@ -11,7 +11,17 @@ For one channel with target coefficients C0 and input coefficients C1 (blocks k,
 The DFT variant compares amplitudes this way and adds a linear, weighted sum of phase differences.
 RGB images are converted to YCbCr and each plane has its own parameters; the three distances are
 combined with softmax weights. All channels are computed at once (parameters are stacked along a
-channel axis), the block transforms are matrix products, and nothing loops over blocks or images.
+channel axis), the block transforms are matrix products or a batched FFT, and nothing loops over
+blocks or images.
+
+Two implementations compute the same numbers. A frozen metric against a target that needs no
+gradient (training a generator: the default, and :class:`percept.LossProvider`) runs
+:class:`_FrozenPerImage`: chunks of images, each computed in one pass with the input gradient in
+closed form (no autograd graph), so a training step keeps one input-sized gradient instead of every
+intermediate; powers are evaluated as ``exp(beta * log(x))``. Watson-DCT uses the DCT's linearity
+(only the DCT of ``input - target`` is needed) and stays in image layout. A ``trainable`` metric or a
+target that needs a gradient goes through autograd on the plain formula. The two agree to float64
+rounding (tested with and without the random shift and batch-pooled luminance).
 
 Differences from the original code, all documented in the README:
 
@@ -106,7 +116,8 @@ class _Watson(nn.Module):
         self.luminance_floor = float(luminance_floor)
         self.channels = 3 if self.colorspace == "rgb" else 1
         self.generator: torch.Generator | None = None  # set one for reproducible shifts
-        #: pixels per chunk when a frozen metric forms gradients in its forward pass (0: no chunking)
+        #: values (images x channels x pixels) per chunk of the frozen path, at most a quarter of the
+        #: batch (0: the whole batch at once)
         self.chunk_pixels = chunk_pixels
         self.dropout = nn.Dropout(0.5)
 
@@ -210,9 +221,9 @@ class _Watson(nn.Module):
 
     def per_image(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(N,) distances without input checks or reduction."""
-        target_grad = target.requires_grad and torch.is_grad_enabled()
         offsets = None if self.deterministic else random_offsets(BLOCK, self.generator)
-        if self.trainable or target_grad:
+        graph = torch.is_grad_enabled() and (target.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if self.trainable or graph:  # gradients for the parameters (2AFC tuning) or the target
             if offsets is not None:
                 input, target = shift_images(input, offsets, BLOCK), shift_images(target, offsets, BLOCK)
             return self._per_image_autograd(input, target)
@@ -589,25 +600,30 @@ class _FrozenPerImage(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, target, chunk_fn, per_chunk, want_grad):
+        values, grads = _FrozenPerImage.run(input, target, chunk_fn, per_chunk, want_grad)
+        if want_grad:
+            # the gradients are an attribute, not a saved tensor: backward scales them in place. The
+            # inputs are kept to recompute them should backward run again (retain_graph).
+            ctx.grads, ctx.chunk_fn, ctx.per_chunk = grads, chunk_fn, per_chunk
+            ctx.save_for_backward(input, target)
+        return values
+
+    @staticmethod
+    def run(input, target, chunk_fn, per_chunk, want_grad):
         grads = torch.empty_like(input, memory_format=torch.contiguous_format) if want_grad else None
         values = []
-        with torch.autocast(input.device.type, enabled=False):
+        with torch.no_grad(), torch.autocast(input.device.type, enabled=False):
             for start in range(0, input.shape[0], per_chunk):
                 part = slice(start, start + per_chunk)
                 values.append(chunk_fn(input[part], target[part], part, None if grads is None else grads[part]))
-        if want_grad:
-            ctx.save_for_backward(grads)
-        ctx.used = False
-        return torch.cat(values)
+        return torch.cat(values), grads
 
     @staticmethod
     def backward(ctx, grad_values):
-        if ctx.used:  # the gradients below were scaled in place by the first backward pass
-            raise RuntimeError(
-                "backward through a frozen Watson metric can run only once per forward pass; "
-                "evaluate the metric again (or use trainable=True, which keeps the autograd graph)"
-            )
-        ctx.used = True
-        (grads,) = ctx.saved_tensors
-        # in place: the saved gradients are not needed again, and a second input-sized buffer is saved
+        grads = ctx.grads
+        if grads is None:  # a second backward pass: the first one scaled the gradients in place
+            input, target = ctx.saved_tensors
+            grads = _FrozenPerImage.run(input, target, ctx.chunk_fn, ctx.per_chunk, True)[1]
+        ctx.grads = None
+        # in place: saves an input-sized buffer in every training step
         return grads.mul_(grad_values.to(grads.dtype).view(-1, *([1] * (grads.dim() - 1)))), None, None, None, None
