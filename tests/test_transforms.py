@@ -72,20 +72,26 @@ def test_dct_operator_is_cached_and_matches_block_dct():
     torch.testing.assert_close((a @ x[0, 0] @ a.T).reshape(-1), block_dct(x)[0, 0, 0])
 
 
-@pytest.mark.parametrize("offsets", [(0, 7), (4, 4), (7, 0), (2, 5)])
-def test_shift_adjoint_and_weights(offsets):
+def test_shift_adjoint_and_weights():
     torch.manual_seed(2)
     x = torch.rand(2, 3, 16, 24, dtype=torch.float64, requires_grad=True)
     g = torch.randn(2, 3, 16, 24, dtype=torch.float64)
-    (shift_images(x, offsets) * g).sum().backward()
-    torch.testing.assert_close(shift_images_adjoint(g, offsets), x.grad)
-    top, left = offsets
-    padded = torch.zeros(2, 3, 24, 32, dtype=torch.float64)
-    padded[..., top : top + 16, left : left + 24] = g
-    out = torch.empty_like(g)
-    shift_images_adjoint(padded, offsets, in_padded_frame=True, out=out)
-    torch.testing.assert_close(out, x.grad)
-    # the weights give the mean of the shifted image without building it
-    rows, cols = shift_weights(16, top, like=x), shift_weights(24, left, like=x)
-    mean = torch.einsum("nchw,h,w->nc", x.detach(), rows, cols) / (16 * 24)
-    torch.testing.assert_close(mean, shift_images(x.detach(), offsets).mean(dim=(2, 3)))
+    for offsets in [(top, left) for top in range(8) for left in range(8)]:
+        x.grad = None
+        (shift_images(x, offsets) * g).sum().backward()
+        torch.testing.assert_close(shift_images_adjoint(g, offsets), x.grad, rtol=1e-12, atol=1e-12)
+        out = torch.full_like(g, float("nan"))  # every element must be written
+        shift_images_adjoint(g, offsets, out=out)
+        torch.testing.assert_close(out, x.grad, rtol=1e-12, atol=1e-12)
+        # the weights give the mean of the shifted image without building it
+        rows, cols = shift_weights(16, offsets[0], like=x), shift_weights(24, offsets[1], like=x)
+        mean = torch.einsum("nchw,h,w->nc", x.detach(), rows, cols) / (16 * 24)
+        torch.testing.assert_close(mean, shift_images(x.detach(), offsets).mean(dim=(2, 3)))
+
+
+def test_shift_without_autograd_equals_pad_and_crop():
+    x = torch.rand(2, 3, 16, 24)
+    for offsets in [(top, left) for top in range(8) for left in range(8)]:
+        padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="replicate")
+        expected = padded[..., offsets[0] : offsets[0] + 16, offsets[1] : offsets[1] + 24]
+        assert torch.equal(shift_images(x, offsets), expected)

@@ -271,6 +271,28 @@ def _coefficients_original(residual: torch.Tensor) -> torch.Tensor:
     return torch.einsum("kc,gh,nchw->nkgw", d_c, d_h, mixed)
 
 
+def _coefficients_original_adjoint(grad: torch.Tensor, channels: int) -> torch.Tensor:
+    """The gradient w.r.t. the residual (N, ``channels``, H, W) of a function of :func:`_coefficients_original`."""
+    n, c, h, w = grad.shape
+    d_c = dct_matrix(c, grad.dtype, grad.device)
+    d_h = dct_matrix(h, grad.dtype, grad.device)
+    mixed = torch.einsum("kc,gh,nkgw->nchw", d_c, d_h, grad)
+    m = torch.tensor(YUV_MATRIX, dtype=grad.dtype, device=grad.device) * SYUV_SCALE
+    residual = (mixed.reshape(n, -1, 3) @ m).reshape(n, c, h, w)
+    return residual.sum(dim=1, keepdim=True) if channels == 1 else residual
+
+
+def _coefficients_nchw_adjoint(grad: torch.Tensor) -> torch.Tensor:
+    """The gradient w.r.t. the residual of a function of :func:`_coefficients_nchw`."""
+    d_h = dct_matrix(grad.shape[2], grad.dtype, grad.device)
+    d_w = dct_matrix(grad.shape[3], grad.dtype, grad.device)
+    residual = torch.einsum("gh,ncgv,vw->nchw", d_h, grad, d_w)
+    if residual.shape[1] == 3:
+        m = torch.tensor(YUV_MATRIX, dtype=grad.dtype, device=grad.device) * SYUV_SCALE
+        residual = torch.einsum("ij,nihw->njhw", m, residual)
+    return residual
+
+
 def _coefficients_nchw(residual: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) residual -> per-channel 2-D DCT over (H, W); 3 channels are first mapped to sYUV."""
     if residual.shape[1] == 3:
@@ -414,6 +436,31 @@ class Adaptive(nn.Module):
 
     def elementwise(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The elementwise NLL map (N, C', H, W) (C' = 3 in the original layout, even for grey)."""
+        self._check(input, target)
+        x = self.coefficients(input - target)
+        alpha = alpha_from_latent(self.latent_alpha.to(x.dtype))
+        scale = scale_from_latent(self.latent_scale.to(x.dtype))
+        return nll(x, alpha, scale)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """input, target: (N, C, H, W) in [0, 1]. Returns a scalar, or (N,) for reduction 'none'.
+
+        A frozen metric against a target that needs no gradient computes the input gradient in closed
+        form, a chunk of images at a time (see :class:`_FrozenAdaptive`); otherwise autograd runs
+        through :meth:`elementwise`. Both give the same numbers.
+        """
+        graph = torch.is_grad_enabled() and (
+            target.requires_grad or self.latent_alpha.requires_grad or self.latent_scale.requires_grad
+        )
+        if graph:
+            per_image = self.elementwise(input, target).sum(dim=(1, 2, 3))
+        else:
+            self._check(input, target)
+            want_grad = input.requires_grad and torch.is_grad_enabled()
+            per_image = _FrozenAdaptive.apply(input, target, self, want_grad)
+        return checks.reduce(per_image, self.reduction)
+
+    def _check(self, input: torch.Tensor, target: torch.Tensor) -> None:
         checks.check_pair(input, target, channels=self.channels, name="adaptive")
         if tuple(input.shape[2:]) != self.image_size:
             h, w = input.shape[2:]
@@ -423,15 +470,84 @@ class Adaptive(nn.Module):
                 f"{self.image_size[1]}, or build it with image_size=({h}, {w}) and pretrained=False "
                 "(the shipped weights fit only 64x64)"
             )
-        x = self.coefficients(input - target)
-        alpha = alpha_from_latent(self.latent_alpha.to(x.dtype))
-        scale = scale_from_latent(self.latent_scale.to(x.dtype))
-        return nll(x, alpha, scale)
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """input, target: (N, C, H, W) in [0, 1]. Returns a scalar, or (N,) for reduction 'none'."""
-        per_image = self.elementwise(input, target).sum(dim=(1, 2, 3))
-        return checks.reduce(per_image, self.reduction)
+    def _frozen_chunk(self, consts: dict, x: torch.Tensor, y: torch.Tensor, grad_out: torch.Tensor | None):
+        """Per-image NLL of a chunk; its input gradient is written into ``grad_out`` when given.
+
+        With ``L = log1p((X / c)^2 / b)``: ``rho = b/a * expm1(a/2 * L)`` and
+        ``d rho / d X = X / c^2 * exp((a/2 - 1) * L)``, then the transposed transform.
+        """
+        dtype = consts["dtype"]
+        coef = self.coefficients(x.to(dtype) - y.to(dtype))
+        log_term = torch.mul(coef, consts["inv_scale"]).square_().mul_(consts["inv_b"]).log1p_()
+        values = torch.mul(log_term, consts["half_a"]).expm1_().mul_(consts["b_over_a"]).sum(dim=(1, 2, 3))
+        values += consts["constant"]
+        if grad_out is not None:
+            grad = log_term.mul_(consts["half_a_minus_1"]).exp_().mul_(coef).mul_(consts["inv_scale_sq"])
+            if self.layout == "original":
+                grad = _coefficients_original_adjoint(grad, x.shape[1])
+            else:
+                grad = _coefficients_nchw_adjoint(grad)
+            grad_out.copy_(grad)
+        return values
+
+    def _frozen_constants(self, dtype: torch.dtype) -> dict:
+        dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        alpha = alpha_from_latent(self.latent_alpha.to(dtype))
+        scale = scale_from_latent(self.latent_scale.to(dtype))
+        b = (alpha - 2).abs().clamp_min(_EPS)
+        a = alpha.clamp_min(_EPS)
+        return {
+            "dtype": dtype,
+            "inv_scale": 1 / scale,
+            "inv_scale_sq": scale.square().reciprocal(),
+            "inv_b": 1 / b,
+            "half_a": a / 2,
+            "half_a_minus_1": a / 2 - 1,
+            "b_over_a": b / a,
+            "constant": (torch.log(scale) + _log_partition(alpha)).sum(),
+        }
+
+
+class _FrozenAdaptive(torch.autograd.Function):
+    """Per-image NLL of a frozen :class:`Adaptive` against a constant target, in chunks of images, with the
+    input gradient formed in closed form in the same pass (one input-sized tensor outlives the forward
+    pass; backward scales it in place, and recomputes it should backward run twice)."""
+
+    @staticmethod
+    def forward(ctx, input, target, metric, want_grad):
+        values, grads = _FrozenAdaptive.run(input, target, metric, want_grad)
+        if want_grad:
+            ctx.grads, ctx.metric = grads, metric
+            ctx.save_for_backward(input, target)
+        return values
+
+    @staticmethod
+    def run(input, target, metric, want_grad):
+        with torch.no_grad(), torch.autocast(input.device.type, enabled=False):
+            consts = metric._frozen_constants(input.dtype)
+            grads = torch.empty_like(input, memory_format=torch.contiguous_format) if want_grad else None
+            n = input.shape[0]
+            # chunks of at most 2^18 coefficients and a quarter of the batch's size (grey images have
+            # three coefficients per pixel in the original layout)
+            per_image = math.prod(metric.latent_alpha.shape)
+            per_chunk = max(1, min(1 << 18, input.numel() // 4) // per_image)
+            per_chunk = -(-n // -(-n // per_chunk))  # balanced chunks
+            values = []
+            for start in range(0, n, per_chunk):
+                part = slice(start, start + per_chunk)
+                grad_part = None if grads is None else grads[part]
+                values.append(metric._frozen_chunk(consts, input[part], target[part], grad_part))
+        return torch.cat(values), grads
+
+    @staticmethod
+    def backward(ctx, grad_values):
+        grads = ctx.grads
+        if grads is None:  # a second backward pass: the first one scaled the gradients in place
+            input, target = ctx.saved_tensors
+            grads = _FrozenAdaptive.run(input, target, ctx.metric, True)[1]
+        ctx.grads = None
+        return grads.mul_(grad_values.to(grads.dtype).view(-1, 1, 1, 1)), None, None, None
 
 
 # --------------------------------------------------------------------------------------------------

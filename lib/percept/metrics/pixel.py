@@ -23,6 +23,48 @@ def _per_image_mean(values: torch.Tensor) -> torch.Tensor:
     return values.flatten(1).mean(dim=1)
 
 
+class _PerImageError(torch.autograd.Function):
+    """Per-image mean absolute (``power=1``) or squared (``power=2``) error with its gradient in closed form.
+
+    The difference is computed once and itself becomes the gradient (``sign(d) / D`` or ``2 d / D``),
+    scaled in place by the backward pass (a second backward pass recomputes it). A training step
+    therefore holds one input-sized tensor where autograd keeps two or three. Differentiable in
+    ``input`` only (the target is a constant here).
+    """
+
+    @staticmethod
+    def forward(ctx, input, target, power):
+        diff = (input - target).flatten(1)
+        if power == 1:
+            values = diff.abs().sum(dim=1)  # (vector_norm's float32 accumulation is less accurate)
+        else:
+            values = torch.linalg.vecdot(diff, diff)
+        values = values / diff.shape[1]
+        if ctx.needs_input_grad[0]:
+            grad = diff.sign_() if power == 1 else diff.mul_(2)
+            ctx.grad, ctx.power, ctx.shape = grad.div_(diff.shape[1]), power, input.shape
+            ctx.save_for_backward(input, target)
+        return values
+
+    @staticmethod
+    def backward(ctx, grad_values):
+        grad = ctx.grad
+        if grad is None:  # a second backward pass: the first one scaled the gradient in place
+            input, target = ctx.saved_tensors
+            diff = (input - target).flatten(1)
+            grad = (diff.sign_() if ctx.power == 1 else diff.mul_(2)).div_(diff.shape[1])
+        ctx.grad = None
+        return grad.mul_(grad_values.to(grad.dtype)[:, None]).view(ctx.shape), None, None
+
+
+def _per_image_error(input: torch.Tensor, target: torch.Tensor, power: int) -> torch.Tensor:
+    """Mean |input - target| ** power per image: closed-form gradients when only the input needs one."""
+    if target.requires_grad and torch.is_grad_enabled():
+        diff = input - target
+        return _per_image_mean(diff.abs() if power == 1 else diff.square())
+    return _PerImageError.apply(input, target, power)
+
+
 class _PixelMetric(nn.Module):
     """Shared constructor and checks; subclasses define ``per_image(input, target) -> (N,)``."""
 
@@ -56,7 +98,7 @@ class L1(_PixelMetric):
     name = "l1"
 
     def per_image(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return _per_image_mean((input - target).abs())
+        return _per_image_error(input, target, 1)
 
 
 class L2(_PixelMetric):
@@ -65,7 +107,7 @@ class L2(_PixelMetric):
     name = "l2"
 
     def per_image(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return _per_image_mean((input - target).square())
+        return _per_image_error(input, target, 2)
 
 
 class PSNR(_PixelMetric):

@@ -282,7 +282,7 @@ class _Watson(nn.Module):
         else:  # the means of the shifted target: replicated edge rows and columns count several times
             h, w = target.shape[-2:]
             rows, cols = (shift_weights(size, o, BLOCK, like=target) for size, o in zip((h, w), offsets))
-            plane_means = torch.einsum("nchw,h,w->nc", target, rows, cols).to(dtype) / (h * w)
+            plane_means = (torch.matmul(target, cols) @ rows).to(dtype) / (h * w)
         if c == 3:
             matrix = torch.tensor(YCBCR_MATRIX, dtype=dtype, device=device)
             plane_means = plane_means @ matrix.T + torch.tensor(YCBCR_OFFSET, dtype=dtype, device=device)
@@ -579,11 +579,9 @@ def _shifted_chunk(chunk_fn, offsets: tuple[int, int], x: torch.Tensor, y: torch
     shifted = shift_images(x, offsets, BLOCK), shift_images(y, offsets, BLOCK)
     if grad_out is None:
         return chunk_fn(*shifted, part, None)
-    top, left = offsets
-    h, w = x.shape[-2:]
-    padded = grad_out.new_zeros(*x.shape[:2], h + BLOCK, w + BLOCK)  # the gradient of the padded images
-    values = chunk_fn(*shifted, part, padded[..., top : top + h, left : left + w])
-    shift_images_adjoint(padded, offsets, BLOCK, in_padded_frame=True, out=grad_out)
+    grad = torch.empty(x.shape, dtype=grad_out.dtype, device=x.device)  # w.r.t. the shifted images
+    values = chunk_fn(*shifted, part, grad)
+    shift_images_adjoint(grad, offsets, BLOCK, out=grad_out)
     return values
 
 
