@@ -95,3 +95,19 @@ def test_shift_without_autograd_equals_pad_and_crop():
         padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="replicate")
         expected = padded[..., offsets[0] : offsets[0] + 16, offsets[1] : offsets[1] + 24]
         assert torch.equal(shift_images(x, offsets), expected)
+
+
+@pytest.mark.parametrize("ycbcr", [False, True])
+def test_block_rdft_with_shift_equals_the_shifted_images_and_its_adjoint_is_the_gradient(ycbcr):
+    torch.manual_seed(3)
+    x = torch.rand(2, 3, 16, 24, dtype=torch.float64)
+    g = torch.randn(2, 3, 6, 80, dtype=torch.float64)
+    for offsets in [(0, 7), (4, 4), (7, 0), (2, 5), (6, 1)]:
+        shifted = shift_images(x, offsets)
+        for a, e in zip(block_rdft(x, ycbcr=ycbcr, offsets=offsets), block_rdft(shifted, ycbcr=ycbcr)):
+            assert torch.equal(a, e)
+        xg = x.clone().requires_grad_(True)
+        re, im = block_rdft(xg, ycbcr=ycbcr, offsets=offsets)  # the autograd branch
+        ((re * g[..., :40]).sum() + (im * g[..., 40:]).sum()).backward()
+        ours = block_rdft_adjoint(g, 16, 24, ycbcr=ycbcr, offsets=offsets)
+        torch.testing.assert_close(ours, xg.grad, rtol=1e-12, atol=1e-13)

@@ -63,33 +63,53 @@ def block_dct(x: torch.Tensor, b: int = 8) -> torch.Tensor:
     return to_blocks(x, b) @ _operator(_block_dct_operator, b, x)
 
 
-def block_rdft(x: torch.Tensor, b: int = 8, *, ycbcr: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def block_rdft(
+    x: torch.Tensor, b: int = 8, *, ycbcr: bool = False, offsets: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Onesided 2-D DFT of every b x b block, divided by b*b.
 
     Returns (real, imag), each (N, C, K, b * (b//2+1)) and contiguous, with coefficient index
-    u*(b//2+1)+v: ``torch.fft.rfft2(block) / b**2``, bit for bit (the blocks are scaled first, which is
-    exact for a power of two and cheaper than dividing complex numbers). The DC term equals the block
-    mean. A true FFT rather than a matrix product: on flat blocks it returns exact zeros where a
-    product leaves rounding noise, and the phase of those coefficients (Watson-DFT) would otherwise
-    be noise. ``ycbcr=True`` transforms the YCbCr planes of an RGB input (:func:`rgb_to_ycbcr`, fused
-    with the reordering into blocks).
+    u*(b//2+1)+v: ``torch.fft.rfft2(block) / b**2``, bit for bit. The DC term equals the block mean.
+    A true FFT rather than a matrix product: on flat blocks it returns exact zeros where a product
+    leaves rounding noise, and the phase of those coefficients (Watson-DFT) would otherwise be noise.
+    ``ycbcr=True`` transforms the YCbCr planes of an RGB input (:func:`rgb_to_ycbcr`); ``offsets``
+    transforms the blocks of ``shift_images(x, offsets, b)`` (without autograd, the shift and the
+    reordering into blocks are one gather).
     """
     n, c, h, w = x.shape
     scale = 1.0 / (b * b)
     if x.requires_grad and torch.is_grad_enabled():
         x = rgb_to_ycbcr(x) if ycbcr else x
+        x = x if offsets is None else shift_images(x, offsets, b)
         blocks = to_blocks(x, b).reshape(n, c, -1, b, b) * scale
         spectrum = torch.fft.rfft2(blocks).reshape(n, c, blocks.shape[2], -1)
         planes = torch.view_as_real(spectrum).movedim(-1, 0).contiguous()
         return planes[0], planes[1]
-    # without autograd: colour, then one reordering pass into blocks; the 1/b^2 is applied while the
-    # real and imaginary parts are separated (bit for bit the same, one pass fewer)
-    buffer = torch.empty(n, c, h // b, w // b, b, b, dtype=x.dtype, device=x.device)
-    buffer.permute(0, 1, 2, 4, 3, 5).copy_((rgb_to_ycbcr(x) if ycbcr else x).reshape(n, c, h // b, b, w // b, b))
-    spectrum = torch.fft.rfft2(buffer.view(n, c, -1, b, b)).reshape(n, c, (h // b) * (w // b), -1)
+    # without autograd: colour, then one gather into block order (shift included); the 1/b^2 is
+    # applied while the real and imaginary parts are separated (bit for bit the same, one pass fewer)
+    source = rgb_to_ycbcr(x) if ycbcr else x
+    blocks = torch.empty(n, c, (h // b) * (w // b), b, b, dtype=x.dtype, device=x.device)
+    if offsets is None:  # (a strided copy is faster than the gather when there is no shift)
+        in_image_order = blocks.view(n, c, h // b, w // b, b, b).permute(0, 1, 2, 4, 3, 5)
+        in_image_order.copy_(source.reshape(n, c, h // b, b, w // b, b))
+    else:
+        order = _block_order(h, w, b, offsets, x.device)
+        torch.index_select(source.reshape(n * c, h * w), 1, order, out=blocks.view(n * c, h * w))
+    spectrum = torch.fft.rfft2(blocks).reshape(n, c, blocks.shape[2], -1)
     planes = torch.empty(2, *spectrum.shape, dtype=x.dtype, device=x.device)
     torch.mul(torch.view_as_real(spectrum).movedim(-1, 0), scale, out=planes)
     return planes[0], planes[1]
+
+
+@lru_cache(maxsize=64)
+def _block_order(h: int, w: int, b: int, offsets: tuple[int, int] | None, device: torch.device) -> torch.Tensor:
+    """For each position of the block-ordered (shifted) image, the index of its source pixel in (H*W)."""
+    rows, cols = torch.arange(h), torch.arange(w)
+    if offsets is not None:  # shift_images: shifted pixel (i, j) is source pixel (clamp(i + dy), clamp(j + dx))
+        rows = (rows + offsets[0] - b // 2).clamp(0, h - 1)
+        cols = (cols + offsets[1] - b // 2).clamp(0, w - 1)
+    source = rows[:, None] * w + cols[None, :]
+    return source.view(h // b, b, w // b, b).permute(0, 2, 1, 3).reshape(-1).to(device)
 
 
 def _ycbcr_transposed(_: int) -> torch.Tensor:
@@ -111,24 +131,40 @@ def from_blocks(x: torch.Tensor, h: int, w: int, b: int = 8) -> torch.Tensor:
 
 
 def block_rdft_adjoint(
-    grad: torch.Tensor, h: int, w: int, b: int = 8, *, ycbcr: bool = False, out: torch.Tensor | None = None
+    grad: torch.Tensor,
+    h: int,
+    w: int,
+    b: int = 8,
+    *,
+    ycbcr: bool = False,
+    offsets: tuple[int, int] | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Gradient w.r.t. the image of a function of :func:`block_rdft`'s output (same ``b`` and ``ycbcr``).
+    """Gradient w.r.t. the image of a function of :func:`block_rdft`'s output (same ``b``, ``ycbcr``
+    and ``offsets``).
 
     ``grad`` is (N, C, K, 2F): the gradients w.r.t. the F real parts, then w.r.t. the F imaginary
     parts of each block's coefficients. Returns (N, C, H, W), written into ``out`` when given. The
     transform is linear, so this is one product with the transposed (real-valued) transform matrix,
-    then the transposed colour matrix; gradients need no exact zeros.
+    then the transposed colour matrix, then the transposed gather (edge pixels replicated by the
+    shift collect several gradients); gradients need no exact zeros.
     """
     n, c = grad.shape[:2]
     blocks = grad @ _operator(_rdft_adjoint_operator, b, grad)  # (N, C, K, b*b)
     if ycbcr:
         blocks = torch.matmul(_operator(_ycbcr_transposed, 3, blocks), blocks.view(n, c, -1))
-    in_image_order = blocks.view(n, c, h // b, w // b, b, b).permute(0, 1, 2, 4, 3, 5)
-    if out is None:
-        return in_image_order.reshape(n, c, h, w)
-    out.view(n, c, h // b, b, w // b, b).copy_(in_image_order)
-    return out
+    if offsets is None:
+        in_image_order = blocks.view(n, c, h // b, w // b, b, b).permute(0, 1, 2, 4, 3, 5)
+        if out is None:
+            return in_image_order.reshape(n, c, h, w)
+        out.view(n, c, h // b, b, w // b, b).copy_(in_image_order)
+        return out
+    result = out if out is not None and out.is_contiguous() else blocks.new_empty(n, c, h, w)
+    flat = result.view(n * c, h * w).zero_()
+    flat.index_add_(1, _block_order(h, w, b, offsets, grad.device), blocks.reshape(n * c, h * w))
+    if out is not None and result is not out:
+        out.copy_(result)
+    return result
 
 
 def random_offsets(max_shift: int = 8, generator: torch.Generator | None = None) -> tuple[int, int]:

@@ -237,9 +237,7 @@ class _Watson(nn.Module):
         # take several times its size), of balanced sizes
         per_chunk = max(1, min(self.chunk_pixels, input.numel() // 4) // input[0].numel()) if self.chunk_pixels else n
         per_chunk = -(-n // -(-n // per_chunk))
-        chunk_fn = partial(self._frozen_chunk, consts)
-        if offsets is not None:
-            chunk_fn = partial(_shifted_chunk, chunk_fn, offsets)
+        chunk_fn = partial(self._frozen_chunk, consts, offsets=offsets)
         return _FrozenPerImage.apply(input, target, chunk_fn, per_chunk, want_grad)
 
     def _per_image_autograd(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -380,15 +378,17 @@ class WatsonDCT(_Watson):
     def _frequency_view(self, values: torch.Tensor) -> torch.Tensor:
         return values.reshape(1, self.channels, 1, BLOCK, 1, BLOCK)
 
-    def _frozen_chunk(self, consts: dict, x: torch.Tensor, y: torch.Tensor, part: slice, grad_out):
+    def _frozen_chunk(self, consts: dict, x: torch.Tensor, y: torch.Tensor, part: slice, grad_out, offsets=None):
         """Values (n,) of a chunk of images, and their input gradients written to ``grad_out`` unless it is
-        None; see :class:`_FrozenPerImage`.
+        None; see :class:`_FrozenPerImage`. ``offsets``: the random shift (applied to the chunk here).
 
         The coefficients stay in image layout: coefficient (u, v) of block (i, j) sits at pixel
         (8i + u, 8j + v), so thresholds and masks broadcast over a (n, C, Hb, 8, Wb, 8) view and no
         block reordering is needed. The DCT is linear, so the input enters only through the DCT of
         the (colour-transformed) difference ``input - target``.
         """
+        if offsets is not None:
+            return _shifted_chunk(partial(self._frozen_chunk, consts), offsets, x, y, part, grad_out)
         dtype = consts["dtype"]
         x, y = x.to(dtype), y.to(dtype)
         n, c, h, w = x.shape
@@ -476,9 +476,9 @@ class WatsonDFT(_Watson):
     def _frequency_view(self, values: torch.Tensor) -> torch.Tensor:
         return values.reshape(1, self.channels, 1, self.n_freq)
 
-    def _frozen_chunk(self, consts: dict, x: torch.Tensor, y: torch.Tensor, part: slice, grad_out):
+    def _frozen_chunk(self, consts: dict, x: torch.Tensor, y: torch.Tensor, part: slice, grad_out, offsets=None):
         """Values (n,) of a chunk of images, and their input gradients written to ``grad_out`` unless it is
-        None; see :class:`_FrozenPerImage`.
+        None; see :class:`_FrozenPerImage`. ``offsets``: the random shift (part of the block gather).
 
         The phase difference is the angle between ``z0 = (re0 + eps, im0)`` and ``z1 = (re1 + eps, im1)``,
         from their dot and cross products rather than as a difference of two atan2 angles: with
@@ -493,7 +493,7 @@ class WatsonDFT(_Watson):
 
         # target side: amplitude a0 = |(re0 + eps, im0 + eps)| and 1 / S; the colour transform is
         # elementwise, so flat blocks stay exactly flat and their phases are exactly 0
-        re0e, im0 = block_rdft(y, ycbcr=c == 3)  # (n, C, K, 40) each
+        re0e, im0 = block_rdft(y, ycbcr=c == 3, offsets=offsets)  # (n, C, K, 40) each
         re0e.add_(EPS)
         a0 = (im0 + EPS).square_().addcmul_(re0e, re0e).sqrt_()
         mean_dc = consts["mean_dc"]
@@ -501,7 +501,7 @@ class WatsonDFT(_Watson):
         inv_s = self._frozen_inverse_threshold(a0, log_lum.unsqueeze(-1), consts)
 
         # amplitude term: Minkowski pooling of |a1 - a0| / S
-        re1e, im1 = block_rdft(x, ycbcr=c == 3)
+        re1e, im1 = block_rdft(x, ycbcr=c == 3, offsets=offsets)
         re1e.add_(EPS)
         im1e = im1 + EPS
         a1 = im1e.square().addcmul_(re1e, re1e).sqrt_()
@@ -540,7 +540,7 @@ class WatsonDFT(_Watson):
         torch.addcmul(g_amp * re1e, g_phase, im1, out=coef_grad[..., :f])
         torch.addcmul(g_amp.mul_(im1e), g_phase, re1e, value=-1, out=coef_grad[..., f:])
         del g_amp, g_phase, re1e, im1, im1e
-        block_rdft_adjoint(coef_grad, h, w, ycbcr=c == 3, out=grad_out)
+        block_rdft_adjoint(coef_grad, h, w, ycbcr=c == 3, offsets=offsets, out=grad_out)
         return dist @ consts["weights"]
 
     def _distance(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
