@@ -413,3 +413,26 @@ def test_parameters_set_to_require_grad_get_gradients_without_trainable():
     y = torch.rand(2, 1, 16, 16)
     m((y + 0.05).clamp(0, 1), y).backward()
     assert m.beta.grad is not None and torch.isfinite(m.beta.grad).all() and m.beta.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cls", [WatsonDCT, WatsonDFT])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_half_precision_inputs_compute_in_float32(cls, dtype, deterministic):
+    """Half-precision inputs give the float32 computation on the same (rounded) values; the gradient
+    comes back in the input's dtype."""
+    torch.manual_seed(0)
+    y = torch.rand(4, 3, 16, 16).to(dtype)
+    x = (y.float() + 0.05 * torch.randn(y.shape)).clamp(0, 1).to(dtype)
+    m = cls(colorspace="rgb", reduction="none", deterministic=deterministic)
+    results = []
+    for dt in (torch.float32, dtype):
+        xg = x.to(dt).requires_grad_(True)
+        m.generator = torch.Generator().manual_seed(1)
+        d = m(xg, y.to(dt))
+        d.sum().backward()
+        assert d.dtype == torch.float32 and xg.grad.dtype == dt and torch.isfinite(xg.grad).all()
+        results.append((d.detach(), xg.grad.float()))
+    (d32, g32), (dh, gh) = results
+    torch.testing.assert_close(dh, d32, rtol=1e-6, atol=0)
+    assert (gh - g32).norm() / g32.norm() < 1e-2  # the gradient rounded to the input's precision

@@ -159,7 +159,8 @@ def block_rdft_adjoint(
             return in_image_order.reshape(n, c, h, w)
         out.view(n, c, h // b, b, w // b, b).copy_(in_image_order)
         return out
-    result = out if out is not None and out.is_contiguous() else blocks.new_empty(n, c, h, w)
+    direct = out is not None and out.is_contiguous() and out.dtype == blocks.dtype
+    result = out if direct else blocks.new_empty(n, c, h, w)
     flat = result.view(n * c, h * w).zero_()
     flat.index_add_(1, _block_order(h, w, b, offsets, grad.device), blocks.reshape(n * c, h * w))
     if out is not None and result is not out:

@@ -279,8 +279,9 @@ class _Watson(nn.Module):
             plane_means = target.to(dtype).mean(dim=(2, 3))  # (N, C)
         else:  # the means of the shifted target: replicated edge rows and columns count several times
             h, w = target.shape[-2:]
+            target = target.to(dtype)
             rows, cols = (shift_weights(size, o, BLOCK, like=target) for size, o in zip((h, w), offsets))
-            plane_means = (torch.matmul(target, cols) @ rows).to(dtype) / (h * w)
+            plane_means = (torch.matmul(target, cols) @ rows) / (h * w)
         if c == 3:
             matrix = torch.tensor(YCBCR_MATRIX, dtype=dtype, device=device)
             plane_means = plane_means @ matrix.T + torch.tensor(YCBCR_OFFSET, dtype=dtype, device=device)
