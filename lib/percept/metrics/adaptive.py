@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from percept import checks
 from percept.assets import locate
+from percept.metrics._frozen import FrozenPerImage, balanced_chunks
 
 __all__ = [
     "Adaptive",
@@ -446,8 +447,8 @@ class Adaptive(nn.Module):
         """input, target: (N, C, H, W) in [0, 1]. Returns a scalar, or (N,) for reduction 'none'.
 
         A frozen metric against a target that needs no gradient computes the input gradient in closed
-        form, a chunk of images at a time (see :class:`_FrozenAdaptive`); otherwise autograd runs
-        through :meth:`elementwise`. Both give the same numbers.
+        form, a chunk of images at a time (see :class:`~percept.metrics._frozen.FrozenPerImage`);
+        otherwise autograd runs through :meth:`elementwise`. Both give the same numbers.
         """
         graph = torch.is_grad_enabled() and (
             target.requires_grad or self.latent_alpha.requires_grad or self.latent_scale.requires_grad
@@ -457,7 +458,14 @@ class Adaptive(nn.Module):
         else:
             self._check(input, target)
             want_grad = input.requires_grad and torch.is_grad_enabled()
-            per_image = _FrozenAdaptive.apply(input, target, self, want_grad)
+            with torch.no_grad():
+                consts = self._frozen_constants(input.dtype)
+            # chunks of at most 2^18 coefficients and a quarter of the batch's size (grey images have
+            # three coefficients per pixel in the original layout)
+            budget = min(1 << 18, input.numel() // 4)
+            per_chunk = balanced_chunks(input.shape[0], math.prod(self.latent_alpha.shape), budget)
+            chunk_fn = functools.partial(self._frozen_chunk, consts)
+            per_image = FrozenPerImage.apply(input, target, chunk_fn, per_chunk, want_grad)
         return checks.reduce(per_image, self.reduction)
 
     def _check(self, input: torch.Tensor, target: torch.Tensor) -> None:
@@ -471,7 +479,7 @@ class Adaptive(nn.Module):
                 "(the shipped weights fit only 64x64)"
             )
 
-    def _frozen_chunk(self, consts: dict, x: torch.Tensor, y: torch.Tensor, grad_out: torch.Tensor | None):
+    def _frozen_chunk(self, consts: dict, x: torch.Tensor, y: torch.Tensor, part: slice, grad_out: torch.Tensor | None):
         """Per-image NLL of a chunk; its input gradient is written into ``grad_out`` when given.
 
         With ``L = log1p((X / c)^2 / b)``: ``rho = b/a * expm1(a/2 * L)`` and
@@ -507,47 +515,6 @@ class Adaptive(nn.Module):
             "b_over_a": b / a,
             "constant": (torch.log(scale) + _log_partition(alpha)).sum(),
         }
-
-
-class _FrozenAdaptive(torch.autograd.Function):
-    """Per-image NLL of a frozen :class:`Adaptive` against a constant target, in chunks of images, with the
-    input gradient formed in closed form in the same pass (one input-sized tensor outlives the forward
-    pass; backward scales it in place, and recomputes it should backward run twice)."""
-
-    @staticmethod
-    def forward(ctx, input, target, metric, want_grad):
-        values, grads = _FrozenAdaptive.run(input, target, metric, want_grad)
-        if want_grad:
-            ctx.grads, ctx.metric = grads, metric
-            ctx.save_for_backward(input, target)
-        return values
-
-    @staticmethod
-    def run(input, target, metric, want_grad):
-        with torch.no_grad(), torch.autocast(input.device.type, enabled=False):
-            consts = metric._frozen_constants(input.dtype)
-            grads = torch.empty_like(input, memory_format=torch.contiguous_format) if want_grad else None
-            n = input.shape[0]
-            # chunks of at most 2^18 coefficients and a quarter of the batch's size (grey images have
-            # three coefficients per pixel in the original layout)
-            per_image = math.prod(metric.latent_alpha.shape)
-            per_chunk = max(1, min(1 << 18, input.numel() // 4) // per_image)
-            per_chunk = -(-n // -(-n // per_chunk))  # balanced chunks
-            values = []
-            for start in range(0, n, per_chunk):
-                part = slice(start, start + per_chunk)
-                grad_part = None if grads is None else grads[part]
-                values.append(metric._frozen_chunk(consts, input[part], target[part], grad_part))
-        return torch.cat(values), grads
-
-    @staticmethod
-    def backward(ctx, grad_values):
-        grads = ctx.grads
-        if grads is None:  # a second backward pass: the first one scaled the gradients in place
-            input, target = ctx.saved_tensors
-            grads = _FrozenAdaptive.run(input, target, ctx.metric, True)[1]
-        ctx.grads = None
-        return grads.mul_(grad_values.to(grads.dtype).view(-1, 1, 1, 1)), None, None, None
 
 
 # --------------------------------------------------------------------------------------------------

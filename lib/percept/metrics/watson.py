@@ -16,7 +16,7 @@ blocks or images.
 
 Two implementations compute the same numbers. A frozen metric against a target that needs no
 gradient (training a generator: the default, and :class:`percept.LossProvider`) runs
-:class:`_FrozenPerImage`: chunks of images, each computed in one pass with the input gradient in
+:class:`percept.metrics._frozen.FrozenPerImage`: chunks of images, each computed in one pass with the input gradient in
 closed form (no autograd graph), so a training step keeps one input-sized gradient instead of every
 intermediate; powers are evaluated as ``exp(beta * log(x))``. Watson-DCT uses the DCT's linearity
 (only the DCT of ``input - target`` is needed) and stays in image layout. A ``trainable`` metric or a
@@ -46,6 +46,7 @@ import torch.nn as nn
 
 from percept import assets, checks
 from percept.color import YCBCR_MATRIX, YCBCR_OFFSET, rgb_to_ycbcr
+from percept.metrics._frozen import FrozenPerImage, balanced_chunks
 from percept.transforms import (
     block_dct,
     block_rdft,
@@ -228,17 +229,17 @@ class _Watson(nn.Module):
                 input, target = shift_images(input, offsets, BLOCK), shift_images(target, offsets, BLOCK)
             return self._per_image_autograd(input, target)
         # frozen metric, constant target: the distance is computed chunk by chunk with its input
-        # gradient formed in the same pass (see _FrozenPerImage); the shift is applied chunk by chunk too
+        # gradient formed in the same pass (see FrozenPerImage); the shift is applied chunk by chunk too
         want_grad = input.requires_grad and torch.is_grad_enabled()
         with torch.no_grad():
             consts = self._frozen_constants(input.dtype, input.device, target, offsets)
-        n = input.shape[0]
         # chunks of at most chunk_pixels values and a quarter of the batch (the intermediates of a chunk
-        # take several times its size), of balanced sizes
-        per_chunk = max(1, min(self.chunk_pixels, input.numel() // 4) // input[0].numel()) if self.chunk_pixels else n
-        per_chunk = -(-n // -(-n // per_chunk))
+        # take several times its size)
+        n = input.shape[0]
+        budget = min(self.chunk_pixels, input.numel() // 4)
+        per_chunk = balanced_chunks(n, input[0].numel(), budget) if self.chunk_pixels else n
         chunk_fn = partial(self._frozen_chunk, consts, offsets=offsets)
-        return _FrozenPerImage.apply(input, target, chunk_fn, per_chunk, want_grad)
+        return FrozenPerImage.apply(input, target, chunk_fn, per_chunk, want_grad)
 
     def _per_image_autograd(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The formula through autograd: gradients for the parameters (2AFC tuning) or the target."""
@@ -381,7 +382,7 @@ class WatsonDCT(_Watson):
 
     def _frozen_chunk(self, consts: dict, x: torch.Tensor, y: torch.Tensor, part: slice, grad_out, offsets=None):
         """Values (n,) of a chunk of images, and their input gradients written to ``grad_out`` unless it is
-        None; see :class:`_FrozenPerImage`. ``offsets``: the random shift (applied to the chunk here).
+        None; see :class:`~percept.metrics._frozen.FrozenPerImage`. ``offsets``: the random shift (applied to the chunk here).
 
         The coefficients stay in image layout: coefficient (u, v) of block (i, j) sits at pixel
         (8i + u, 8j + v), so thresholds and masks broadcast over a (n, C, Hb, 8, Wb, 8) view and no
@@ -479,7 +480,7 @@ class WatsonDFT(_Watson):
 
     def _frozen_chunk(self, consts: dict, x: torch.Tensor, y: torch.Tensor, part: slice, grad_out, offsets=None):
         """Values (n,) of a chunk of images, and their input gradients written to ``grad_out`` unless it is
-        None; see :class:`_FrozenPerImage`. ``offsets``: the random shift (part of the block gather).
+        None; see :class:`~percept.metrics._frozen.FrozenPerImage`. ``offsets``: the random shift (part of the block gather).
 
         The phase difference is the angle between ``z0 = (re0 + eps, im0)`` and ``z1 = (re1 + eps, im1)``,
         from their dot and cross products rather than as a difference of two atan2 angles: with
@@ -584,45 +585,3 @@ def _shifted_chunk(chunk_fn, offsets: tuple[int, int], x: torch.Tensor, y: torch
     values = chunk_fn(*shifted, part, grad)
     shift_images_adjoint(grad, offsets, BLOCK, out=grad_out)
     return values
-
-
-class _FrozenPerImage(torch.autograd.Function):
-    """Per-image distances of a frozen metric against a constant target, in chunks of images.
-
-    Each image's distance depends on its own pixels only (the masking comes from the target), so
-    ``grad_input[n] = grad_output[n] * d dist[n] / d input[n]``. ``chunk_fn(x, y, part, grad_out)``
-    returns a chunk's values and, when ``grad_out`` is given, writes those per-image gradients into it,
-    computed in closed form in the same pass. The backward pass is one multiplication; only the
-    gradient (one input-sized tensor) outlives the forward pass, and the intermediates of one chunk
-    at a time stay in cache.
-    """
-
-    @staticmethod
-    def forward(ctx, input, target, chunk_fn, per_chunk, want_grad):
-        values, grads = _FrozenPerImage.run(input, target, chunk_fn, per_chunk, want_grad)
-        if want_grad:
-            # the gradients are an attribute, not a saved tensor: backward scales them in place. The
-            # inputs are kept to recompute them should backward run again (retain_graph).
-            ctx.grads, ctx.chunk_fn, ctx.per_chunk = grads, chunk_fn, per_chunk
-            ctx.save_for_backward(input, target)
-        return values
-
-    @staticmethod
-    def run(input, target, chunk_fn, per_chunk, want_grad):
-        grads = torch.empty_like(input, memory_format=torch.contiguous_format) if want_grad else None
-        values = []
-        with torch.no_grad(), torch.autocast(input.device.type, enabled=False):
-            for start in range(0, input.shape[0], per_chunk):
-                part = slice(start, start + per_chunk)
-                values.append(chunk_fn(input[part], target[part], part, None if grads is None else grads[part]))
-        return torch.cat(values), grads
-
-    @staticmethod
-    def backward(ctx, grad_values):
-        grads = ctx.grads
-        if grads is None:  # a second backward pass: the first one scaled the gradients in place
-            input, target = ctx.saved_tensors
-            grads = _FrozenPerImage.run(input, target, ctx.chunk_fn, ctx.per_chunk, True)[1]
-        ctx.grads = None
-        # in place: saves an input-sized buffer in every training step
-        return grads.mul_(grad_values.to(grads.dtype).view(-1, *([1] * (grads.dim() - 1)))), None, None, None, None
