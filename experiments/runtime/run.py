@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from percept.bench import CANDIDATES, celeba_batch, machine_info, measure_training, run_isolated
+from percept.bench import CANDIDATES, base_row, celeba_batch, machine_info, measure_training, run_isolated
 
 if TYPE_CHECKING:  # pandas is imported where it is used: every worker process re-imports this file
     import pandas as pd
@@ -216,20 +216,7 @@ def _measure(key: str, colorspace: str, batch: int, size: int, args, *, iteratio
     try:
         row = run_isolated(measure_training, key, timeout=args.timeout_s, **kwargs)
     except RuntimeError as err:  # the worker crashed or timed out
-        cand = CANDIDATES[key]
-        row = {
-            "metric": key,
-            "group": cand.group,
-            "implementation": cand.implementation,
-            "compares_to": cand.compares_to,
-            "colorspace": colorspace,
-            "batch": batch,
-            "height": size,
-            "width": size,
-            "device": args.device,
-            "status": "failed",
-            "note": str(err)[:400],
-        }
+        row = base_row(key, colorspace, batch, size, args.device) | {"status": "failed", "note": str(err)[:400]}
     row["wall_s"] = time.perf_counter() - t0  # the whole measurement: process, build, warm-up, timing, checks
     return row
 

@@ -772,6 +772,22 @@ def _parity(key: str, colorspace: str, size: tuple[int, int], device: torch.devi
         return float((ours(x, target).float() - theirs(x, target).float()).abs().max())
 
 
+def base_row(key: str, colorspace: str, batch: int, size: int, device: str | torch.device) -> dict:
+    """The columns that identify a measurement of candidate ``key`` (shared by its result and failure rows)."""
+    cand = CANDIDATES[key]
+    return {
+        "metric": key,
+        "group": cand.group,
+        "implementation": cand.implementation,
+        "compares_to": cand.compares_to,
+        "colorspace": colorspace,
+        "batch": batch,
+        "height": size,
+        "width": size,
+        "device": str(device),
+    }
+
+
 def measure_training(
     key: str,
     colorspace: str = "rgb",
@@ -806,20 +822,7 @@ def measure_training(
     if threads:
         torch.set_num_threads(threads)
     cand = CANDIDATES[key]
-    row = {
-        "metric": key,
-        "group": cand.group,
-        "implementation": cand.implementation,
-        "compares_to": cand.compares_to,
-        "colorspace": colorspace,
-        "batch": batch,
-        "height": size,
-        "width": size,
-        "device": str(dev),
-        "threads": torch.get_num_threads(),
-        "status": "ok",
-        "note": "",
-    }
+    row = base_row(key, colorspace, batch, size, dev) | {"threads": torch.get_num_threads(), "status": "ok", "note": ""}
     try:
         target, source = celeba_batch(batch, size, colorspace)
         row["data_source"] = source
