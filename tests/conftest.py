@@ -56,3 +56,36 @@ def golden_pairs(golden) -> dict:
         "rgb": (golden["rgb_input"], golden["rgb_target"]),
         "grey": (golden["grey_input"], golden["grey_target"]),
     }
+
+
+def _autograd_then_closed_form(metric, x, y, upstream, before_each=None):
+    """Values and input gradients of ``metric`` through autograd (the target needs a gradient), then
+    through its closed-form path (a constant target): ``((d_ref, g_ref), (d, g))``."""
+    results = []
+    for target_needs_grad in (True, False):
+        if before_each is not None:
+            before_each()
+        xg = x.clone().requires_grad_(True)
+        d = metric(xg, y.clone().requires_grad_(target_needs_grad))
+        (d * upstream).sum().backward()
+        results.append((d.detach(), xg.grad))
+    return results
+
+
+def _backward_twice(metric, x, y):
+    """Input gradients of two backward passes through one evaluation (retain_graph)."""
+    xg = x.clone().requires_grad_(True)
+    d = metric(xg, y)
+    (first,) = torch.autograd.grad(d.sum(), xg, retain_graph=True)
+    (second,) = torch.autograd.grad(d.sum(), xg)
+    return first, second
+
+
+@pytest.fixture(scope="session")
+def autograd_then_closed_form():
+    return _autograd_then_closed_form
+
+
+@pytest.fixture(scope="session")
+def backward_twice():
+    return _backward_twice

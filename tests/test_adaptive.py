@@ -347,7 +347,9 @@ def test_gradcheck_trainable_parameters():
     "layout,colorspace,pretrained",
     [("original", "rgb", True), ("original", "grey", True), ("nchw", "rgb", False), ("nchw", "grey", False)],
 )
-def test_closed_form_path_equals_autograd_in_float64(layout, colorspace, pretrained):
+def test_closed_form_path_equals_autograd_in_float64(
+    layout, colorspace, pretrained, autograd_then_closed_form, backward_twice
+):
     """The frozen metric's chunked, hand-written gradient against autograd through ``elementwise``."""
     torch.manual_seed(0)
     c = 3 if colorspace == "rgb" else 1
@@ -362,19 +364,9 @@ def test_closed_form_path_equals_autograd_in_float64(layout, colorspace, pretrai
     x = (y + 0.05 * torch.randn_like(y)).clamp(0, 1)
     x[1] = y[1]
     upstream = torch.linspace(0.5, 2.0, 9, dtype=torch.float64)
-    results = []
-    for target_needs_grad in (True, False):  # autograd, then the closed form
-        xg = x.clone().requires_grad_(True)
-        d = metric(xg, y.clone().requires_grad_(target_needs_grad))
-        (d * upstream).sum().backward()
-        results.append((d.detach(), xg.grad))
-    (d_ref, g_ref), (d, g) = results
+    (d_ref, g_ref), (d, g) = autograd_then_closed_form(metric, x, y, upstream)
     torch.testing.assert_close(d, d_ref, rtol=1e-10, atol=1e-9)
     torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-12 * g_ref.abs().max().item())
     assert torch.equal(g[1], torch.zeros_like(g[1]))
     # a second backward pass (retain_graph) gives the same gradient again
-    xg = x.clone().requires_grad_(True)
-    d = metric(xg, y)
-    (first,) = torch.autograd.grad(d.sum(), xg, retain_graph=True)
-    (second,) = torch.autograd.grad(d.sum(), xg)
-    torch.testing.assert_close(first, second)
+    torch.testing.assert_close(*backward_twice(metric, x, y))

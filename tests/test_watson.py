@@ -369,7 +369,9 @@ def test_shifted_training_path_keeps_the_target_out_of_the_graph(golden):
 @pytest.mark.parametrize("space", ["rgb", "grey"])
 @pytest.mark.parametrize("batch_luminance", [False, True])
 @pytest.mark.parametrize("deterministic", [True, False])
-def test_closed_form_path_equals_autograd_in_float64(cls, space, batch_luminance, deterministic):
+def test_closed_form_path_equals_autograd_in_float64(
+    cls, space, batch_luminance, deterministic, autograd_then_closed_form
+):
     """The frozen metric's hand-written gradients (chunked, shifted inside the chunks) against autograd
     through the plain formula (taken when the target needs a gradient), with the same random shift."""
     torch.manual_seed(0)
@@ -382,14 +384,11 @@ def test_closed_form_path_equals_autograd_in_float64(cls, space, batch_luminance
     m = cls(colorspace=space, reduction="none", batch_luminance=batch_luminance, deterministic=deterministic).double()
     m.chunk_pixels = 2 * c * 32 * 40  # chunks of two images
     upstream = torch.arange(1.0, 6.0, dtype=torch.float64)
-    results = []
-    for target_needs_grad in (True, False):
-        xg = x.clone().requires_grad_(True)
+
+    def same_shift():
         m.generator = torch.Generator().manual_seed(3)
-        d = m(xg, y.clone().requires_grad_(target_needs_grad))
-        (d * upstream).sum().backward()
-        results.append((d.detach(), xg.grad))
-    (d_ref, g_ref), (d, g) = results
+
+    (d_ref, g_ref), (d, g) = autograd_then_closed_form(m, x, y, upstream, before_each=same_shift)
     torch.testing.assert_close(d, d_ref, rtol=1e-9, atol=0)
     torch.testing.assert_close(g, g_ref, rtol=1e-7, atol=1e-9 * g_ref.abs().max().item())
     assert torch.equal(g[1], torch.zeros_like(g[1]))
