@@ -2,6 +2,10 @@
 
 Tests read real weights and data through ``PERCEPT_ASSETS``. When it is unset, the ``shared/assets``
 folder beside the checkout is used if it exists (the layout of this workplace and of CI).
+
+The golden values (outputs of the original implementations, see ``tests/golden/README.md``) live in
+the repository. ``PERCEPT_GOLDEN`` overrides them: a folder holding the ``.pt`` files, or the path of
+``reference_values.pt`` (the other files are then read from the same folder).
 """
 
 from __future__ import annotations
@@ -18,7 +22,15 @@ _SHARED = ROOT.parent / "shared"
 if not os.environ.get("PERCEPT_ASSETS") and (_SHARED / "assets").is_dir():
     os.environ["PERCEPT_ASSETS"] = str(_SHARED / "assets")
 
-GOLDEN = Path(os.environ.get("PERCEPT_GOLDEN", _SHARED / "golden" / "reference_values.pt"))
+_GOLDEN_OVERRIDE = Path(os.environ["PERCEPT_GOLDEN"]) if os.environ.get("PERCEPT_GOLDEN") else None
+if _GOLDEN_OVERRIDE is None:
+    GOLDEN_DIR = ROOT / "tests" / "golden"
+elif _GOLDEN_OVERRIDE.suffix == ".pt":
+    GOLDEN_DIR = _GOLDEN_OVERRIDE.parent
+else:
+    GOLDEN_DIR = _GOLDEN_OVERRIDE
+GOLDEN = _GOLDEN_OVERRIDE if _GOLDEN_OVERRIDE is not None and _GOLDEN_OVERRIDE.suffix == ".pt" else GOLDEN_DIR / "reference_values.pt"
+GOLDEN_MNIST = GOLDEN_DIR / "mnist_black_background.pt"
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -47,6 +59,14 @@ def golden() -> dict:
     if not GOLDEN.is_file():
         _missing(f"golden reference values not found at {GOLDEN} (set PERCEPT_GOLDEN)")
     return torch.load(GOLDEN, weights_only=False)
+
+
+@pytest.fixture(scope="session")
+def golden_mnist() -> dict:
+    """The original Watson losses on 8 MNIST digits (black background) against three kinds of input."""
+    if not GOLDEN_MNIST.is_file():
+        _missing(f"golden MNIST values not found at {GOLDEN_MNIST} (set PERCEPT_GOLDEN)")
+    return torch.load(GOLDEN_MNIST, weights_only=False)
 
 
 @pytest.fixture(scope="session")
