@@ -1,0 +1,35 @@
+"""How a metric runs on a device: the one strategy switch shared by the metrics that have fast paths.
+
+The formula of a metric is written once; how a batch goes through it depends on the device:
+
+- ``"chunked"``: a few images at a time, so that one chunk's intermediates stay in the CPU caches and
+  the working memory is bounded by the chunk (the best choice on a few CPU cores);
+- ``"batched"``: the whole batch in one pass of a few large kernels (GPUs are launch-bound: the number
+  of kernels per step matters more than their size);
+- ``"auto"`` (the default): ``"chunked"`` on CPU, ``"batched"`` on every other device.
+
+>>> from percept.execution import resolve_strategy
+>>> resolve_strategy("auto", "cpu"), resolve_strategy("auto", "cuda")
+('chunked', 'batched')
+"""
+
+from __future__ import annotations
+
+import torch
+
+STRATEGIES = ("auto", "chunked", "batched")
+
+
+def check_strategy(strategy: str) -> str:
+    """Return ``strategy`` if it is one of :data:`STRATEGIES`, else raise a ``ValueError``."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    return strategy
+
+
+def resolve_strategy(strategy: str, device: torch.device | str) -> str:
+    """``"chunked"`` or ``"batched"`` for ``strategy`` on ``device`` (see the module docstring)."""
+    check_strategy(strategy)
+    if strategy != "auto":
+        return strategy
+    return "chunked" if torch.device(device).type == "cpu" else "batched"
