@@ -11,9 +11,13 @@ computes what the original returned, with the original's names, defaults and out
 - ``deterministic=False`` (the default, as in the original) shifts both images by the same random
   offset of up to 8 px; the shift draws from torch's RNG, not numpy's.
 
+- Watson uses the original formula exactly, including its dark-block behaviour: a pure-black target
+  block gets a near-zero threshold, so errors there weigh enormously (about 3e7 on a real photograph
+  with black blocks). That weight is what pulls a VAE's black background to black early in training,
+  so the paper's training behaviour needs it (see :mod:`percept.metrics.watson` and the README).
+
 Fixed rather than reproduced: ``'gray'``/``'Gray'`` mean grey (the original silently used RGB), grey
-conversion checks the channel count rather than the batch size, modules move with ``.to(device)``,
-and Watson's dark-block singularity is floored (see :mod:`percept.metrics.watson`).
+conversion checks the channel count rather than the batch size, and modules move with ``.to(device)``.
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ class LossProvider:
                 deterministic=deterministic,
                 pretrained=pretrained,
                 batch_luminance=True,
+                luminance_floor=0.0,
             )
         if name == "Watson-vgg":
             from percept.metrics.deep import WatsonVGG

@@ -33,8 +33,8 @@ losses; their k = 0 (lambda = 1 on the per-pixel sum, a unit-variance-style Gaus
 Other registry metrics default to k = 0 with a warning: choose ``k`` yourself.
 
 The metrics are also built with the options that make them behave as the original's did
-(:data:`PAPER_METRIC_OPTIONS`: SSIM with zero padding, Watson with batch-averaged luminance masking,
-Adaptive untrained with one parameter per pixel of the model's image size), unless
+(:data:`PAPER_METRIC_OPTIONS`: SSIM with zero padding, Watson with batch-averaged luminance masking and
+no luminance floor (the original formula), Adaptive untrained with one parameter per pixel of the model's image size), unless
 ``metric_style="library"``.
 
 Checkpoints, resume, distributed training
@@ -111,8 +111,10 @@ def _paper_metric_options(image_shape: tuple[int, int, int]) -> dict[str, dict]:
     h, w = image_shape[1:]
     return {
         "ssim": {"padding": "zeros"},
-        "watson-dft": {"batch_luminance": True},
-        "watson-dct": {"batch_luminance": True},
+        # the original formula exactly: batch-pooled luminance and no floor on dark target blocks (the
+        # near-zero thresholds of an MNIST digit's black background are what trains it to black)
+        "watson-dft": {"batch_luminance": True, "luminance_floor": 0.0},
+        "watson-dct": {"batch_luminance": True, "luminance_floor": 0.0},
         "adaptive": {"pretrained": False, "image_size": (h, w), "layout": "original"},
     }
 

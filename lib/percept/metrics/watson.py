@@ -28,11 +28,15 @@ Differences from the original code, all documented in the README:
 - Per-image luminance masking (default): ``mean(dc0)`` is taken over the blocks of each image, so an
   image's distance does not depend on the rest of the batch. ``batch_luminance=True`` restores the
   original's mean over the whole batch (used by :class:`percept.LossProvider`).
-- Dark blocks: the original's threshold goes to zero on pure-black target blocks and the loss explodes
-  (about 3e7 on a real photograph). Here the target's DC term is floored at the value of a block of
-  mean ``luminance_floor`` (default 1/255, one 8-bit grey level) before masking. Blocks at least that
-  bright are untouched, so real images give the original's values; ``luminance_floor=0`` is the
-  original formula exactly.
+- Dark blocks: the original's threshold goes to zero on pure-black target blocks, so errors there weigh
+  enormously (about 3e7 on a real photograph with black blocks). That is the original formula, and it
+  is the default (``luminance_floor=0``): it is what pulls a VAE's black MNIST background to black in the
+  first hundred steps, and any floor well above eps removes that pull (measured: floors of 1e-3 and 1/255
+  leave the paper's MNIST VAE outputting uniform grey after 150 steps, where the original and floor 0
+  reach a pixel MSE of 0.071; ``results/luminance_floor``). For *evaluating* photographs with pure-black
+  regions, ``luminance_floor=1/255`` floors the target's DC term at the value of a block of mean 1/255
+  (one 8-bit grey level) before masking: blocks at least that bright are untouched, and the value stays
+  finite and continuous as a block darkens to black.
 - The random shift of up to 8 px uses torch's RNG (seedable), not numpy's global RNG.
 """
 
@@ -46,7 +50,8 @@ import torch.nn as nn
 
 from percept import assets, checks
 from percept.color import YCBCR_MATRIX, YCBCR_OFFSET, rgb_to_ycbcr
-from percept.metrics._frozen import FrozenPerImage, balanced_chunks
+from percept.execution import check_strategy
+from percept.metrics._frozen import FrozenPerImage, images_per_chunk
 from percept.transforms import (
     block_dct,
     block_rdft,
@@ -102,9 +107,10 @@ class _Watson(nn.Module):
         pretrained: bool = True,
         trainable: bool = False,
         batch_luminance: bool = False,
-        luminance_floor: float = 1 / 255,
+        luminance_floor: float = 0.0,
         weights: str | None = None,
         chunk_pixels: int = 1 << 18,
+        strategy: str = "auto",
     ) -> None:
         super().__init__()
         self.colorspace = checks.normalize_colorspace(colorspace)
@@ -120,6 +126,8 @@ class _Watson(nn.Module):
         #: values (images x channels x pixels) per chunk of the frozen path, at most a quarter of the
         #: batch (0: the whole batch at once)
         self.chunk_pixels = chunk_pixels
+        #: "auto" (chunks on CPU, the whole batch at once on other devices), "chunked" or "batched"
+        self.strategy = check_strategy(strategy)
         self.dropout = nn.Dropout(0.5)
 
         c = self.channels
@@ -235,9 +243,8 @@ class _Watson(nn.Module):
             consts = self._frozen_constants(input.dtype, input.device, target, offsets)
         # chunks of at most chunk_pixels values and a quarter of the batch (the intermediates of a chunk
         # take several times its size)
-        n = input.shape[0]
-        budget = min(self.chunk_pixels, input.numel() // 4)
-        per_chunk = balanced_chunks(n, input[0].numel(), budget) if self.chunk_pixels else n
+        budget = min(self.chunk_pixels, input.numel() // 4) if self.chunk_pixels else 0
+        per_chunk = images_per_chunk(self.strategy, input.device, input.shape[0], input[0].numel(), budget)
         chunk_fn = partial(self._frozen_chunk, consts, offsets=offsets)
         return FrozenPerImage.apply(input, target, chunk_fn, per_chunk, want_grad)
 
@@ -450,7 +457,20 @@ class WatsonDFT(_Watson):
     Same options as :class:`WatsonDCT`. Untrained values: thresholds 1, alpha 0.1, w 0.2, beta 1,
     phase weights exp(-2). When not trainable, the phase weights of the four purely real
     coefficients (0,0), (0,4), (4,0), (4,4) are zero, as in the original at inference.
+
+    ``phase_eps`` (default 0: the original formula) is for training from flat outputs. The phase of an
+    input coefficient z1 is undefined at z1 = 0, and its derivative grows as 1 / |z1|: a flat (constant or
+    black) input against a textured target gets input gradients of about 1e7 (normal: about 1e2). With
+    ``phase_eps = e > 0`` each phase difference is weighted by ``|z1|^2 / (|z1|^2 + e^2)``: unchanged for
+    coefficients well above ``e`` (amplitudes are block means: 1/255 is one grey level of a block-wide
+    wave), faded out below it, so the gradient stays bounded by about ``1 / e``.
     """
+
+    def __init__(self, *, phase_eps: float = 0.0, **options) -> None:
+        if not phase_eps >= 0:
+            raise ValueError(f"phase_eps must be >= 0, got {phase_eps}")
+        self.phase_eps = float(phase_eps)
+        super().__init__(**options)
 
     kind = "fft"
     n_freq = BLOCK * (BLOCK // 2 + 1)
@@ -527,8 +547,16 @@ class WatsonDFT(_Watson):
         kc = (q2 + 1).rsqrt_().copysign_(dot).nan_to_num_(nan=1.0).mul_(PHASE_CLAMP)  # nan: both zero, angle 0
         del dot
         w_phase = consts["w_phase"]
-        dist = d_amp + (torch.arccos(kc).sum(dim=2) * w_phase.view(1, c, f)).sum(dim=-1)
+        pe2 = self.phase_eps**2
+        delta = torch.arccos(kc)
         del kc
+        if pe2:  # fade the phase of near-zero input coefficients: weight g = |z1|^2 / (|z1|^2 + phase_eps^2)
+            s1_pe = im1.square().addcmul_(re1e, re1e).add_(pe2)  # |z1|^2 + phase_eps^2
+            gate = torch.sub(s1_pe, pe2).div_(s1_pe)
+            dist = d_amp + (torch.mul(delta, gate).sum(dim=2) * w_phase.view(1, c, f)).sum(dim=-1)
+            del gate
+        else:
+            dist = d_amp + (delta.sum(dim=2) * w_phase.view(1, c, f)).sum(dim=-1)
         if not want_grad:
             return dist @ consts["weights"]
 
@@ -536,11 +564,25 @@ class WatsonDFT(_Watson):
         # g = k sin(phi0 - phi1) / (|z1|^2 sqrt(1 - k^2 cos^2)) = k sign(cross) / (|z1|^2 sqrt(1 + (1 - k^2) / q^2))
         g_phase = q2.reciprocal_().mul_(1 - PHASE_CLAMP**2).add_(1).rsqrt_().copysign_(cross)
         del cross
-        g_phase.mul_(w_phase * (consts["weights"].view(1, c, 1, 1) * PHASE_CLAMP))
-        g_phase = g_phase.div_(im1.square().addcmul_(re1e, re1e)).nan_to_num_(nan=0.0)  # nan: z0 or z1 is 0
+        scale = w_phase * consts["weights"].view(1, c, 1, 1)
+        g_phase.mul_(scale * PHASE_CLAMP)
+        if pe2:
+            # the gate times g has |z1|^2 + phase_eps^2 in its denominator; the gate's own derivative adds
+            # h * (re1 + eps, im1) with h = delta * 2 phase_eps^2 / (|z1|^2 + phase_eps^2)^2
+            g_phase = g_phase.div_(s1_pe)
+            h_gate = delta.mul_(scale * (2 * pe2)).div_(s1_pe.square_())
+            del s1_pe
+        else:
+            g_phase = g_phase.div_(im1.square().addcmul_(re1e, re1e)).nan_to_num_(nan=0.0)  # nan: z0 or z1 is 0
+            h_gate = None
+        del delta
         coef_grad = torch.empty(n, c, re1e.shape[2], 2 * f, dtype=dtype, device=x.device)
         torch.addcmul(g_amp * re1e, g_phase, im1, out=coef_grad[..., :f])
         torch.addcmul(g_amp.mul_(im1e), g_phase, re1e, value=-1, out=coef_grad[..., f:])
+        if h_gate is not None:
+            coef_grad[..., :f].addcmul_(h_gate, re1e)
+            coef_grad[..., f:].addcmul_(h_gate, im1)
+            del h_gate
         del g_amp, g_phase, re1e, im1, im1e
         block_rdft_adjoint(coef_grad, h, w, ycbcr=c == 3, offsets=offsets, out=grad_out)
         return dist @ consts["weights"]
@@ -557,6 +599,9 @@ class WatsonDFT(_Watson):
         # phase difference as the angle between the two coefficients, in [0, pi]; the factor just below
         # one keeps the arccos gradient finite when the phases agree
         delta = torch.arccos(torch.cos(torch.atan2(im0, re0 + EPS) - torch.atan2(im1, re1 + EPS)) * PHASE_CLAMP)
+        if self.phase_eps:
+            s1 = (re1 + EPS) ** 2 + im1**2
+            delta = delta * (s1 / (s1 + self.phase_eps**2))
         if self.training:
             delta = self.dropout(delta)
         d_phase = (delta * self._phase_weights().unsqueeze(1)).sum(dim=(-1, -2))
