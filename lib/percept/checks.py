@@ -2,13 +2,41 @@
 
 Every metric takes NCHW float tensors in [0, 1]. Bad input raises a ``ValueError`` or
 ``TypeError`` that says what was wrong and what was expected, never silent garbage.
+
+Shape, dtype and size checks cost nothing. The value checks (NaN/inf and the [0, 1] range) read two
+numbers back from the device: on a GPU that is one device-to-host synchronisation per call. A training
+loop that has validated its data can turn them off, as torchmetrics' ``validate_args=False`` does::
+
+    with percept.checks.value_checks(False):     # or percept.checks.set_value_checks(False),
+        loss = metric(recon, x)                   # or PERCEPT_VALUE_CHECKS=0 in the environment
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 
 import torch
+
+_value_checks = os.environ.get("PERCEPT_VALUE_CHECKS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def set_value_checks(enabled: bool) -> bool:
+    """Turn the NaN/inf and range checks of every metric on or off; returns the previous setting."""
+    global _value_checks
+    previous, _value_checks = _value_checks, bool(enabled)
+    return previous
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool):
+    """Context manager form of :func:`set_value_checks` (restores the previous setting on exit)."""
+    previous = set_value_checks(enabled)
+    try:
+        yield
+    finally:
+        set_value_checks(previous)
 
 #: values this far outside [0, 1] are still accepted (rounding in resizes, float16, ...)
 RANGE_TOLERANCE = 1e-3
@@ -91,6 +119,8 @@ def check_pair(
             f"{name}: height and width must be multiples of {multiple_of}, got {h}x{w}; "
             f"crop or pad the images (e.g. to {h - h % multiple_of}x{w - w % multiple_of})"
         )
+    if not _value_checks:
+        return
     # one pass over each tensor and a single host sync: aminmax propagates NaN and inf
     stats = torch.stack([torch.stack(torch.aminmax(x.detach())) for x in (input, target)]).float().tolist()
     for label, (lo, hi) in zip(("input", "target"), stats):

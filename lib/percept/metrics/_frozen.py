@@ -9,6 +9,16 @@ from __future__ import annotations
 
 import torch
 
+from percept.execution import resolve_strategy
+
+
+def images_per_chunk(strategy: str, device: torch.device, n: int, per_image: int, budget: int) -> int:
+    """Images per chunk under ``strategy`` (see :mod:`percept.execution`): the whole batch when batched,
+    else :func:`balanced_chunks` of at most ``budget`` values (0: no limit)."""
+    if resolve_strategy(strategy, device) == "batched" or budget <= 0:
+        return n
+    return balanced_chunks(n, per_image, budget)
+
 
 def balanced_chunks(n: int, per_image: int, budget: int) -> int:
     """Images per chunk: at most ``budget`` values (``per_image`` each, at least one image), then

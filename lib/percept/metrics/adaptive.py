@@ -48,7 +48,8 @@ import torch.nn.functional as F
 
 from percept import checks
 from percept.assets import locate
-from percept.metrics._frozen import FrozenPerImage, balanced_chunks
+from percept.execution import check_strategy
+from percept.metrics._frozen import FrozenPerImage, images_per_chunk
 
 __all__ = [
     "Adaptive",
@@ -383,8 +384,11 @@ class Adaptive(nn.Module):
         trainable: bool = False,
         image_size: tuple[int, int] | int = PRETRAINED_SIZE,
         layout: str = "original",
+        strategy: str = "auto",
     ) -> None:
         super().__init__()
+        #: "auto" (chunks on CPU, the whole batch at once on other devices), "chunked" or "batched"
+        self.strategy = check_strategy(strategy)
         self.colorspace = checks.normalize_colorspace(colorspace)
         self.reduction = checks.check_reduction(reduction)
         self.channels = 3 if self.colorspace == "rgb" else 1
@@ -463,7 +467,9 @@ class Adaptive(nn.Module):
             # chunks of at most 2^18 coefficients and a quarter of the batch's size (grey images have
             # three coefficients per pixel in the original layout)
             budget = min(1 << 18, input.numel() // 4)
-            per_chunk = balanced_chunks(input.shape[0], math.prod(self.latent_alpha.shape), budget)
+            per_chunk = images_per_chunk(
+                self.strategy, input.device, input.shape[0], math.prod(self.latent_alpha.shape), budget
+            )
             chunk_fn = functools.partial(self._frozen_chunk, consts)
             per_image = FrozenPerImage.apply(input, target, chunk_fn, per_chunk, want_grad)
         return checks.reduce(per_image, self.reduction)
