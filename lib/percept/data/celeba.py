@@ -6,8 +6,16 @@ Lanczos ("ANTIALIAS") filter. ``python data/download_celeba.py`` does this once 
 and writes ``<data root>/celeba/64x64/000001.png`` ...; the paper's random 90/10 split then gives
 182,339 training and 20,260 test images (seeded here; the original seed is unknown).
 
-Offline only 32 aligned images are available (``$PERCEPT_ASSETS/data/celeba_sample``). They are
-preprocessed the same way in memory and split 24 / 8; a warning and ``info["data_source"]`` say so.
+Offline (nothing preprocessed), the asset folder (``$PERCEPT_ASSETS``) provides, in order of preference:
+
+- ``data/celeba_10k_half``: the first 10,000 aligned faces (000001-010000) at **half resolution**
+  (89x109 JPEG). The paper's crop box is halved, (12.5, 22.5, 76.5, 89), and the crop resized to 64x64
+  with the same Lanczos filter: the faces are those of the paper's preprocessing, but from a source
+  with half the detail. Split 9,000 / 1,000 (seeded). ``info["data_source"]`` and every results file say
+  "reduced CelebA: 10,000 faces at half resolution".
+- ``data/celeba_sample``: 32 full-resolution aligned images, preprocessed as above and split 24 / 8.
+
+A warning says which one is used.
 """
 
 from __future__ import annotations
@@ -21,6 +29,10 @@ from PIL import Image, UnidentifiedImageError
 from percept.data import DatasetError, ImageSet, data_root, log, seeded_split
 
 CROP_BOX = (25, 45, 153, 178)  # (left, upper, right, lower) in the 178x218 aligned image
+HALF_CROP_BOX = tuple(v / 2 for v in CROP_BOX)  # the same box in the half-resolution 89x109 copy
+HALF_DIR = "data/celeba_10k_half"
+HALF_SIZE = (89, 109)
+HALF_TEST_SIZE = 1_000
 SIZE = 64
 N_IMAGES = 202_599
 TEST_FRACTION = 0.1
@@ -32,6 +44,39 @@ _warned: set = set()
 def preprocess(image: Image.Image) -> Image.Image:
     """Aligned CelebA image (178x218) -> the paper's 64x64 RGB crop."""
     return image.convert("RGB").crop(CROP_BOX).resize((SIZE, SIZE), Image.LANCZOS)
+
+
+def preprocess_half(image: Image.Image) -> Image.Image:
+    """Half-resolution aligned CelebA image (89x109) -> the paper's 64x64 crop (the crop box halved)."""
+    if image.size != HALF_SIZE:
+        raise ValueError(f"expected a {HALF_SIZE[0]}x{HALF_SIZE[1]} half-resolution image, got {image.size}")
+    return image.convert("RGB").resize((SIZE, SIZE), Image.LANCZOS, box=HALF_CROP_BOX)
+
+
+_half_cache: dict = {}
+
+
+def _offline_half() -> tuple[torch.Tensor, Path] | None:
+    """The 10,000 half-resolution faces preprocessed to (10000, 3, 64, 64) uint8, or None when absent."""
+    from percept.assets import data_dir
+
+    folder = data_dir(HALF_DIR)
+    if folder is None:
+        return None
+    if folder in _half_cache:
+        return _half_cache[folder], folder
+    files = sorted(folder.glob("*.jpg"))
+    if not files:
+        raise DatasetError(f"the offline CelebA folder {folder} has no *.jpg images")
+    images = torch.empty(len(files), 3, SIZE, SIZE, dtype=torch.uint8)
+    for i, f in enumerate(files):
+        try:
+            with Image.open(f) as im:
+                images[i] = to_tensor(preprocess_half(im))
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+            raise DatasetError(f"{f} is corrupt or not a half-resolution CelebA face ({err})") from err
+    _half_cache[folder] = images
+    return images, folder
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -143,6 +188,33 @@ def load_celeba(
             "folder": str(folder),
         }
         return ImageSet(files=[files[i] for i in ids], read=read_png, indices=ids, info=info)
+    half = _offline_half() if offline_test_size == OFFLINE_TEST_SIZE else None
+    if half is not None:
+        pixels, half_dir = half
+        n_test = min(HALF_TEST_SIZE, len(pixels) // 10)
+        train_ids, test_ids = seeded_split(len(pixels), n_test, split_seed)
+        ids = train_ids if split == "train" else test_ids
+        source = (
+            f"offline: REDUCED CelebA: {len(pixels):,} aligned faces (000001-{len(pixels):06d}) at half resolution "
+            f"(89x109, {half_dir}), cropped with the paper's box halved and resized to 64x64, split "
+            f"{len(train_ids):,} training / {len(test_ids):,} held-out (seed {split_seed}); this is the {split} part. "
+            f"The paper trains on 182,339 full-resolution images (run {FETCH_HINT})."
+        )
+        if ("half", split_seed) not in _warned:
+            _warned.add(("half", split_seed))
+            log.warning("CelebA: no preprocessed dataset; using %s", source.split("; this is")[0])
+        info = {
+            "dataset": "celeba",
+            "split": split,
+            "size": len(ids),
+            "offline": True,
+            "protocol": "celeba-10k-half",
+            "split_seed": split_seed,
+            "data_source": source,
+            "folder": str(half_dir),
+        }
+        t = torch.as_tensor(ids, dtype=torch.long)
+        return ImageSet(pixels=pixels[t], indices=t, info=info)
     pixels, sample_dir = _offline_sample()
     train_ids, test_ids = seeded_split(len(pixels), offline_test_size, split_seed)
     ids = train_ids if split == "train" else test_ids
@@ -159,6 +231,7 @@ def load_celeba(
         "split": split,
         "size": len(ids),
         "offline": True,
+        "protocol": "sample",
         "split_seed": split_seed,
         "data_source": source,
         "folder": str(sample_dir),
