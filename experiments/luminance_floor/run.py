@@ -1,0 +1,153 @@
+"""How Watson's luminance floor changes the start of VAE training (evidence for the library default).
+
+The original Watson loss gives pure-black target blocks a near-zero threshold: errors there weigh
+enormously. percept can floor the target's DC term (``luminance_floor``) so that such blocks stay
+finite on photographs. This driver trains the paper's MNIST VAE (seed 0, Adam lr 1e-4, batch 128,
+KL + lambda * Watson with lambda = 1, random block shift, batch-pooled luminance as in the paper) for a
+few hundred steps with each floor, and records the held-out pixel error and the grey level of the
+reconstructed background (the black border and gaps around each digit) every few steps::
+
+    python experiments/luminance_floor/run.py                     # ~10 min on 2 CPU cores
+    python experiments/luminance_floor/run.py --original PATH     # adds the original code's loss as a row
+    python experiments/luminance_floor/run.py --quick             # seconds (tests)
+
+``--original`` is the ``src/loss`` folder of the original repository (SteffenCzolbe/PerceptualSimilarity);
+its ``LossProvider`` builds ``Watson-fft``/``Watson-dct`` ('LA', random shift) with its trained weights.
+The original draws its shift from numpy's RNG, percept from torch's: the runs share the model
+initialisation and the batch order, not the shift sequence.
+
+Data: the MNIST training digits (offline: the recovered 60,000-digit training set, see
+:mod:`percept.data.mnist`), held-out error on the first ``--test`` official test digits.
+Writes ``results/luminance_floor/curves.csv`` (row by row) and ``machine.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from percept.data.mnist import load_mnist
+from percept.models.mnist import MnistVAE
+from percept.train import build_metric, kl_divergence, machine_info, write_json
+
+ROOT = Path(__file__).resolve().parents[2]
+FIELDS = ["loss", "implementation", "luminance_floor", "step", "test_pixel_mse", "background", "foreground",
+          "train_objective", "seconds"]
+
+
+def original_loss(path: str, name: str, device: str) -> torch.nn.Module:
+    """The original code's loss ``name`` ('LA', reduction 'sum', random shift), imported from ``path``."""
+    sys.path.insert(0, str(Path(path).resolve()))
+    if not hasattr(torch, "rfft"):  # the original calls torch.rfft (removed in torch 1.8): its old meaning
+        torch.rfft = lambda x, signal_ndim: torch.view_as_real(torch.fft.rfftn(x, dim=tuple(range(-signal_ndim, 0))))
+    from loss_provider import LossProvider as OriginalProvider  # optional, outside the package
+
+    original_name = {"watson-dft": "Watson-fft", "watson-dct": "Watson-dct"}[name]
+    return OriginalProvider().get_loss_function(original_name, "LA", reduction="sum", deterministic=False).to(device)
+
+
+@torch.no_grad()
+def held_out(model: MnistVAE, images: torch.Tensor) -> dict:
+    """Pixel MSE of the reconstructions (z = mu), and their mean grey level on background / digit pixels."""
+    model.eval()
+    recon = torch.cat([model.decode(model.encode(x)[0]) for x in images.split(500)])
+    model.train()
+    background, foreground = images == 0, images > 0.5
+    return {
+        "test_pixel_mse": (recon - images).square().mean().item(),
+        "background": recon[background].mean().item(),
+        "foreground": recon[foreground].mean().item(),
+    }
+
+
+def train_run(loss_fn, train: torch.Tensor, test: torch.Tensor, args, label: dict, writer, handle) -> None:
+    """Train a fresh VAE (seed ``args.seed``) with ``loss_fn(recon, x) -> per-batch sum`` and log its curve."""
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    model = MnistVAE().to(args.device)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))
+    t0, objective = time.time(), float("nan")
+    for step in range(args.steps + 1):
+        if step % args.eval_every == 0:
+            row = {**label, "step": step, **held_out(model, test), "train_objective": objective,
+                   "seconds": time.time() - t0}
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+            handle.flush()
+        if step == args.steps:
+            break
+        ids = order[(step * args.batch_size) % len(train):][: args.batch_size]
+        x = train[ids].to(args.device, non_blocking=True)
+        recon, mu, logvar = model(x)
+        loss = loss_fn(recon, x) + kl_divergence(mu, logvar)  # lambda = e^0 = 1 (the original HEAD's k)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        objective = loss.item() / len(x)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--losses", default="watson-dft,watson-dct")
+    p.add_argument("--floors", default="0,1e-4,1e-3,0.00392156862745098",
+                   help="luminance_floor values (0: the original formula; 1/255: percept's former default)")
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--test", type=int, default=1000, help="held-out test digits")
+    p.add_argument("--original", help="the original repository's src/loss folder: adds its loss as a reference row")
+    p.add_argument("--out", default=str(ROOT / "results" / "luminance_floor"))
+    p.add_argument("--quick", action="store_true", help="a few steps on a few digits (tests)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.eval_every, args.test, args.floors = 4, 2, 64, "0,0.00392156862745098"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_set, test_set = load_mnist("train"), load_mnist("test")
+    train = train_set.images()
+    train = train[: 4096] if args.quick else train
+    test = test_set.images()[: args.test].to(args.device)
+    write_json(out / "machine.json", {**machine_info(args.device), "data_source": train_set.info["data_source"],
+                                      "test_source": test_set.info["data_source"], "args": vars(args)})
+    floors = [float(f) for f in args.floors.split(",")]
+    with open(out / "curves.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+        writer.writeheader()
+        for name in args.losses.split(","):
+            runs = []
+            if args.original:
+                original = original_loss(args.original, name, args.device)
+                runs.append(({"implementation": "original", "luminance_floor": 0.0}, original))
+            for floor in floors:
+                metric = build_metric(name, colorspace="grey", image_shape=(1, 32, 32), deterministic=False,
+                                      device=args.device)
+                metric.luminance_floor = floor
+
+                def loss_fn(recon, x, metric=metric):
+                    return metric(recon, x).sum()
+
+                runs.append(({"implementation": "percept", "luminance_floor": floor}, loss_fn))
+            for label, loss_fn in runs:
+                label = {"loss": name, **label}
+                print(f"{label} ...", flush=True)
+                train_run(loss_fn, train, test, args, label, writer, handle)
+    print(f"wrote {out / 'curves.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
