@@ -13,7 +13,7 @@ endif
 QUICK ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint bench data data-mnist data-celeba data-bapps assets figures \
+.PHONY: help setup test lint bench bench-gpu gpu-wheels data data-mnist data-celeba data-bapps assets figures \
         reproduce-all reproduce-runtime reproduce-convergence reproduce-vae-mnist reproduce-vae-celeba \
         reproduce-2afc reproduce-adversarial clean
 
@@ -42,6 +42,13 @@ lint: setup  ## ruff
 
 bench: setup  ## speed of every metric beside L2 and the peer packages, as ratios
 	$(PY) -m percept.bench $(if $(QUICK),--quick,)
+
+bench-gpu:  ## on a GPU machine (its own python and torch, no venv, no network): CUDA vs CPU, bench, runtime rows
+	bash benchmarks/bench_gpu.sh
+
+gpu-wheels:  ## download the peer packages bench-gpu needs into .whl/ (for a GPU machine without network)
+	python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl lpips==0.1.4 pytorch-msssim==1.0.0
 
 data: data-mnist data-celeba data-bapps  ## download every dataset (MNIST, CelebA, BAPPS: about 8 GB)
 

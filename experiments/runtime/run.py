@@ -244,7 +244,11 @@ SCALING_COLUMNS = [
 ]  # fmt: skip
 
 
-def run_runtime(args, keys: list[str], colorspaces: list[str]) -> tuple[pd.DataFrame, str | None]:
+def run_runtime(
+    args, keys: list[str], colorspaces: list[str], partial: Path | None = None
+) -> tuple[pd.DataFrame, str | None]:
+    """Measure each (loss, colour space); ``partial``: a CSV rewritten after every row (a run stopped by a
+    time limit keeps what it measured)."""
     import pandas as pd
 
     jobs = []
@@ -270,6 +274,8 @@ def run_runtime(args, keys: list[str], colorspaces: list[str]) -> tuple[pd.DataF
         )
         source = source or row.get("data_source")
         rows.append(row)
+        if partial is not None:
+            pd.DataFrame(rows).to_csv(partial, index=False)
     df = _memory_columns(pd.DataFrame(rows))
     for col in RUNTIME_COLUMNS:
         if col not in df:
@@ -388,8 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    runtime, source = run_runtime(args, keys, colorspaces)
+    partial = out / "runtime.partial.csv"
+    runtime, source = run_runtime(args, keys, colorspaces, partial=partial)
     runtime.to_csv(out / "runtime.csv", index=False)
+    partial.unlink(missing_ok=True)
     scaling = pd.DataFrame(columns=SCALING_COLUMNS) if args.no_scaling else run_scaling(args)
     scaling.to_csv(out / "scaling.csv", index=False)
     info["data_source"] = source or celeba_batch(1, args.size)[1]

@@ -772,6 +772,16 @@ def _parity(key: str, colorspace: str, size: tuple[int, int], device: torch.devi
         return float((ours(x, target).float() - theirs(x, target).float()).abs().max())
 
 
+def _parity_between(ours: Candidate, theirs: Candidate, colorspace: str, size, device: torch.device) -> float:
+    """max |theirs(x, target) - ours(x, target)| per image over 16 CelebA images, x = :func:`noisy_copy`."""
+    target = celeba_batch(16, size[0], colorspace)[0].to(device)
+    x = noisy_copy(target)
+    a = ours.build(colorspace, "none", tuple(size), device).loss
+    b = theirs.build(colorspace, "none", tuple(size), device).loss
+    with torch.no_grad():
+        return float((a(x, target).float().flatten() - b(x, target).float().flatten()).abs().max())
+
+
 def base_row(key: str, colorspace: str, batch: int, size: int, device: str | torch.device) -> dict:
     """The columns that identify a measurement of candidate ``key`` (shared by its result and failure rows)."""
     cand = CANDIDATES[key]

@@ -1,0 +1,306 @@
+"""One-shot GPU check: every metric on CUDA against CPU, then one training step of each, timed beside L2.
+
+Made for a short loan of a GPU machine that has torch but none of our pins and no network (``make
+bench-gpu``; the ``lpips`` and ``pytorch-msssim`` wheels travel in ``.whl/``). Everything is written row by
+row, so a run stopped by a time limit keeps what it measured:
+
+- ``parity.csv``: for each metric and colour space, the per-image values and input gradients on the device
+  against CPU (same inputs, relative differences), and under float16 / bfloat16 autocast (finite, and
+  the relative value difference to float32);
+- ``bench.csv``: the columns of ``results/bench/bench.csv``. One training step (sigmoid, loss, backward,
+  SGD) on a 128 x C x 64 x 64 CelebA batch (MS-SSIM: 192 px), the median of ``--repeats`` timed loops;
+  ``ratio_to_l2`` divides by torch's L2 step measured in the same run on the same shape just before;
+  ``speedup_vs_peer`` is peer time / our time (> 1: percept is faster). The note column holds the CUDA
+  kernels of one step (profiler count) and, with ``--original``, the original code's rows are timed too;
+- ``machine.json``.
+
+    python benchmarks/bench_gpu.py --device cuda --out results/bench_gpu [--original PATH/src/loss]
+    python benchmarks/bench_gpu.py --device cpu --quick --out /tmp/bench_gpu   # the same code path on CPU
+
+Expected runtime on an H200: about 2 minutes (parity 20 s, bench 90 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from percept import bench
+
+FIELDS = ["metric", "group", "colorspace", "shape", "ms_per_iter", "rounds", "iters_per_round", "peer",
+          "max_abs_diff_vs_peer", "peak_mem_x_input", "original_x_l2", "note", "implementation", "ratio_to_l2",
+          "speedup_vs_peer", "time_target", "time_verdict", "mem_verdict"]
+
+#: GPU targets of the speed issue: (metric key) -> (description, test on the row and the run's other rows)
+TARGETS = {
+    "watson-dft (shift)": "<= 12x L2",
+    "watson-dct": "<= 10x L2",
+    "watson-dct (shift)": "<= 10x L2",
+    "adaptive": "<= 10x L2",
+    "ssim": "<= pytorch-msssim and <= the original SSIM",
+    "ms-ssim": "<= pytorch-msssim",
+    "lpips-squeeze": "<= the lpips package",
+    "lpips-alex": "<= the lpips package",
+    "lpips-vgg": "<= the lpips package",
+}
+
+PARITY_METRICS = [("l1", {}), ("l2", {}), ("ssim", {}), ("watson-dct", {}), ("watson-dft", {}),
+                  ("watson-dft", {"deterministic": False}), ("adaptive", {}), ("lpips-squeeze", {}),
+                  ("deeploss-squeeze", {}), ("dps-squeeze", {}), ("lpips-alex", {})]
+
+
+class _Original(nn.Module):
+    """A loss of the original code (``LossProvider`` of ``--original``), as it trains (random shift on)."""
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, x, y):
+        return self.loss(x, y)
+
+
+def _original_candidates(path: str) -> dict[str, bench.Candidate]:
+    sys.path.insert(0, str(Path(path).resolve()))
+    if not hasattr(torch, "rfft"):  # the original calls torch.rfft (removed in torch 1.8): its old meaning
+        torch.rfft = lambda x, signal_ndim: torch.view_as_real(torch.fft.rfftn(x, dim=tuple(range(-signal_ndim, 0))))
+    from loss_provider import LossProvider as OriginalProvider  # noqa: PLC0415 (optional, outside the package)
+
+    out = {}
+    for key, name in (("original SSIM", "SSIM"), ("original Watson-dct", "Watson-dct"),
+                      ("original Watson-fft", "Watson-fft"), ("original Adaptive", "Adaptive")):
+        def build(colorspace, reduction, size, device, name=name):
+            kw = {"image_size": [3, *size]} if name == "Adaptive" else {}
+            space = "RGB" if colorspace == "rgb" else "LA"
+            loss = OriginalProvider().get_loss_function(name, space, reduction="sum", deterministic=False, **kw)
+            return bench.Built(_Original(loss).to(device), "the original code's trained weights")
+
+        out[key] = bench.Candidate(key, "original", f"original LossProvider().get_loss_function({name!r}, ...)", build)
+    return out
+
+
+def _writer(path: Path, fields: list[str]):
+    handle = open(path, "w", newline="")
+    writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    handle.flush()
+    return handle, writer
+
+
+def parity(device: torch.device, out: Path, log, only: set[str] | None = None) -> None:
+    """CUDA against CPU: values and gradients, and autocast, for each metric (row by row)."""
+    import percept
+
+    handle, writer = _writer(out / "parity.csv", ["metric", "options", "colorspace", "value_rel_diff",
+                                                  "grad_rel_diff", "fp16_finite", "fp16_value_rel_diff",
+                                                  "bf16_finite", "bf16_value_rel_diff", "note"])
+    for name, options in PARITY_METRICS:
+        if only is not None and name not in only:
+            continue
+        for space in ("rgb", "grey"):
+            row = {"metric": name, "options": json.dumps(options), "colorspace": space}
+            try:
+                c = 3 if space == "rgb" else 1
+                target = bench.celeba_batch(8, 64, space)[0]
+                x = bench.noisy_copy(target)
+                results = {}
+                for dev in (torch.device("cpu"), device):
+                    metric = percept.get_metric(name, colorspace=space, reduction="none", **options).to(dev)
+                    xd = x.to(dev).requires_grad_(True)
+                    torch.manual_seed(0)
+                    d = metric(xd, target.to(dev))
+                    d.sum().backward()
+                    results[dev.type] = (d.detach().cpu().double(), xd.grad.cpu().double())
+                    if dev == device:
+                        for dtype, tag in ((torch.float16, "fp16"), (torch.bfloat16, "bf16")):
+                            with torch.autocast(dev.type, dtype=dtype):
+                                torch.manual_seed(0)
+                                da = metric(x.to(dev), target.to(dev)).detach().cpu().double()
+                            row[f"{tag}_finite"] = bool(torch.isfinite(da).all())
+                            row[f"{tag}_value_rel_diff"] = ((da - results[dev.type][0]).abs().max()
+                                                           / results[dev.type][0].abs().max()).item()
+                (v0, g0), (v1, g1) = results["cpu"], results[device.type]
+                row["value_rel_diff"] = ((v1 - v0).abs().max() / v0.abs().max()).item()
+                row["grad_rel_diff"] = ((g1 - g0).norm() / g0.norm()).item()
+                assert c == x.shape[1]
+            except Exception as err:  # noqa: BLE001 (one row per failure, the run goes on)
+                row["note"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+            writer.writerow(row)
+            handle.flush()
+            log(f"parity {name} {options} {space}: {row}")
+    handle.close()
+
+
+def _kernels_per_step(step, device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize(device)
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def time_case(cand: bench.Candidate, space: str, shape: tuple, device: torch.device, repeats: int) -> dict:
+    b, c, h, w = shape
+    target = bench.celeba_batch(b, h, space)[0].to(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        built = cand.build(space, "sum", (h, w), device)
+    param = torch.randn(target.shape, generator=torch.Generator().manual_seed(0)).to(device).requires_grad_(True)
+    opt = torch.optim.SGD([param], lr=bench.LR)
+    loss_fn = built.loss
+
+    def step():
+        opt.zero_grad()
+        loss_fn(torch.sigmoid(param), target).backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    bench.synchronize(device)
+    t0 = time.perf_counter()
+    step()
+    bench.synchronize(device)
+    n_iter = max(1, math.ceil(0.1 / max(time.perf_counter() - t0, 1e-6)))
+    times = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base_mem = torch.cuda.memory_allocated(device)
+    for _ in range(repeats):
+        bench.synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(n_iter):
+            step()
+        bench.synchronize(device)
+        times.append((time.perf_counter() - t0) / n_iter)
+    peak = None
+    if device.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated(device) - base_mem) / (4 * math.prod(shape))
+    kernels = _kernels_per_step(step, device)
+    note = "; ".join(n for n in (built.note, f"cuda_kernels_per_step={kernels}" if kernels is not None else "") if n)
+    return {"ms_per_iter": statistics.median(times) * 1e3, "rounds": repeats, "iters_per_round": n_iter,
+            "peak_mem_x_input": peak, "note": note, "implementation": cand.implementation}
+
+
+def _cases(quick: bool, original: bool) -> list[tuple[str, str, tuple, str | None]]:
+    b = 16 if quick else 128
+    cases = []
+    for space, c in (("rgb", 3), ("grey", 1)):
+        shape = (b, c, 64, 64)
+        cases += [("L2 (torch)", space, shape, None), ("l2", space, shape, None),
+                  ("pytorch_msssim.ssim", space, shape, None), ("ssim", space, shape, "pytorch_msssim.ssim"),
+                  ("watson-dct", space, shape, None), ("watson-dct (shift)", space, shape, None),
+                  ("watson-dft", space, shape, None), ("watson-dft (shift)", space, shape, None),
+                  ("adaptive", space, shape, None)]
+        if original:
+            cases += [(k, space, shape, None) for k in ("original SSIM", "original Watson-dct",
+                                                        "original Watson-fft", "original Adaptive")]
+    shape = (b, 3, 64, 64)
+    for net in ("squeeze", "alex", "vgg"):
+        cases += [(f"lpips.{net}", "rgb", shape, None), (f"lpips-{net}", "rgb", shape, f"lpips.{net}")]
+    cases += [("deeploss-squeeze", "rgb", shape, None)]
+    shape = (4 if quick else 128, 3, 192, 192)
+    cases += [("L2 (torch)", "rgb", shape, None), ("pytorch_msssim.ms_ssim", "rgb", shape, None),
+              ("ms-ssim", "rgb", shape, "pytorch_msssim.ms_ssim")]
+    return cases
+
+
+def _verdict(key: str, row: dict, done: dict) -> tuple[str, str]:
+    target = TARGETS.get(key)
+    if target is None or not row.get("ms_per_iter"):
+        return "", ""
+    if "x L2" in target:
+        ok = row["ratio_to_l2"] <= float(target.split("x")[0].split()[-1])
+    elif key == "ssim":
+        peers = [done.get(("pytorch_msssim.ssim", row["colorspace"], row["shape"])),
+                 done.get(("original SSIM", row["colorspace"], row["shape"]))]
+        ok = all(p is None or row["ms_per_iter"] <= p for p in peers)
+    else:
+        peer = done.get((row["peer"], row["colorspace"], row["shape"]))
+        ok = None if peer is None else row["ms_per_iter"] <= peer
+    return target, "n/a" if ok is None else "pass" if ok else "FAIL"
+
+
+def run_bench(device: torch.device, out: Path, quick: bool, original: str | None, repeats: int, log,
+              only: set[str] | None = None) -> None:
+    candidates = dict(bench.CANDIDATES)
+    if original:
+        candidates.update(_original_candidates(original))
+    handle, writer = _writer(out / "bench.csv", FIELDS)
+    done: dict[tuple, float] = {}
+    l2: dict[str, float] = {}
+    for key, space, shape, peer in _cases(quick, bool(original)):
+        if only is not None and key not in only:
+            continue
+        shape_s = "x".join(map(str, shape))
+        cand = candidates[key]
+        row = {"metric": key, "group": cand.group, "colorspace": space, "shape": shape_s, "peer": peer,
+               "implementation": cand.implementation}
+        try:
+            row |= time_case(cand, space, shape, device, repeats)
+        except Exception as err:  # noqa: BLE001
+            row["note"] = f"skipped: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+        ms = row.get("ms_per_iter")
+        if ms:
+            done[(key, space, shape_s)] = ms
+            if key == "L2 (torch)":
+                l2[shape_s] = ms
+            row["ratio_to_l2"] = ms / l2[shape_s] if shape_s in l2 else None
+            if peer and (peer, space, shape_s) in done:
+                row["speedup_vs_peer"] = done[(peer, space, shape_s)] / ms
+                try:
+                    row["max_abs_diff_vs_peer"] = bench._parity_between(candidates[key], candidates[peer], space,
+                                                                        shape[2:], device)
+                except Exception:  # noqa: BLE001
+                    pass
+            row["time_target"], row["time_verdict"] = _verdict(key, row, done)
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        handle.flush()
+        log(f"bench {key} {space} {shape_s}: {row.get('ms_per_iter')} ms, x L2 {row.get('ratio_to_l2')} "
+            f"{row.get('note', '')}")
+    handle.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--out", required=True)
+    p.add_argument("--quick", action="store_true", help="batch 16: the same code path in a minute on CPU")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--original", help="the original repository's src/loss folder: time its losses too")
+    p.add_argument("--skip-parity", action="store_true")
+    p.add_argument("--only", help="comma-separated metric keys: run only these rows (tests)")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = bench.machine_info(device) | {"command": " ".join(["benchmarks/bench_gpu.py", *(argv or sys.argv[1:])])}
+    (out / "machine.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    def log(msg):
+        print(msg, flush=True)
+
+    only = {k.strip() for k in args.only.split(",")} if args.only else None
+    t0 = time.time()
+    if not args.skip_parity:
+        parity(device, out, log, only)
+    log(f"parity done in {time.time() - t0:.0f} s")
+    run_bench(device, out, args.quick, args.original, args.repeats, log, only)
+    log(f"bench done in {time.time() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

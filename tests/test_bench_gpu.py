@@ -1,0 +1,37 @@
+"""The one-shot GPU script runs its whole code path on CPU (``--device cpu``) and writes its files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_gpu_script_on_cpu(tmp_path):
+    out = tmp_path / "bench_gpu"
+    only = "L2 (torch),watson-dft (shift),watson-dft"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--quick", "--repeats", "1",
+         "--out", str(out), "--only", only],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(out / "bench.csv") as f:
+        rows = list(csv.DictReader(f))
+    reference = (ROOT / "results" / "bench" / "bench.csv").read_text().splitlines()[0].split(",")
+    assert list(rows[0]) == reference  # the columns of the CPU bench
+    by = {(r["metric"], r["colorspace"]): r for r in rows}
+    assert float(by[("L2 (torch)", "rgb")]["ratio_to_l2"]) == 1.0
+    shifted = by[("watson-dft (shift)", "grey")]
+    assert float(shifted["ms_per_iter"]) > 0 and shifted["time_target"] == "<= 12x L2"
+    assert shifted["time_verdict"] in ("pass", "FAIL")
+    with open(out / "parity.csv") as f:
+        parity = list(csv.DictReader(f))
+    assert {r["colorspace"] for r in parity} == {"rgb", "grey"}
+    for r in parity:  # CPU against CPU here: identical, and autocast stays finite
+        assert r["note"] == "" and float(r["value_rel_diff"]) == 0.0 and r["bf16_finite"] == "True"
+    assert json.loads((out / "machine.json").read_text())["device"] == "cpu"
