@@ -5,7 +5,8 @@ A GPU step of these metrics is launch-bound, so the number of ATen operations (c
 and must stay within the peer's count, pytorch-msssim measured in the same harness (it runs the whole
 batch through grouped convolutions, 83 CUDA kernels per SSIM step). The "chunked" strategy (CPU) is
 checked to be what grows, so that the batched count is not the count of a path that was never taken.
-Steps are counted after one warm-up step: the filter constants are built once per size and device.
+Steps are counted after one warm-up step (the filter constants are built once per size and device), with
+the filter method a GPU would pick for the size.
 """
 
 from __future__ import annotations
@@ -35,8 +36,14 @@ def _peer_ms_ssim(x, y):
     return 1 - pytorch_msssim.ms_ssim(x, y, data_range=1, size_average=False)
 
 
+@pytest.fixture
+def gpu_methods(monkeypatch):
+    """Pick the filter method (banded matmul or convolutions) by the GPU's size limit, as on a GPU."""
+    monkeypatch.setattr(ssim, "_MATMUL_MAX_H_PLUS_W", ssim._MATMUL_MAX_H_PLUS_W_GPU)
+
+
 @pytest.mark.parametrize("padding", ssim.PADDINGS)
-def test_ssim_batched_step_ops_do_not_grow_and_stay_within_the_peer(padding):
+def test_ssim_batched_step_ops_do_not_grow_and_stay_within_the_peer(gpu_methods, padding):
     metric = SSIM(padding=padding, reduction="none", strategy="batched")
     small, large = (_steady_ops(metric, (n, 3, 64, 64)) for n in (4, 64))
     peer = _steady_ops(_peer_ssim, (4, 3, 64, 64))
@@ -46,7 +53,7 @@ def test_ssim_batched_step_ops_do_not_grow_and_stay_within_the_peer(padding):
     assert _steady_ops(SSIM(padding=padding, reduction="none", strategy="chunked"), (64, 3, 64, 64)) > 2 * large
 
 
-def test_ms_ssim_batched_step_ops_do_not_grow_and_stay_within_the_peer():
+def test_ms_ssim_batched_step_ops_do_not_grow_and_stay_within_the_peer(gpu_methods):
     metric = MSSSIM(reduction="none", strategy="batched")
     small, large = (_steady_ops(metric, (n, 3, 161, 161)) for n in (2, 16))
     peer = _steady_ops(_peer_ms_ssim, (2, 3, 161, 161))
