@@ -206,6 +206,21 @@ def test_ssim_large_images_take_the_convolution_path():
     torch.testing.assert_close(SSIM(reduction="none")(x, y), 1 - _pm_ssim(x, y), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("precision", ["high", "medium"])
+def test_reduced_precision_matmul_falls_back_to_convolutions(precision):
+    """With TF32/bfloat16 matrix products allowed, the statistics come from the (float32) convolutions."""
+    x, y = _rand_pair((2, 3, 32, 32), seed=11, noise=0.05)
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        assert ssim._pick_method(x) == "conv"
+        value = SSIM(reduction="none", strategy="batched")(x, y)
+    finally:
+        torch.set_float32_matmul_precision(saved)
+    assert ssim._pick_method(x) == "matmul"
+    torch.testing.assert_close(value, 1 - _pm_ssim(x, y), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("method", ["matmul", "conv"])
 def test_ssim_reflect_matches_torchmetrics(golden_pairs, method, strategy):

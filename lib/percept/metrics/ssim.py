@@ -133,8 +133,12 @@ def _pick_method(x: torch.Tensor) -> str:
     """Banded matmul for small images (dense matrices grow with the square of the side), else convolutions.
 
     On CPU the matmul was measured faster up to about 128x128 (H + W <= ``_MATMUL_MAX_H_PLUS_W``); on a GPU
-    it is also fewer and larger kernels, up to ``_MATMUL_MAX_H_PLUS_W_GPU``.
+    it is also fewer and larger kernels, up to ``_MATMUL_MAX_H_PLUS_W_GPU``. Where float32 matrix products
+    may run in reduced precision (``torch.set_float32_matmul_precision("high")``, TF32 on GPUs) the
+    convolutions are used: the variances E[x^2] - mu^2 cancel, and need the full float32 statistics.
     """
+    if torch.get_float32_matmul_precision() != "highest":
+        return "conv"
     h, w = x.shape[-2:]
     limit = _MATMUL_MAX_H_PLUS_W if x.device.type == "cpu" else _MATMUL_MAX_H_PLUS_W_GPU
     return "matmul" if h + w <= limit else "conv"
