@@ -15,6 +15,8 @@ from percept.metrics.pixel import L1, L2, PSNR
 from percept.metrics.ssim import MSSSIM, SSIM, original_ssim
 
 KEYS = {"rgb": "RGB", "grey": "LA"}
+#: how the batch goes through the formula: both must give the peers' values and gradients
+STRATEGIES = ["chunked", "batched"]
 
 
 def _rand_pair(shape, seed=0, dtype=torch.float32, noise=0.1):
@@ -109,6 +111,21 @@ def test_original_ssim_reproduces_golden(golden, golden_pairs, space):
     torch.testing.assert_close(original_ssim("mean")(x.detach(), y), loss.detach())
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("space", ["rgb", "grey"])
+def test_ssim_zeros_reproduces_golden_in_both_strategies(golden, golden_pairs, monkeypatch, space, strategy):
+    """The original's loss is 1 - the batch mean of per-image SSIM with zero padding: SSIM(padding="zeros"),
+    one image per chunk ("chunked") or the whole batch at once ("batched")."""
+    monkeypatch.setattr(ssim, "_CHUNK_ELEMENTS", 1)
+    ref = golden["czolbe"][f"SSIM/{KEYS[space]}"]
+    x, y = golden_pairs[space]
+    x = x.clone().requires_grad_()
+    loss = SSIM(colorspace=space, padding="zeros", strategy=strategy)(x, y)
+    assert abs(loss.item() / ref["sum"].item() - 1) < 1e-4
+    loss.backward()
+    assert _rel(x.grad, ref["grad_of_sum"]) < 3e-4  # see test_original_ssim_reproduces_golden for the tolerance
+
+
 @pytest.mark.parametrize("method", ["matmul", "conv"])
 def test_zeros_padding_equals_pytorch_msssim_on_zero_padded_images_float64(golden_pairs, method):
     """Zero padding of 5 then 'valid' windows is the original's same-size map: values and gradients in float64."""
@@ -122,15 +139,17 @@ def test_zeros_padding_equals_pytorch_msssim_on_zero_padded_images_float64(golde
     assert _rel(x1.grad, x2.grad) < 1e-9
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("padding", ssim.PADDINGS)
 @pytest.mark.parametrize("method", ["matmul", "conv"])
-def test_chunks_match_pytorch_msssim_gradients_float64(golden_pairs, monkeypatch, padding, method):
-    """Chunks of one image, both filters, every padding: values and input/target gradients vs pytorch-msssim
-    on the padded images (its 'valid' map over an image padded by 5 is our same-size map)."""
+def test_chunks_match_pytorch_msssim_gradients_float64(golden_pairs, monkeypatch, padding, method, strategy):
+    """Chunks of one image ("chunked": terms recomputed in the backward) or the whole batch ("batched": terms
+    kept), both filters, every padding: values and input/target gradients vs pytorch-msssim on the padded
+    images (its 'valid' map over an image padded by 5 is our same-size map)."""
     monkeypatch.setattr(ssim, "_CHUNK_ELEMENTS", 1)
     x, y = (t[:3].double() for t in golden_pairs["rgb"])
     ours_in, ref_in = [(x.clone().requires_grad_(), y.clone().requires_grad_()) for _ in range(2)]
-    ours = ssim._ssim_per_image(*ours_in, padding, method)
+    ours = ssim._ssim_per_image(*ours_in, padding, method, strategy)
     pad = {
         "valid": lambda t: t,
         "zeros": lambda t: F.pad(t, (5,) * 4),
@@ -165,14 +184,19 @@ def test_ssim_valid_matches_pytorch_msssim_on_real_images(golden_pairs, space):
     torch.testing.assert_close(SSIM(colorspace=space, reduction="sum")(x, y), ref.sum(), rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("method", ["matmul", "conv"])
 @pytest.mark.parametrize("shape", [(3, 3, 32, 40), (2, 1, 11, 23)])
-def test_ssim_valid_matches_pytorch_msssim_on_random_images(method, shape):
+def test_ssim_valid_matches_pytorch_msssim_on_random_images(method, shape, strategy):
     x, y = _rand_pair(shape, seed=1, noise=0.3)
-    torch.testing.assert_close(ssim._ssim_per_image(x, y, "valid", method), _pm_ssim(x, y), rtol=0, atol=1e-5)
+    ours = ssim._ssim_per_image(x, y, "valid", method, strategy)
+    torch.testing.assert_close(ours, _pm_ssim(x, y), rtol=0, atol=1e-5)
     xd, yd = x.double(), y.double()
     torch.testing.assert_close(
-        ssim._ssim_per_image(xd, yd, "valid", method), _pm_ssim(xd, yd, win=_pm_window(xd)), rtol=0, atol=1e-12
+        ssim._ssim_per_image(xd, yd, "valid", method, strategy),
+        _pm_ssim(xd, yd, win=_pm_window(xd)),
+        rtol=0,
+        atol=1e-12,
     )
 
 
@@ -182,16 +206,33 @@ def test_ssim_large_images_take_the_convolution_path():
     torch.testing.assert_close(SSIM(reduction="none")(x, y), 1 - _pm_ssim(x, y), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("precision", ["high", "medium"])
+def test_reduced_precision_matmul_falls_back_to_convolutions(precision):
+    """With TF32/bfloat16 matrix products allowed, the statistics come from the (float32) convolutions."""
+    x, y = _rand_pair((2, 3, 32, 32), seed=11, noise=0.05)
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        assert ssim._pick_method(x) == "conv"
+        value = SSIM(reduction="none", strategy="batched")(x, y)
+    finally:
+        torch.set_float32_matmul_precision(saved)
+    assert ssim._pick_method(x) == "matmul"
+    torch.testing.assert_close(value, 1 - _pm_ssim(x, y), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("method", ["matmul", "conv"])
-def test_ssim_reflect_matches_torchmetrics(golden_pairs, method):
+def test_ssim_reflect_matches_torchmetrics(golden_pairs, method, strategy):
     """torchmetrics reflects 5 pixels and keeps the same-size map: our padding='reflect'."""
     x, y = golden_pairs["rgb"]
     expected = structural_similarity_index_measure(x.double(), y.double(), data_range=1.0, reduction="none")
-    ours = ssim._ssim_per_image(x.double(), y.double(), "reflect", method)
+    ours = ssim._ssim_per_image(x.double(), y.double(), "reflect", method, strategy)
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
     # float32: both sides carry float32 cancellation noise (torchmetrics uses a 2-D kernel)
     expected32 = structural_similarity_index_measure(x, y, data_range=1.0, reduction="none")
-    torch.testing.assert_close(SSIM(padding="reflect", reduction="none")(x, y), 1 - expected32, rtol=0, atol=1e-4)
+    metric = SSIM(padding="reflect", reduction="none", strategy=strategy)
+    torch.testing.assert_close(metric(x, y), 1 - expected32, rtol=0, atol=1e-4)
 
 
 def test_torchmetrics_default_differs_from_valid_only_at_the_border(golden_pairs):
@@ -211,21 +252,25 @@ def _ms_inputs(golden_pairs, space, size):
     return up[0], up[1]
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("space", ["rgb", "grey"])
 @pytest.mark.parametrize("size", [(192, 192), (161, 175)])
-def test_ms_ssim_matches_pytorch_msssim(golden_pairs, space, size):
+def test_ms_ssim_matches_pytorch_msssim(golden_pairs, space, size, strategy):
     x, y = _ms_inputs(golden_pairs, space, size)
     ref = pytorch_msssim.ms_ssim(x, y, data_range=1, size_average=False)
-    torch.testing.assert_close(MSSSIM(colorspace=space, reduction="none")(x, y), 1 - ref, rtol=0, atol=1e-5)
-    torch.testing.assert_close(ssim.ms_ssim(x, y), ref, rtol=0, atol=1e-5)
+    metric = MSSSIM(colorspace=space, reduction="none", strategy=strategy)
+    torch.testing.assert_close(metric(x, y), 1 - ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ssim.ms_ssim(x, y, strategy=strategy), ref, rtol=0, atol=1e-5)
 
 
-def test_ms_ssim_checkpointed_chunks_match_pytorch_msssim_gradients(golden_pairs, monkeypatch):
-    """One image per checkpointed chunk, float64: values and gradients vs autograd through pytorch-msssim."""
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_ms_ssim_chunks_match_pytorch_msssim_gradients(golden_pairs, monkeypatch, strategy):
+    """One image per chunk at every scale ("chunked") or the whole batch ("batched"), float64: values and
+    gradients vs autograd through pytorch-msssim."""
     monkeypatch.setattr(ssim, "_MS_CHUNK_ELEMENTS", 1)
     x, y = (t.double() for t in _ms_inputs(golden_pairs, "rgb", (161, 170)))
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ours = ssim._ms_ssim_per_image(x1, y)
+    ours = ssim._ms_ssim_per_image(x1, y, strategy=strategy)
     ref = pytorch_msssim.ms_ssim(x2, y, data_range=1, size_average=False, win=_pm_window(x))
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
     (ours * torch.tensor([1.0, -3.0], dtype=torch.float64)).sum().backward()
@@ -247,12 +292,14 @@ def test_ms_ssim_negative_contrast_is_clipped_like_pytorch_msssim():
 # ---------------------------------------------------------------------------------------------- gradients
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("padding", ssim.PADDINGS)
 @pytest.mark.parametrize("method", ["matmul", "conv"])
-def test_ssim_gradcheck(padding, method):
-    x, y = _rand_pair((1, 1, 16, 16), seed=4, dtype=torch.float64, noise=0.2)
+def test_ssim_gradcheck(monkeypatch, padding, method, strategy):
+    monkeypatch.setattr(ssim, "_CHUNK_ELEMENTS", 1)  # "chunked": one image per chunk
+    x, y = _rand_pair((2, 1, 16, 16), seed=4, dtype=torch.float64, noise=0.2)
     x, y = x.requires_grad_(), y.requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b: ssim._ssim_per_image(a, b, padding, method), (x, y))
+    assert torch.autograd.gradcheck(lambda a, b: ssim._ssim_per_image(a, b, padding, method, strategy), (x, y))
 
 
 @pytest.mark.parametrize("padding", ["valid", "zeros"])
@@ -360,6 +407,10 @@ def test_bad_inputs_raise_helpful_errors(metric, x, y, error, match):
         (lambda: SSIM(reduction="avg"), "reduction"),
         (lambda: MSSSIM(colorspace="cmyk"), "colorspace"),
         (lambda: L1(reduction="elementwise_mean"), "reduction"),
+        (lambda: SSIM(strategy="gpu"), "strategy"),
+        (lambda: MSSSIM(strategy="fast"), "strategy"),
+        (lambda: ssim.ssim(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16), strategy="cuda"), "strategy"),
+        (lambda: ssim.ms_ssim(torch.rand(1, 1, 161, 161), torch.rand(1, 1, 161, 161), strategy="x"), "strategy"),
     ],
 )
 def test_bad_options_raise(build, match):

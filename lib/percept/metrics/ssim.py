@@ -19,30 +19,38 @@ column is padded on both sides of an odd size, counted in the average), contrast
 four scales and the full SSIM of the last one clipped at 0 (relu) before the weighted product, per channel,
 then averaged over channels.
 
-How it is computed: the Gaussian is separable, so the five local statistics (mu_x, mu_y, E[x^2], E[y^2],
-E[xy]) are stacked and filtered in one call per direction: on CPU for images up to about 128x128 as matrix
-products with banded filter matrices (which also encode the padding), otherwise (larger images, other
-devices) as depthwise 1-D convolutions, channels-last. SSIM has a hand-written backward: the closed-form
-derivatives of the SSIM map w.r.t. the statistics, filtered back with the adjoint filter. The batch runs in
-chunks of about 65k input values that the backward recomputes instead of storing, so the working memory is
-bounded by the chunk, not the batch. On 2 CPU cores a forward and backward pass on 128x3x64x64 is about 3.5x
-faster than pytorch-msssim (grey: 9x) and needs about 1.5x the input batch of extra memory (pytorch-msssim:
-about 35x). MS-SSIM uses the same filters with autograd, in checkpointed chunks. Everything is evaluated in
-the input dtype, at least float32: float16/bfloat16 inputs (and autocast) are computed in float32, and the
-result is float32.
+How it is computed: the Gaussian is separable and linear, so the four local statistics (mu_x, mu_y,
+E[x^2 + y^2], E[xy]) are stacked and filtered in one call per direction: for small images (CPU: up to about
+128x128, other devices: H + W <= 512) as matrix products with banded filter matrices (which also encode the
+padding, built once per size and device), otherwise as depthwise 1-D convolutions, channels-last. One
+autograd function computes the per-channel mean of the SSIM map (or of the contrast-structure map, for
+MS-SSIM's finer scales) with a hand-written backward: the closed-form derivatives of the map w.r.t. the
+statistics, filtered back with the adjoint filter. MS-SSIM is five calls of it joined by pooling and the
+weighted product (autograd). How the batch goes through is the ``strategy`` option (:mod:`percept.execution`):
+
+- "chunked" (the default on CPU): chunks of about 65k input values (MS-SSIM: 512k) that the backward
+  recomputes instead of storing, so the working memory is bounded by the chunk and stays in the CPU caches.
+  On 2 CPU cores a forward and backward pass on 128x3x64x64 is about 3.5x faster than pytorch-msssim
+  (grey: 9x) and needs about 1.5x the input batch of extra memory (pytorch-msssim: about 35x).
+- "batched" (the default on GPUs): the whole batch is one chunk whose terms are kept for the backward, so a
+  training step is a fixed number of large operations (about 50 for SSIM, pytorch-msssim about 90; see
+  ``tests/test_opcount_ssim.py``), whatever the batch size.
+
+Everything is evaluated in the input dtype, at least float32: float16/bfloat16 inputs (and autocast) are
+computed in float32, and the result is float32.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
-from torch.utils.checkpoint import checkpoint
 
-from percept import checks
+from percept import checks, execution
 
 WINDOW_SIZE = 11
 WINDOW_SIGMA = 1.5
@@ -56,7 +64,10 @@ PADDINGS = ("valid", "zeros", "reflect")
 _RADIUS = WINDOW_SIZE // 2
 #: on CPU the banded-matrix filter is used while H + W is at most this (measured crossover); convolutions beyond
 _MATMUL_MAX_H_PLUS_W = 256
-#: input values per chunk of SSIM and MS-SSIM (bounds their working memory; small chunks also stay in cache)
+#: the same on other devices (GPUs): below it the banded matmul, beyond it the depthwise convolutions
+_MATMUL_MAX_H_PLUS_W_GPU = 512
+#: input values per chunk of SSIM and MS-SSIM in the "chunked" strategy (bounds their working memory; small
+#: chunks also stay in the CPU caches); the "batched" strategy runs the whole batch as one chunk
 _CHUNK_ELEMENTS = 2**16
 _MS_CHUNK_ELEMENTS = 2**19
 
@@ -72,6 +83,19 @@ def _check_padding(padding: str) -> str:
     if padding not in PADDINGS:
         raise ValueError(f"unknown padding {padding!r}: use one of {', '.join(PADDINGS)}")
     return padding
+
+
+@functools.lru_cache(maxsize=64)
+def _filter_constants(size: tuple[int, int], padding: str, method: str, dtype: torch.dtype, device: torch.device):
+    """The filter's constant tensors, built once per (size, padding, method, dtype, device) and reused.
+
+    Built outside inference mode and without grad, so a cached constant can be used by a later autograd step.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        window = gaussian_window(dtype, device)
+        if method == "matmul":
+            return _filter_matrix(size[0], padding, window), _filter_matrix(size[1], padding, window)
+        return window.view(1, 1, WINDOW_SIZE, 1), window.view(1, 1, 1, WINDOW_SIZE)
 
 
 def _filter_matrix(size: int, padding: str, window: torch.Tensor) -> torch.Tensor:
@@ -106,9 +130,18 @@ def _reflect_pad_adjoint(grad: torch.Tensor, r: int) -> torch.Tensor:
 
 
 def _pick_method(x: torch.Tensor) -> str:
-    """The banded matmul was measured faster on CPU up to about 128x128; elsewhere the convolutions."""
+    """Banded matmul for small images (dense matrices grow with the square of the side), else convolutions.
+
+    On CPU the matmul was measured faster up to about 128x128 (H + W <= ``_MATMUL_MAX_H_PLUS_W``); on a GPU
+    it is also fewer and larger kernels, up to ``_MATMUL_MAX_H_PLUS_W_GPU``. Where float32 matrix products
+    may run in reduced precision (``torch.set_float32_matmul_precision("high")``, TF32 on GPUs) the
+    convolutions are used: the variances E[x^2] - mu^2 cancel, and need the full float32 statistics.
+    """
+    if torch.get_float32_matmul_precision() != "highest":
+        return "conv"
     h, w = x.shape[-2:]
-    return "matmul" if x.device.type == "cpu" and h + w <= _MATMUL_MAX_H_PLUS_W else "conv"
+    limit = _MATMUL_MAX_H_PLUS_W if x.device.type == "cpu" else _MATMUL_MAX_H_PLUS_W_GPU
+    return "matmul" if h + w <= limit else "conv"
 
 
 class _GaussianFilter:
@@ -122,13 +155,11 @@ class _GaussianFilter:
 
     def __init__(self, size: tuple[int, int], padding: str, method: str, dtype: torch.dtype, device) -> None:
         self.padding, self.method = padding, method
-        window = gaussian_window(dtype, device)
+        first, second = _filter_constants(tuple(size), padding, method, dtype, torch.device(device))
         if method == "matmul":
-            self.mat_h = _filter_matrix(size[0], padding, window)
-            self.mat_w = _filter_matrix(size[1], padding, window)
+            self.mat_h, self.mat_w = first, second
         else:
-            self.kernel_h = window.view(1, 1, WINDOW_SIZE, 1)
-            self.kernel_w = window.view(1, 1, 1, WINDOW_SIZE)
+            self.kernel_h, self.kernel_w = first, second
             self.pad = _RADIUS if padding == "zeros" else 0
 
     def __call__(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -169,21 +200,26 @@ class _GaussianFilter:
         return out.split(channels, dim=1)
 
 
-def _ssim_terms(mu_x, mu_y, e_xx, e_yy, e_xy) -> tuple[torch.Tensor, ...]:
-    """Luminance and contrast-structure numerators and denominators: SSIM = lum_num cs_num / (lum_den cs_den).
-
-    lum_num = 2 mu_x mu_y + C1, lum_den = mu_x^2 + mu_y^2 + C1, cs_num = 2 sigma_xy + C2,
-    cs_den = sigma_x^2 + sigma_y^2 + C2 with sigma_xy = E[xy] - mu_x mu_y, sigma_x^2 = E[x^2] - mu_x^2.
-    """
-    mu_xy = mu_x * mu_y
-    mu_sq = mu_x * mu_x + mu_y * mu_y
-    return 2 * mu_xy + C1, mu_sq + C1, 2 * (e_xy - mu_xy) + C2, e_xx + e_yy - mu_sq + C2
-
-
 def _local_terms(x: torch.Tensor, y: torch.Tensor, filt: _GaussianFilter) -> tuple[torch.Tensor, ...]:
-    """mu_x, mu_y and the four SSIM terms; the five local statistics come from one stacked filter call."""
-    mu_x, mu_y, e_xx, e_yy, e_xy = filt([x, y, x * x, y * y, x * y])
-    return (mu_x, mu_y, *_ssim_terms(mu_x, mu_y, e_xx, e_yy, e_xy))
+    """mu_x, mu_y and the luminance and contrast-structure numerators and denominators, each (N, C, H', W').
+
+    SSIM = lum_num cs_num / (lum_den cs_den) with lum_num = 2 mu_x mu_y + C1, lum_den = mu_x^2 + mu_y^2 + C1,
+    cs_num = 2 sigma_xy + C2, cs_den = sigma_x^2 + sigma_y^2 + C2, where sigma_xy = E[xy] - mu_x mu_y and
+    sigma_x^2 + sigma_y^2 = E[x^2 + y^2] - mu_x^2 - mu_y^2. The four local statistics mu_x, mu_y,
+    E[x^2 + y^2] and E[xy] come from one stacked filter call.
+    """
+    mu_x, mu_y, e_sq, e_xy = filt([x, y, torch.addcmul(x * x, y, y), x * y])
+    mu_xy = mu_x * mu_y
+    mu_sq = torch.addcmul(mu_x * mu_x, mu_y, mu_y)
+    return mu_x, mu_y, mu_xy * 2 + C1, mu_sq + C1, (e_xy - mu_xy) * 2 + C2, (e_sq - mu_sq) + C2
+
+
+def _value_map(terms: tuple[torch.Tensor, ...], luminance: bool) -> torch.Tensor:
+    """The SSIM map (``luminance``) or the contrast-structure map cs_num / cs_den (MS-SSIM's finer scales)."""
+    _, _, lum_num, lum_den, cs_num, cs_den = terms
+    if luminance:
+        return (lum_num * cs_num) / (lum_den * cs_den)
+    return cs_num / cs_den
 
 
 def _chunk_size(x: torch.Tensor, elements: int) -> int:
@@ -191,66 +227,87 @@ def _chunk_size(x: torch.Tensor, elements: int) -> int:
     return max(1, elements // x[0].numel())
 
 
-def _ssim_map_gradients(mu_x, mu_y, lum_num, lum_den, cs_num, cs_den, grad, need_x, need_y) -> list[torch.Tensor]:
-    """dL/dE[x^2] (= dL/dE[y^2]), dL/dE[xy], then dL/dmu_x and/or dL/dmu_y, each (N, C, H', W').
+def _chunk_backward(terms, value, grad, x, y, filt, luminance, need_x, need_y):
+    """dL/dx, dL/dy (None where not needed) of L = sum_{n,c} grad[n, c] * mean over (H', W') of ``value``.
 
-    L = sum_n grad[n] * mean(SSIM map of image n); S = lum_num cs_num / (lum_den cs_den). A function of its own
-    so that its temporaries are freed before the adjoint filter runs.
+    Closed form: with g = 2 grad / (H' W') * value (per position), p = g / cs_num, q = g / cs_den and, for
+    the full SSIM, t = g / lum_num - p, u = q - g / lum_den (else t = -p, u = q): dL/dmu_x = mu_y t + mu_x u,
+    dL/dE[x^2 + y^2] = -q / 2, dL/dE[xy] = p. Filtered back with the adjoint filter (only the maps that the
+    inputs needing a gradient use), then dL/dx = A(dL/dmu_x) - x A(q) + y A(p) (the 2 of d(x^2)/dx cancels
+    the 1/2).
     """
-    ssim_map = (lum_num * cs_num) / (lum_den * cs_den)
-    g = ssim_map.mul_((grad / ssim_map[0].numel()).view(-1, 1, 1, 1))  # dL/dS * S per position
-    g_cs_num, g_cs_den = g / cs_num, g / cs_den
-    t = 2 * (g / lum_num - g_cs_num)  # dL/dmu_x = mu_y t + mu_x u, dL/dmu_y = mu_x t + mu_y u
-    u = 2 * (g_cs_den - g / lum_den)
-    maps = [g_cs_den.neg_(), g_cs_num.mul_(2)]  # dL/dE[x^2] = dL/dE[y^2] = -g / cs_den, dL/dE[xy] = 2 g / cs_num
+    mu_x, mu_y, lum_num, lum_den, cs_num, cs_den = terms
+    g = value * (grad * (2 / value[0, 0].numel()))[..., None, None]
+    p, q = g / cs_num, g / cs_den
+    if luminance:
+        t, u = g / lum_num - p, q - g / lum_den
+    else:
+        t, u = p.neg(), q
+    del g
+    maps = [q, p]
     if need_x:
-        maps.append(mu_y * t + mu_x * u)
+        maps.append(torch.addcmul(mu_y * t, mu_x, u))
     if need_y:
-        maps.append(mu_x * t + mu_y * u)
-    return maps
+        maps.append(torch.addcmul(mu_x * t, mu_y, u))
+    del p, q, t, u
+    back = filt.adjoint(maps)  # A(q), A(p), then A(dL/dmu_x) and/or A(dL/dmu_y)
+    grad_x = torch.addcmul(back[2], x, back[0], value=-1).addcmul_(y, back[1]) if need_x else None
+    grad_y = torch.addcmul(back[-1], y, back[0], value=-1).addcmul_(x, back[1]) if need_y else None
+    return grad_x, grad_y
 
 
 class _FusedSSIM(torch.autograd.Function):
-    """Per-image SSIM (N,) with a hand-written, memory-lean backward.
+    """Per-image, per-channel mean of the SSIM map (or of the contrast-structure map), (N, C), with a
+    hand-written backward.
 
-    The batch is processed in chunks of about ``_CHUNK_ELEMENTS`` input values and nothing but the inputs is
-    kept for the backward, which recomputes each chunk's local statistics, takes the closed-form derivatives of
-    the SSIM map w.r.t. them and filters those back with the adjoint filter (only the ones the inputs needing a
-    gradient use). Same values as autograd (checked against pytorch-msssim's gradients and by gradcheck); faster
-    on CPU and the extra memory stays near one input batch. First-order only (no double backward).
+    The batch goes through in chunks of ``step`` images. With one chunk (the "batched" strategy, or a small
+    batch) the local terms are kept for the backward; with several ("chunked") only the inputs are kept and
+    the backward recomputes each chunk's terms, so the extra memory stays near one input batch. The backward
+    is :func:`_chunk_backward` (the closed-form derivatives filtered back with the adjoint filter): the same
+    values as autograd (checked against pytorch-msssim's gradients and by gradcheck) in fewer operations.
+    First-order only (no double backward).
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor, padding: str, method: str) -> torch.Tensor:
+    def forward(ctx, x, y, padding: str, method: str, step: int, luminance: bool) -> torch.Tensor:
         filt = _GaussianFilter(x.shape[-2:], padding, method, x.dtype, x.device)
-        step = _chunk_size(x, _CHUNK_ELEMENTS)
-        out = []
-        for xc, yc in zip(x.split(step), y.split(step)):
-            _, _, lum_num, lum_den, cs_num, cs_den = _local_terms(xc, yc, filt)
-            out.append(((lum_num * cs_num) / (lum_den * cs_den)).mean(dim=(1, 2, 3)))
+        ctx.filt, ctx.step, ctx.luminance = filt, step, luminance
+        if step >= x.shape[0]:
+            terms = _local_terms(x, y, filt)
+            value = _value_map(terms, luminance)
+            ctx.save_for_backward(x, y, value, *terms)
+            return value.mean(dim=(2, 3))
         ctx.save_for_backward(x, y)
-        ctx.filt, ctx.step = filt, step
+        out = [
+            _value_map(_local_terms(xc, yc, filt), luminance).mean(dim=(2, 3))
+            for xc, yc in zip(x.split(step), y.split(step))
+        ]
         return torch.cat(out)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        x, y = ctx.saved_tensors
-        filt, step = ctx.filt, ctx.step
+        x, y, *kept = ctx.saved_tensors
+        filt, step, luminance = ctx.filt, ctx.step, ctx.luminance
         need_x, need_y = ctx.needs_input_grad[:2]
-        grad_x = torch.empty_like(x) if need_x else None
-        grad_y = torch.empty_like(y) if need_y else None
         with _no_autocast(x.device.type):
+            if kept:  # one chunk, its terms kept by the forward pass
+                value, *terms = kept
+                grad_x, grad_y = _chunk_backward(terms, value, grad, x, y, filt, luminance, need_x, need_y)
+                return grad_x, grad_y, None, None, None, None
+            grad_x = torch.empty_like(x) if need_x else None
+            grad_y = torch.empty_like(y) if need_y else None
             for start in range(0, x.shape[0], step):
                 chunk = slice(start, start + step)
                 xc, yc = x[chunk], y[chunk]
-                maps = _ssim_map_gradients(*_local_terms(xc, yc, filt), grad[chunk], need_x, need_y)
-                back = filt.adjoint(maps)  # dL/d(x^2) = dL/d(y^2), dL/d(xy), then dL/dx and/or dL/dy (direct)
+                terms = _local_terms(xc, yc, filt)
+                value = _value_map(terms, luminance)
+                gx, gy = _chunk_backward(terms, value, grad[chunk], xc, yc, filt, luminance, need_x, need_y)
                 if need_x:
-                    grad_x[chunk] = back[2] + 2 * xc * back[0] + yc * back[1]
+                    grad_x[chunk] = gx
                 if need_y:
-                    grad_y[chunk] = back[-1] + 2 * yc * back[0] + xc * back[1]
-        return grad_x, grad_y, None, None
+                    grad_y[chunk] = gy
+        return grad_x, grad_y, None, None, None, None
 
 
 def _no_autocast(device_type: str):
@@ -266,65 +323,74 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _ssim_per_image(x: torch.Tensor, y: torch.Tensor, padding: str, method: str | None = None) -> torch.Tensor:
+def _channel_means(x, y, padding: str, luminance: bool, strategy: str, chunk_elements: int, method=None):
+    """(N, C) means of the SSIM map (``luminance``) or of the contrast-structure map, in the compute dtype.
+
+    ``strategy`` "chunked": chunks of about ``chunk_elements`` input values; "batched": the whole batch in one
+    chunk; "auto": by device (:func:`percept.execution.resolve_strategy`).
+    """
+    step = x.shape[0] if execution.resolve_strategy(strategy, x.device) == "batched" else _chunk_size(x, chunk_elements)
+    return _FusedSSIM.apply(x, y, padding, method or _pick_method(x), step, luminance)
+
+
+def _ssim_per_image(
+    x: torch.Tensor, y: torch.Tensor, padding: str, method: str | None = None, strategy: str = "auto"
+) -> torch.Tensor:
     """(N,) SSIM per image (mean of the map over C, H, W), no input checks.
 
     ``method``: "matmul" (banded matrices), "conv" (depthwise convolutions) or None (pick by device and size).
     """
     dtype = _compute_dtype(x)
     with _no_autocast(x.device.type):
-        return _FusedSSIM.apply(x.to(dtype), y.to(dtype), padding, method or _pick_method(x))
+        x, y = x.to(dtype), y.to(dtype)
+        return _channel_means(x, y, padding, True, strategy, _CHUNK_ELEMENTS, method).mean(dim=1)
 
 
-def _ms_ssim_chunk(x: torch.Tensor, y: torch.Tensor, method: str | None) -> torch.Tensor:
-    """(N,) MS-SSIM of a chunk of images, plain autograd."""
-    product = None
-    for level, weight in enumerate(MS_SSIM_WEIGHTS):
-        if level:
-            pad = (x.shape[-2] % 2, x.shape[-1] % 2)
-            x = F.avg_pool2d(x, kernel_size=2, padding=pad)
-            y = F.avg_pool2d(y, kernel_size=2, padding=pad)
-        filt = _GaussianFilter(x.shape[-2:], "valid", method or _pick_method(x), x.dtype, x.device)
-        _, _, lum_num, lum_den, cs_num, cs_den = _local_terms(x, y, filt)
-        if level < len(MS_SSIM_WEIGHTS) - 1:
-            value = cs_num / cs_den  # contrast-structure only
-        else:
-            value = (lum_num * cs_num) / (lum_den * cs_den)
-        term = value.mean(dim=(2, 3)).relu() ** weight  # (N, C); as pytorch-msssim, cs <= 0 zeroes the product
-        product = term if product is None else product * term
-    return product.mean(dim=1)
-
-
-def _ms_ssim_per_image(x: torch.Tensor, y: torch.Tensor, method: str | None = None) -> torch.Tensor:
+def _ms_ssim_per_image(
+    x: torch.Tensor, y: torch.Tensor, method: str | None = None, strategy: str = "auto"
+) -> torch.Tensor:
     """(N,) MS-SSIM per image, no input checks (smaller side must be >= MS_SSIM_MIN_SIZE).
 
-    Chunks of about ``_MS_CHUNK_ELEMENTS`` input values; with gradients each chunk is checkpointed (recomputed
-    in the backward pass), so the extra memory stays near one input batch.
+    Each scale is one :class:`_FusedSSIM` call (chunked or batched as ``strategy`` says); the pooling and the
+    weighted product run through autograd.
     """
     dtype = _compute_dtype(x)
     with _no_autocast(x.device.type):
         x, y = x.to(dtype), y.to(dtype)
-        step = _chunk_size(x, _MS_CHUNK_ELEMENTS)
-        chunks = zip(x.split(step), y.split(step))
-        if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
-            return torch.cat([checkpoint(_ms_ssim_chunk, xc, yc, method, use_reentrant=False) for xc, yc in chunks])
-        return torch.cat([_ms_ssim_chunk(xc, yc, method) for xc, yc in chunks])
+        product = None
+        last = len(MS_SSIM_WEIGHTS) - 1
+        for level, weight in enumerate(MS_SSIM_WEIGHTS):
+            if level:
+                pad = (x.shape[-2] % 2, x.shape[-1] % 2)
+                x = F.avg_pool2d(x, kernel_size=2, padding=pad)
+                y = F.avg_pool2d(y, kernel_size=2, padding=pad)
+            # contrast-structure only, the full SSIM at the coarsest scale
+            value = _channel_means(x, y, "valid", level == last, strategy, _MS_CHUNK_ELEMENTS, method)
+            term = value.relu() ** weight  # (N, C); as pytorch-msssim, cs <= 0 zeroes the product
+            product = term if product is None else product * term
+        return product.mean(dim=1)
 
 
-def ssim(input: torch.Tensor, target: torch.Tensor, *, padding: str = "valid") -> torch.Tensor:
+def ssim(input: torch.Tensor, target: torch.Tensor, *, padding: str = "valid", strategy: str = "auto") -> torch.Tensor:
     """SSIM similarity per image, shape (N,), in [-1, 1] (1 for identical images).
 
-    input, target: (N, C, H, W) floats in [0, 1], any C, H and W >= 11. ``padding`` as in the module docstring.
+    input, target: (N, C, H, W) floats in [0, 1], any C, H and W >= 11. ``padding`` as in the module docstring;
+    ``strategy``: "auto", "chunked" or "batched" (see :mod:`percept.execution`).
     """
     _check_padding(padding)
+    execution.check_strategy(strategy)
     checks.check_pair(input, target, min_size=WINDOW_SIZE, name="ssim")
-    return _ssim_per_image(input, target, padding)
+    return _ssim_per_image(input, target, padding, strategy=strategy)
 
 
-def ms_ssim(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MS-SSIM similarity per image, shape (N,), in [0, 1]; input, target (N, C, H, W) in [0, 1], H, W >= 161."""
+def ms_ssim(input: torch.Tensor, target: torch.Tensor, *, strategy: str = "auto") -> torch.Tensor:
+    """MS-SSIM similarity per image, shape (N,), in [0, 1]; input, target (N, C, H, W) in [0, 1], H, W >= 161.
+
+    ``strategy``: "auto", "chunked" or "batched" (see :mod:`percept.execution`).
+    """
+    execution.check_strategy(strategy)
     _check_ms_pair(input, target, channels=None)
-    return _ms_ssim_per_image(input, target)
+    return _ms_ssim_per_image(input, target, strategy=strategy)
 
 
 def _check_ms_pair(input: torch.Tensor, target: torch.Tensor, channels: int | None) -> None:
@@ -346,6 +412,8 @@ class SSIM(nn.Module):
         reduction: "mean", "sum" or "none" over the per-image values.
         padding: "valid" (default; = pytorch-msssim and Wang et al.'s reference), "zeros" (= the original
             Czolbe et al. / pytorch-ssim code) or "reflect" (= torchmetrics); see the module docstring.
+        strategy: "auto" (default: "chunked" on CPU, "batched" elsewhere), "chunked" or "batched"; how the
+            batch goes through the same formula (see :mod:`percept.execution`), not what it computes.
 
     ``forward(input, target)``: (N, C, H, W) floats in [0, 1], H, W >= 11; returns a scalar or (N,).
     Float16/bfloat16 inputs (and autocast) are computed and returned in float32.
@@ -353,19 +421,25 @@ class SSIM(nn.Module):
 
     higher_is_better = False
 
-    def __init__(self, *, colorspace: str = "rgb", reduction: str = "mean", padding: str = "valid") -> None:
+    def __init__(
+        self, *, colorspace: str = "rgb", reduction: str = "mean", padding: str = "valid", strategy: str = "auto"
+    ) -> None:
         super().__init__()
         self.colorspace = checks.normalize_colorspace(colorspace)
         self.channels = checks.channels_of(self.colorspace)
         self.reduction = checks.check_reduction(reduction)
         self.padding = _check_padding(padding)
+        self.strategy = execution.check_strategy(strategy)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         checks.check_pair(input, target, channels=self.channels, min_size=WINDOW_SIZE, name="ssim")
-        return checks.reduce(1 - _ssim_per_image(input, target, self.padding), self.reduction)
+        return checks.reduce(1 - _ssim_per_image(input, target, self.padding, strategy=self.strategy), self.reduction)
 
     def extra_repr(self) -> str:
-        return f"colorspace={self.colorspace!r}, reduction={self.reduction!r}, padding={self.padding!r}"
+        return (
+            f"colorspace={self.colorspace!r}, reduction={self.reduction!r}, padding={self.padding!r}, "
+            f"strategy={self.strategy!r}"
+        )
 
 
 class MSSSIM(nn.Module):
@@ -378,6 +452,8 @@ class MSSSIM(nn.Module):
     Args:
         colorspace: "rgb" (3 channels) or "grey" (1 channel, alias "LA").
         reduction: "mean", "sum" or "none" over the per-image values.
+        strategy: "auto" (default: "chunked" on CPU, "batched" elsewhere), "chunked" or "batched" (see
+            :mod:`percept.execution`).
 
     ``forward(input, target)``: (N, C, H, W) floats in [0, 1] with H, W >= 161 (``MS_SSIM_MIN_SIZE``, else
     ``ValueError``); returns a scalar or (N,).
@@ -385,18 +461,19 @@ class MSSSIM(nn.Module):
 
     higher_is_better = False
 
-    def __init__(self, *, colorspace: str = "rgb", reduction: str = "mean") -> None:
+    def __init__(self, *, colorspace: str = "rgb", reduction: str = "mean", strategy: str = "auto") -> None:
         super().__init__()
         self.colorspace = checks.normalize_colorspace(colorspace)
         self.channels = checks.channels_of(self.colorspace)
         self.reduction = checks.check_reduction(reduction)
+        self.strategy = execution.check_strategy(strategy)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _check_ms_pair(input, target, channels=self.channels)
-        return checks.reduce(1 - _ms_ssim_per_image(input, target), self.reduction)
+        return checks.reduce(1 - _ms_ssim_per_image(input, target, strategy=self.strategy), self.reduction)
 
     def extra_repr(self) -> str:
-        return f"colorspace={self.colorspace!r}, reduction={self.reduction!r}"
+        return f"colorspace={self.colorspace!r}, reduction={self.reduction!r}, strategy={self.strategy!r}"
 
 
 class OriginalSSIM(nn.Module):
