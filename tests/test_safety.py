@@ -19,6 +19,7 @@ from PIL import Image
 from percept import cli
 
 ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ["pytester"]
 
 
 def _save(path: Path, array: np.ndarray) -> Path:
@@ -278,3 +279,45 @@ def test_2afc_driver_reports_a_malformed_folder_in_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "000000.npy" in errors[0]
+
+
+# --------------------------------------------------------- 10. tests that need downloadable weights
+MISSING_WEIGHTS_TEST = """
+import pytest
+from percept.assets import MissingAssetError, locate
+
+@pytest.fixture
+def weights():
+    return locate("weights/torchvision/vgg16-397923af.pth")
+
+def test_uses_weights(weights):
+    pass
+
+def test_builds_a_metric():
+    raise MissingAssetError("missing asset weights/lpips/v0.1/vgg.pth. Looked in: nowhere")
+
+def test_expects_the_error():
+    with pytest.raises(MissingAssetError):
+        raise MissingAssetError("missing asset x. Looked in: nowhere")
+"""
+
+
+@pytest.mark.parametrize("ci", [False, True])
+def test_missing_downloadable_weights_skip_outside_ci_and_fail_in_ci(pytester, monkeypatch, ci):
+    pytester.makeconftest((ROOT / "tests" / "conftest.py").read_text())
+    pytester.makepyfile(test_weights=MISSING_WEIGHTS_TEST)
+    empty = pytester.mkdir("assets")
+    monkeypatch.setenv("PERCEPT_ASSETS", str(empty))
+    monkeypatch.setenv("PERCEPT_CACHE", str(pytester.mkdir("cache")))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "lib"))
+    if ci:
+        monkeypatch.setenv("CI", "1")
+    else:
+        monkeypatch.delenv("CI", raising=False)
+    result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
+    if ci:
+        result.assert_outcomes(failed=1, errors=1, passed=1)
+    else:
+        result.assert_outcomes(skipped=2, passed=1)
+        for relpath in ("weights/lpips/v0.1/vgg.pth", "weights/torchvision/vgg16-397923af.pth"):
+            result.stdout.fnmatch_lines([f"SKIPPED*needs downloadable weights not on this machine ({relpath})*"])
