@@ -72,11 +72,14 @@ reproduce-runtime: setup  ## runtime and memory of every loss (about 15 min on 2
 reproduce-convergence: setup  ## convergence speed of each loss
 	@$(MAKE) --no-print-directory _run EXP=convergence
 
-reproduce-vae-mnist: setup  ## MNIST VAEs with the paper's set of losses
-	@$(MAKE) --no-print-directory _run EXP=vae_mnist
+# the VAE drivers never replace an earlier run silently: make regenerates (--overwrite), RESUME=1 continues
+VAE_RUN = $(if $(RESUME),--resume,--overwrite)
 
-reproduce-vae-celeba: setup  ## CelebA VAEs with the paper's set of losses
-	@$(MAKE) --no-print-directory _run EXP=vae_celeba
+reproduce-vae-mnist: setup  ## MNIST VAEs with the paper's set of losses (RESUME=1 continues an interrupted run)
+	@$(MAKE) --no-print-directory _run EXP=vae_mnist ARGS="$(VAE_RUN)"
+
+reproduce-vae-celeba: setup  ## CelebA VAEs with the paper's set of losses (RESUME=1 continues an interrupted run)
+	@$(MAKE) --no-print-directory _run EXP=vae_celeba ARGS="$(VAE_RUN)"
 
 reproduce-2afc: setup  ## BAPPS 2AFC / JND agreement of every metric
 	@$(MAKE) --no-print-directory _run EXP=2afc
@@ -89,7 +92,7 @@ reproduce-all: reproduce-runtime reproduce-convergence reproduce-vae-mnist repro
 _run:
 	@if [ ! -f experiments/$(EXP)/run.py ]; then \
 		echo "experiments/$(EXP): not implemented yet"; exit 2; fi
-	$(PY) experiments/$(EXP)/run.py $(if $(QUICK),--quick,) $(if $(EPOCHS),--epochs $(EPOCHS),)
+	$(PY) experiments/$(EXP)/run.py $(if $(QUICK),--quick,) $(if $(EPOCHS),--epochs $(EPOCHS),) $(ARGS)
 	@if [ -f experiments/$(EXP)/analysis.ipynb ]; then $(PY) -m percept.notebooks experiments/$(EXP)/analysis.ipynb; fi
 
 clean:  ## remove the virtual environment and caches (not downloaded data)

@@ -3,6 +3,9 @@
 Tests read real weights and data through ``PERCEPT_ASSETS``. When it is unset, the ``shared/assets``
 folder beside the checkout is used if it exists (the layout of this workplace and of CI).
 
+A test that needs a downloadable weight file missing on this machine (``MissingAssetError``) is skipped
+with that reason, or fails in CI (``CI`` set), where the asset folder must be complete.
+
 The golden values (outputs of the original implementations, see ``tests/golden/README.md``) live in
 the repository. ``PERCEPT_GOLDEN`` overrides them: a folder holding the ``.pt`` files, or the path of
 ``reference_values.pt`` (the other files are then read from the same folder).
@@ -11,6 +14,7 @@ the repository. ``PERCEPT_GOLDEN`` overrides them: a folder holding the ``.pt`` 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -40,6 +44,40 @@ def _missing(message: str):
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def _missing_weights(err: Exception):
+    """A test needed a downloadable weight file that is not on this machine: skip with one clear reason
+    outside CI, fail loudly in CI (where the asset folder must be complete)."""
+    match = re.search(r"missing asset (\S+?)\. ", str(err))
+    what = match.group(1) if match else " ".join(str(err).split())[:200]
+    _missing(f"needs downloadable weights not on this machine ({what}): run `make assets` or set PERCEPT_ASSETS")
+
+
+def _is_missing_asset(err: BaseException) -> bool:
+    from percept.assets import MissingAssetError
+
+    return isinstance(err, MissingAssetError)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem):
+    try:
+        return (yield)
+    except Exception as err:
+        if _is_missing_asset(err):
+            _missing_weights(err)
+        raise
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    try:
+        return (yield)
+    except Exception as err:
+        if _is_missing_asset(err):
+            _missing_weights(err)
+        raise
 
 
 @pytest.fixture(scope="session")

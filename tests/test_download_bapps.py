@@ -91,6 +91,34 @@ def test_checksum_mismatch_is_refused(tmp_path, monkeypatch):
 
 
 def test_incomplete_archive_is_reported(tmp_path, monkeypatch):
-    _serve(monkeypatch, _jnd_archive(tmp_path, complete=False), [])
+    payload = _jnd_archive(tmp_path, complete=False)
+    _serve(monkeypatch, payload, [])
+    digest = hashlib.sha256(payload).hexdigest()
     with pytest.raises(SystemExit, match="unequal file counts"):
-        bapps.main(["--root", str(tmp_path / "bapps"), "--parts", "jnd"])
+        bapps.main(["--root", str(tmp_path / "bapps"), "--parts", "jnd", "--sha256", f"jnd={digest}"])
+
+
+def test_an_archive_without_a_recorded_checksum_is_not_extracted(tmp_path, monkeypatch):
+    """Issue 15: the JND archive used to be extracted unchecked. Until its sha256 is recorded from a trusted
+    download, extraction needs a digest on the command line or an explicit --allow-unverified."""
+    payload = _jnd_archive(tmp_path)
+    _serve(monkeypatch, payload, [])
+    name, _, folder, subsets = bapps.ARCHIVES["jnd"]
+    monkeypatch.setitem(bapps.ARCHIVES, "jnd", (name, None, folder, subsets))
+    root = tmp_path / "bapps"
+    digest = hashlib.sha256(payload).hexdigest()
+    with pytest.raises(SystemExit, match=f"no sha256 is recorded.*{digest}"):
+        bapps.main(["--root", str(root), "--parts", "jnd"])
+    assert not (root / "jnd").exists()
+    with pytest.raises(SystemExit, match="sha256"):  # a wrong trusted digest: refused, archive moved aside
+        bapps.main(["--root", str(root), "--parts", "jnd", "--keep-archives", "--sha256", "jnd=" + "0" * 64])
+    assert not (root / "jnd").exists()
+    bapps.main(["--root", str(root), "--parts", "jnd", "--sha256", f"jnd={digest}"])
+    assert (root / "jnd" / "val" / "cnn" / "same").is_dir()
+
+
+def test_the_jnd_checksum_constant_is_a_sha256_when_recorded():
+    digest = bapps.JND_SHA256
+    assert bapps.ARCHIVES["jnd"][1] == digest
+    if digest is not None:
+        assert len(digest) == 64 and int(digest, 16) >= 0

@@ -65,6 +65,7 @@ from percept.evaluate import (
     tune_2afc,
     tuned_weight_file,
 )
+from percept.guard import RunLock, add_debug_flag, driver_main
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "results" / "2afc"
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    add_debug_flag(p)
     t = p.add_argument_group("tuning (--train)")
     t.add_argument("--train", action="store_true", help="tune on 2AFC train, then score the tuned metrics on val")
     t.add_argument("--train-subsets", nargs="+", default=list(bapps.SUBSETS_2AFC["train"]))
@@ -353,6 +355,11 @@ def train(args, root: Path, out: Path, device, names: list[str]) -> tuple[dict, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the experiment; a failure is one line on stderr (``--debug`` or PERCEPT_DEBUG=1: the traceback)."""
+    return driver_main(_main, argv, prog="experiments/2afc/run.py")
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     if args.workers is None:
@@ -364,8 +371,6 @@ def main(argv: list[str] | None = None) -> int:
             args.nepoch = 1 if args.nepoch is None else args.nepoch
             args.nepoch_decay = 1 if args.nepoch_decay is None else args.nepoch_decay
             args.max_batches = args.max_batches or 2
-    from percept.train import machine_info, select_device
-
     try:
         names = [registry.canonical_name(n) for n in args.metrics] if args.metrics else None
     except KeyError as err:
@@ -392,6 +397,13 @@ def main(argv: list[str] | None = None) -> int:
             f"({root});\nthe scores below exercise the code and say nothing about agreement with humans.\n" + "=" * 100
         )
     out = args.out or ((tmp / "results") if tmp is not None else (DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT))
+    with RunLock(out):  # one run at a time per output folder
+        return _run(args, names, root, synthetic, out)
+
+
+def _run(args, names: list[str], root: Path, synthetic: bool, out: Path) -> int:
+    from percept.train import machine_info, select_device
+
     _check_out(out, synthetic)
     device = select_device(args.device)
     log.info("data %s%s, writing to %s, device %s", root, " (SYNTHETIC)" if synthetic else "", out, device)

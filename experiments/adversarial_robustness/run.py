@@ -53,6 +53,7 @@ Writes ``--out`` (default results/adversarial_robustness/):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import importlib.util
 import json
@@ -68,7 +69,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from percept.train import load_average, machine_info
+from percept.guard import RunLock, add_debug_flag, driver_main
+from percept.train import load_average, machine_info, select_device
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "results" / "adversarial_robustness"
@@ -514,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_debug_flag(p)
     return p
 
 
@@ -602,12 +605,18 @@ def run_barycenter(args, metrics: dict, device: torch.device, out: Path) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the experiment; a failure is one line on stderr (``--debug`` or PERCEPT_DEBUG=1: the traceback)."""
+    with contextlib.ExitStack() as cleanup:
+        return driver_main(lambda a: _main(a, cleanup), argv, prog="experiments/adversarial_robustness/run.py")
+
+
+def _main(argv: list[str], cleanup: contextlib.ExitStack) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = select_device(args.device)  # a clear error for a device this machine does not have
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    cleanup.enter_context(RunLock(out))  # one run at a time per output folder
     started, load_before = time.time(), load_average()
 
     names, photos, skipped_photos = load_photos(args.photos, args.size)

@@ -132,6 +132,26 @@ def check_pair(
             raise ValueError(f"{name}: {label} values span [{lo:.4g}, {hi:.4g}], expected [0, 1]{hint}")
 
 
+def compute_dtype(module: torch.nn.Module) -> torch.dtype | None:
+    """The floating dtype of ``module``'s parameters or buffers (what it computes in), or None."""
+    for t in module.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    for t in module.buffers():
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def to_compute_dtype(module: torch.nn.Module, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Cast float inputs of any precision (float64, float16, bfloat16) to the module's dtype, so that a
+    network metric computes in its own precision instead of failing inside a convolution. Differentiable."""
+    dtype = compute_dtype(module)
+    if dtype is None:
+        return tensors
+    return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
+
+
 def reduce(per_image: torch.Tensor, reduction: str) -> torch.Tensor:
     """Reduce per-image distances of shape (N,) to a scalar ("sum", "mean") or keep them ("none")."""
     if reduction == "sum":

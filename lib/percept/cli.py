@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import csv
 import importlib
 import inspect
@@ -30,12 +31,14 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from percept.guard import RunError, run_guarded
+
 DEFAULT_METRIC = "watson-dft"
 #: shared samples for ``compare`` with a stochastic metric (E-LPIPS) unless --samples is given
 DEFAULT_STOCHASTIC_SAMPLES = 50
 
 
-class CLIError(Exception):
+class CLIError(RunError):
     """A runtime error: reported as one line, exit status 1."""
 
     exit_code = 1
@@ -94,6 +97,9 @@ def _add_common(p: argparse.ArgumentParser, *, metric: bool = True) -> None:
         p.add_argument("--alpha", choices=["drop", "white", "black"], default="drop",
                        help="transparent images: drop the alpha channel (default, as the LPIPS/E-LPIPS scripts "
                             "do) or composite over white/black")
+        p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                       help="refuse images with more than N pixels (default 16.8 MP = 4096x4096, or "
+                            "$PERCEPT_MAX_PIXELS; 0: no limit); large images take a lot of memory")
         p.add_argument("-O", "--option", dest="options", type=_option, action="append", default=[],
                        metavar="KEY=VALUE",
                        help="extra metric option, repeatable (e.g. -O version=0.0, -O deterministic=false)")
@@ -237,7 +243,7 @@ def _space(args) -> str:
 def _read(path: Path, args):
     from percept.io import read_image
 
-    return read_image(path, colorspace=_space(args), alpha=args.alpha, resize=args.resize)
+    return read_image(path, colorspace=_space(args), alpha=args.alpha, resize=args.resize, max_pixels=args.max_pixels)
 
 
 def _seed(metric, seed: int) -> None:
@@ -337,14 +343,32 @@ def _batched_distances(metric, name: str, jobs: Sequence[tuple], read, args) -> 
     yield from flush()
 
 
-def _writer(args):
+@contextlib.contextmanager
+def _writer(args, inputs: Iterable[Path] = ()):
+    """The CSV output: standard output, or ``-o FILE`` written to a temporary file that replaces FILE only
+    when the command succeeds (a failing run leaves an existing FILE as it was). FILE may not be an input."""
     if args.out is None:
-        return sys.stdout, False
-    try:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        return open(args.out, "w", newline=""), True
-    except OSError as err:
-        raise CLIError(f"{args.out}: cannot write ({err.strerror or err})") from None
+        yield sys.stdout
+        return
+    out = args.out
+    if out.exists() and not out.is_file():
+        raise UsageError(f"-o {out}: not a regular file; name a CSV file to write")
+    for path in inputs:
+        try:
+            same = out.exists() and path.exists() and os.path.samefile(out, path)
+        except OSError:
+            same = False
+        if same or out.resolve() == path.resolve():
+            raise UsageError(f"-o {out} is one of the input images ({path}); name another output file")
+    from percept.guard import atomic_output
+
+    with contextlib.ExitStack() as stack:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            f = stack.enter_context(atomic_output(out, "w", newline=""))
+        except OSError as err:
+            raise CLIError(f"{out}: cannot write ({err.strerror or err})") from None
+        yield f
 
 
 def _prepare(args):
@@ -397,9 +421,8 @@ def cmd_dirs(args) -> int:
         raise CLIError(f"no image file names in common between {args.refdir} and {args.dir}")
     name, metric = _prepare(args)
     jobs = [(refs[n], imgs[n], n) for n in common]
-    out, close = _writer(args)
     skipped = 0
-    try:
+    with _writer(args, list(refs.values()) + list(imgs.values())) as out:
         writer = csv.writer(out)
         writer.writerow(["file", "distance"])
         for job, value in _batched_distances(metric, name, jobs, lambda p: _read(p, args), args):
@@ -407,9 +430,6 @@ def cmd_dirs(args) -> int:
                 skipped += 1
                 continue
             writer.writerow([job[2], _fmt(value)])
-    finally:
-        if close:
-            out.close()
     if args.out is not None:
         print(f"wrote {len(common) - skipped} distance(s) to {args.out}", file=sys.stderr)
     return 1 if skipped else 0
@@ -433,9 +453,8 @@ def cmd_pairs(args) -> int:
         return cache[path]
 
     jobs = [(files[i], files[j]) for i in range(len(files)) for j in range(i + 1, len(files))]
-    out, close = _writer(args)
     skipped = 0
-    try:
+    with _writer(args, files) as out:
         writer = csv.writer(out)
         writer.writerow(["file0", "file1", "distance"])
         for job, value in _batched_distances(metric, name, jobs, read, args):
@@ -443,9 +462,6 @@ def cmd_pairs(args) -> int:
                 skipped += 1
                 continue
             writer.writerow([job[0].name, job[1].name, _fmt(value)])
-    finally:
-        if close:
-            out.close()
     if args.out is not None:
         print(f"wrote {len(jobs) - skipped} distance(s) to {args.out}", file=sys.stderr)
     return 1 if skipped else 0
@@ -650,31 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "bench":
         return _run_bench(argv[1:])
     args = build_parser().parse_args(argv)  # exits with status 2 on usage errors
-    debug = args.debug or bool(os.environ.get("PERCEPT_DEBUG"))
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("percept: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # e.g. `percept pairs DIR | head`
-        try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (silence the flush at exit)
-        except OSError:
-            pass
-        return 141
-    except CLIError as err:
-        if debug:
-            raise
-        message = " ".join(str(err).split())
-        print(f"percept {args.command}: error: {message}", file=sys.stderr)
-        return err.exit_code
-    except Exception as err:  # an unexpected failure: still one line unless --debug
-        if debug:
-            raise
-        message = " ".join(str(err).split())
-        print(f"percept {args.command}: error: {type(err).__name__}: {message} (run with --debug for the traceback)",
-              file=sys.stderr)
-        return 1
+    return run_guarded(lambda: args.func(args), prog=f"percept {args.command}", debug=args.debug)
 
 
 __all__ = ["main", "build_parser", "build_metric", "CLIError", "UsageError"]

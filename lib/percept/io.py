@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -53,6 +54,17 @@ class ImageSizeError(ValueError):
     """Two images that must be compared have different sizes. The message names both files."""
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image has more pixels than the limit (:data:`MAX_PIXELS`); the message says how to raise it."""
+
+
+MAX_PIXELS_ENV = "PERCEPT_MAX_PIXELS"
+#: largest image (height x width) read without being asked: 16.8 MP, e.g. 4096x4096. Two such images
+#: take about 10 GB under the deep metrics; ``max_pixels=`` / ``--max-pixels`` / ``$PERCEPT_MAX_PIXELS``
+#: change it (0: no limit).
+MAX_PIXELS = int(os.environ.get(MAX_PIXELS_ENV) or 4096 * 4096)
+
+
 PathLike = str | os.PathLike
 
 
@@ -68,17 +80,38 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def _open(path: Path):
-    """Open and fully decode ``path`` with Pillow; raise :class:`ImageReadError` naming the file."""
+def _open(path: Path, max_pixels: int | None = None):
+    """Open and fully decode ``path`` with Pillow; raise :class:`ImageReadError` naming the file.
+
+    Only regular files are opened (a named pipe or device would block or never end), and the pixel count
+    in the header is checked against ``max_pixels`` (default :data:`MAX_PIXELS`) before decoding."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not path.exists():
         raise ImageReadError(f"{path}: no such file")
     if path.is_dir():
         raise ImageReadError(f"{path}: is a folder, not an image file")
+    if not path.is_file():
+        raise ImageReadError(f"{path}: not a regular file (a pipe, socket or device); give an image file")
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
     try:
-        image = Image.open(path)
+        with warnings.catch_warnings():  # the size is checked here, against our own limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        w, h = image.size
+        if limit > 0 and w * h > limit:
+            image.close()
+            raise ImageTooLargeError(
+                f"{path}: {h}x{w} pixels ({w * h / 1e6:.1f} MP) is over the limit of {limit / 1e6:.1f} MP, which "
+                f"keeps memory bounded (decoding alone takes about {w * h * 24 / 1e9:.1f} GB); raise it with "
+                f"--max-pixels {w * h} (max_pixels= in Python, {MAX_PIXELS_ENV} in the environment) or shrink "
+                "the file first"
+            )
         image.load()  # decode now: truncated or corrupt data fails here, not later
+    except ImageTooLargeError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageTooLargeError(f"{path}: refused by Pillow as a decompression bomb ({err})") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not an image Pillow can read (expected PNG or JPEG)") from None
     except PermissionError:
@@ -147,6 +180,7 @@ def read_image(
     alpha: str = "drop",
     resize: tuple[int, int] | str | None = None,
     dtype: torch.dtype = torch.float32,
+    max_pixels: int | None = None,
 ) -> torch.Tensor:
     """Read a PNG/JPEG (anything Pillow reads) as a float tensor (1, C, H, W) in [0, 1].
 
@@ -158,14 +192,16 @@ def read_image(
             ``"black"`` (composite over that background).
         resize: None (default: never resize) or (H, W) / ``"HxW"``: antialiased bicubic resampling.
         dtype: floating dtype of the result.
+        max_pixels: refuse files with more pixels (default :data:`MAX_PIXELS`; 0: no limit).
 
     Raises:
-        ImageReadError: missing, unreadable or corrupt file (the message names it).
+        ImageReadError: missing, unreadable or corrupt file, not a regular file, or over ``max_pixels``
+            (:class:`ImageTooLargeError`); the message names it.
     """
     if alpha not in ALPHA_MODES:
         raise ValueError(f"unknown alpha handling {alpha!r}: use one of {', '.join(ALPHA_MODES)}")
     path = Path(path)
-    colour, opacity = _to_array(_open(path))
+    colour, opacity = _to_array(_open(path, max_pixels))
     if opacity is not None and alpha != "drop":
         background = 1.0 if alpha == "white" else 0.0
         colour = colour * opacity[..., None] + background * (1.0 - opacity[..., None])
@@ -257,5 +293,7 @@ __all__ = [
     "check_same_size",
     "ImageReadError",
     "ImageSizeError",
+    "ImageTooLargeError",
     "IMAGE_EXTENSIONS",
+    "MAX_PIXELS",
 ]

@@ -15,6 +15,8 @@ computes what the original returned, with the original's names, defaults and out
   block gets a near-zero threshold, so errors there weigh enormously (about 3e7 on a real photograph
   with black blocks). That weight is what pulls a VAE's black background to black early in training,
   so the paper's training behaviour needs it (see :mod:`percept.metrics.watson` and the README).
+- L1/L2 are torch's ``L1Loss``/``MSELoss`` as in the original, but check their input first (same NCHW shape,
+  finite, in [0, 1]); ``validate=False`` skips the checks for the original's exact behaviour.
 
 Fixed rather than reproduced: ``'gray'``/``'Gray'`` mean grey (the original silently used RGB), grey
 conversion checks the channel count rather than the batch size, and modules move with ``.to(device)``.
@@ -66,8 +68,12 @@ class LossProvider:
         deterministic: bool = False,
         pretrained: bool = True,
         image_size: tuple[int, int, int] | None = None,
+        validate: bool = True,
     ) -> nn.Module:
-        """Build a loss by its original name; see the module docstring for the semantics."""
+        """Build a loss by its original name; see the module docstring for the semantics.
+
+        ``validate=False`` gives L1/L2 exactly as the original (``nn.L1Loss``/``nn.MSELoss``, which accept
+        NaN, any range and broadcast mismatched shapes); by default they check their input first."""
         try:
             name = _NAMES[model.lower()]
         except KeyError:
@@ -77,7 +83,9 @@ class LossProvider:
             raise ValueError(f"reduction must be 'sum' or 'none' (the original's choices), got {reduction!r}")
 
         if name in ("L1", "L2"):
-            return nn.L1Loss(reduction=reduction) if name == "L1" else nn.MSELoss(reduction=reduction)
+            if not validate:
+                return nn.L1Loss(reduction=reduction) if name == "L1" else nn.MSELoss(reduction=reduction)
+            return _CheckedL1(reduction=reduction) if name == "L1" else _CheckedMSE(reduction=reduction)
         if name == "SSIM":
             from percept.metrics.ssim import original_ssim
 
@@ -107,6 +115,23 @@ class LossProvider:
         if image_size is None:
             raise ValueError("Adaptive needs image_size, e.g. (3, 64, 64) (3 channels also for 'LA')")
         return original_adaptive(space, reduction, pretrained, image_size)
+
+
+class _CheckedL1(nn.L1Loss):
+    """``nn.L1Loss`` (the original's L1, same numbers) that first checks its input like every percept metric:
+    same NCHW shape (no broadcasting), finite, in [0, 1]."""
+
+    def forward(self, input, target):
+        checks.check_pair(input, target, name="L1")
+        return super().forward(input, target)
+
+
+class _CheckedMSE(nn.MSELoss):
+    """``nn.MSELoss`` (the original's L2, same numbers) with the input checks of :class:`_CheckedL1`."""
+
+    def forward(self, input, target):
+        checks.check_pair(input, target, name="L2")
+        return super().forward(input, target)
 
 
 def get_loss_function(model: str, colorspace: str = "RGB", **kwargs) -> nn.Module:

@@ -55,6 +55,7 @@ gradient is that of the global batch's loss, so G processes train the same model
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import inspect
 import json
@@ -78,6 +79,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
+
+from percept.guard import RunError, RunLock, add_debug_flag, atomic_output, clean_stale_temps, driver_main
 
 log = logging.getLogger("percept.train")
 
@@ -273,7 +276,17 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 def select_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     """ "auto": the process's CUDA device if there is one, else Apple MPS, else CPU; or an explicit device."""
     if preference != "auto":
-        return torch.device(preference)
+        try:
+            device = torch.device(preference)
+        except (RuntimeError, ValueError) as err:
+            raise RunError(f"bad --device {preference!r}: {err} (use auto, cpu, cuda, cuda:1 or mps)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RunError(f"--device {preference}: CUDA is not available on this machine (use --device cpu or auto)")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise RunError(f"--device {preference}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise RunError(f"--device {preference}: MPS is not available on this machine (use --device cpu or auto)")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -359,16 +372,8 @@ def atomic_save(obj, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, flush to disk, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_output(path, "wb") as f:  # a full disk: OutputError naming path; the old file stays
+        torch.save(obj, f)
     return path
 
 
@@ -526,12 +531,10 @@ def evaluate(
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
+    with atomic_output(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, path)
 
 
 def train_vae(
@@ -542,6 +545,7 @@ def train_vae(
     out_dir: str | Path,
     *,
     resume: bool | str | Path = False,
+    overwrite: bool = False,
     on_epoch_end: Callable[[int, nn.Module, dict], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` (any VAE with ``forward(x) -> (recon, mu, logvar)``) and write ``out_dir``.
@@ -552,14 +556,74 @@ def train_vae(
         train_set, test_set: datasets of (C, H, W) images in [0, 1] (or tuples whose first item is one).
         config: see :class:`TrainConfig`.
         out_dir: receives ``history.csv``, ``checkpoints/last.pt`` (every epoch) and ``checkpoints/best_model.pt``.
-        resume: True continues from ``out_dir/checkpoints/last.pt`` (a fresh start when it does not exist);
-            a path continues from that checkpoint. A checkpoint of another model/loss/k is refused.
+            It is locked while the run lasts (:class:`percept.guard.RunLock`: a second run into it fails), and
+            temporary files left by a run killed during a save are removed first.
+        resume: True continues from ``out_dir/checkpoints/last.pt`` (a fresh start, with a warning, when it does
+            not exist and nothing else is there); a path continues from that checkpoint. A checkpoint of another
+            model/loss/k is refused.
+        overwrite: replace an earlier run in ``out_dir``. Without it (or ``resume``) a folder that holds a
+            history or checkpoints is refused with :class:`percept.guard.RunError` instead of overwritten.
         on_epoch_end: called on the main process as ``on_epoch_end(epoch, model, row)`` after each epoch.
 
     Returns a :class:`TrainResult`. Under torchrun every process trains; only rank 0 writes files.
     """
-    t_start = time.time()
     out_dir = Path(out_dir)
+    if _launched_as_rank() != 0:
+        return _train_vae(model, train_set, test_set, config, out_dir, resume, overwrite, on_epoch_end)
+    with RunLock(out_dir):
+        for folder in (out_dir, out_dir / "checkpoints"):
+            clean_stale_temps(folder)
+        return _train_vae(model, train_set, test_set, config, out_dir, resume, overwrite, on_epoch_end)
+
+
+def _launched_as_rank() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def _earlier_run(out_dir: Path) -> list[str]:
+    """What an earlier run left in ``out_dir``: its history and checkpoints."""
+    found = []
+    history = out_dir / "history.csv"
+    if history.is_file():
+        try:
+            epochs = max(0, len(history.read_text().splitlines()) - 1)
+        except OSError:
+            epochs = "?"
+        found.append(f"history.csv with {epochs} epoch(s)")
+    found += [f"checkpoints/{n}" for n in ("last.pt", "best_model.pt") if (out_dir / "checkpoints" / n).is_file()]
+    return found
+
+
+def _check_earlier_run(out_dir: Path, last_path: Path, resume, overwrite: bool) -> None:
+    """Refuse to start over an earlier run unless asked to; say loudly when --resume finds no checkpoint."""
+    if resume and (resume is not True or last_path.is_file()):
+        return  # continuing from a checkpoint (a missing explicit path is reported by load_checkpoint)
+    found = _earlier_run(out_dir)
+    if found and not overwrite:
+        if resume:
+            raise RunError(
+                f"--resume: there is no checkpoint {last_path}, but {out_dir} holds an earlier run "
+                f"({', '.join(found)}) that starting from scratch would overwrite: pass --overwrite to start "
+                "again, or write to another --out"
+            )
+        raise RunError(
+            f"{out_dir} already holds a run ({', '.join(found)}): pass --resume to continue it, --overwrite to "
+            "replace it, or write to another --out"
+        )
+    if found:
+        log.warning("--overwrite: replacing the earlier run in %s (%s)", out_dir, ", ".join(found))
+        for path in (out_dir / "history.csv", last_path, last_path.with_name("best_model.pt")):
+            path.unlink(missing_ok=True)
+    if resume:
+        log.warning("--resume: there is no checkpoint %s: training %s from scratch", last_path, out_dir)
+
+
+def _train_vae(model, train_set, test_set, config, out_dir, resume, overwrite, on_epoch_end) -> TrainResult:
+    t_start = time.time()
+    if config.epochs < 1 or config.batch_size < 1:
+        raise RunError(f"epochs ({config.epochs}) and batch size ({config.batch_size}) must be at least 1")
     info = init_distributed(config.device)
     device = select_device(config.device, info.local_rank)
     if config.deterministic_algorithms:
@@ -640,6 +704,8 @@ def train_vae(
         if not ignore.exists():
             ignore.write_text("# written by percept.train: checkpoints are not committed\n*\n")
 
+    if info.is_main:
+        _check_earlier_run(out_dir, last_path, resume, overwrite)
     resume_path = (last_path if resume is True else Path(resume)) if resume else None
     if resume_path is not None and (resume is not True or resume_path.is_file()):
         state = load_checkpoint(resume_path)
@@ -669,8 +735,6 @@ def train_vae(
                 )
         if info.is_main:
             log.info("resumed %s at epoch %d", resume_path, start_epoch)
-    elif resume and info.is_main:
-        log.info("no checkpoint at %s: starting from scratch", resume_path)
     if info.distributed and start_epoch == 0:
         # every process starts from rank 0's weights (DDP broadcasts them) but draws its own noise
         torch.manual_seed(config.seed + 1000 * (info.rank + 1))
@@ -940,9 +1004,8 @@ def load_average() -> float | None:
 def write_json(path: str | Path, obj: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    with atomic_output(path, "w") as f:
+        f.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1015,6 +1078,11 @@ def build_parser(exp: VAEExperiment) -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue each loss from <out>/<loss>/checkpoints/last.pt"
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the earlier run of a loss in <out> (without it, or --resume, an earlier run is not touched)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="about a minute on 2 CPU cores: " + ", ".join(f"{k}={v}" for k, v in exp.quick.items()),
@@ -1059,6 +1127,7 @@ def build_parser(exp: VAEExperiment) -> argparse.ArgumentParser:
     )
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_debug_flag(parser)
     return parser
 
 
@@ -1167,11 +1236,37 @@ def run_experiment(exp: VAEExperiment, argv: list[str] | None = None) -> int:
     reconstructions, random samples, interpolations and, for a 2-D latent, the manifold), quick-look PNGs,
     ``scores.csv`` (the test reconstructions scored by every metric) and ``run.json``. For the whole run:
     ``cross_metric.csv``, ``training_curves.csv``, ``results.json`` and ``machine.json``.
+
+    ``<out>`` is locked for the run (a second driver into it stops with an error). A loss folder that holds an
+    earlier run needs ``--resume`` or ``--overwrite``. Errors end in one line on stderr and a non-zero exit
+    status (``--debug`` or ``PERCEPT_DEBUG=1`` for the traceback).
     """
+    with contextlib.ExitStack() as cleanup:
+        return driver_main(lambda a: _run_experiment(exp, a, cleanup), argv, prog=f"experiments/{exp.name}/run.py")
+
+
+def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Flags that would fail deep inside training: refused here with one line naming the flag."""
+    for flag, minimum in (("epochs", 1), ("batch_size", 1), ("checkpoint_every", 1), ("num_workers", 0),
+                          ("train_limit", 1), ("test_limit", 1)):  # fmt: skip
+        value = getattr(args, flag)
+        if value is not None and value < minimum:
+            parser.error(f"--{flag.replace('_', '-')} must be at least {minimum}, got {value}")
+    if args.lr <= 0 or not math.isfinite(args.lr) or args.lr_halflife <= 0:
+        parser.error("--lr and --lr-halflife must be positive")
+    if args.resume and args.overwrite:
+        parser.error("--resume continues an earlier run and --overwrite replaces it: give one of them")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise RunError(f"--out {args.out} is a file, not a folder: choose a folder for the results")
+    select_device(args.device)  # a device that is not there: one line now, not a traceback after loading data
+
+
+def _run_experiment(exp: VAEExperiment, argv: list[str], cleanup: contextlib.ExitStack) -> int:
     parser = build_parser(exp)
     args = parser.parse_args(argv)
     if args.quick:
         _apply_quick(args, parser, exp.quick)
+    _check_args(args, parser)
     try:
         losses = _parse_losses(args.loss)
         eval_names = _parse_losses(args.eval_metrics)
@@ -1212,7 +1307,7 @@ def run_experiment(exp: VAEExperiment, argv: list[str] | None = None) -> int:
         "test": test_set.info | {"size": len(test_set)},
     }
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        cleanup.enter_context(RunLock(out))  # one driver at a time per output folder
         log.info("data: %s", data["data_source"])
         log.info("writing to %s (device %s, %d process(es))", out, device, info.world_size)
     from percept.models import build_vae
@@ -1268,7 +1363,9 @@ def run_experiment(exp: VAEExperiment, argv: list[str] | None = None) -> int:
         random.seed(args.seed)
         model = build_vae(exp.model)
         try:
-            result = train_vae(model, train_set, test_set, config, loss_dir, resume=args.resume)
+            result = train_vae(
+                model, train_set, test_set, config, loss_dir, resume=args.resume, overwrite=args.overwrite
+            )
         except (CheckpointMismatch, CheckpointError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -113,9 +113,9 @@ def load_patch(path: str | Path, size: int = IMAGE_SIZE, mode: str = "pil-biline
 def load_fraction(path: str | Path) -> float:
     """Read a judge / same file: a .npy array of one value in [0, 1]."""
     try:
-        value = np.load(path).reshape(-1)
-    except (OSError, ValueError) as err:
-        raise DatasetError(f"cannot read {path}: {err}") from err
+        value = np.load(path, allow_pickle=False).reshape(-1)
+    except (OSError, ValueError, EOFError) as err:  # EOFError: an empty or truncated file
+        raise DatasetError(f"cannot read {path}: {err or 'empty or truncated file'}") from err
     if value.size != 1 or not (0.0 <= float(value[0]) <= 1.0):
         raise DatasetError(f"{path} should hold one fraction in [0, 1], got {value[:4]}")
     return float(value[0])

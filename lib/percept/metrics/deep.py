@@ -498,6 +498,7 @@ class _DeepMetric(nn.Module):
         checks.check_pair(
             input, target, channels=checks.channels_of(self.colorspace), min_size=self.backbone.min_size, name=self.name
         )
+        input, target = checks.to_compute_dtype(self.backbone, input, target)
         return _to_rgb(input, self.colorspace), _to_rgb(target, self.colorspace)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -826,6 +827,7 @@ class WatsonVGG(nn.Module):
         checks.check_pair(
             input, target, channels=checks.channels_of(self.colorspace), min_size=self.backbone.min_size, name=self.name
         )
+        input, target = checks.to_compute_dtype(self.backbone, input, target)
         input, target = _to_rgb(input, self.colorspace), _to_rgb(target, self.colorspace)
         return checks.reduce(self.per_image(input, target), self.reduction)
 

@@ -63,7 +63,6 @@ import itertools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -379,8 +378,9 @@ def read_lin_weights(
     source: str | os.PathLike | Mapping, channels: Sequence[int], *, where: str | None = None
 ) -> list[torch.Tensor]:
     """Strictly read per-tap linear weights, each (C_l,) float32, from an E-LPIPS ``.npy`` file (a pickled
-    dict with keys ``lin{k}.model.1.weight`` of shape (1, 1, C, 1), TF layout), an LPIPS-layout checkpoint
-    ((1, C, 1, 1)), this module's state dict (``lins.{k}``, (C,)) or such a mapping.
+    dict with keys ``lin{k}.model.1.weight`` of shape (1, 1, C, 1), TF layout, parsed by
+    :func:`percept.assets.read_npy_dict` without unpickling, so a crafted file cannot run code), an
+    LPIPS-layout checkpoint ((1, C, 1, 1)), this module's state dict (``lins.{k}``, (C,)) or such a mapping.
 
     Every tap must be present exactly once with C_l weights, no other key may appear, and the weights must be
     finite and non-negative; anything else raises (never silently random weights)."""
@@ -388,13 +388,7 @@ def read_lin_weights(
     if isinstance(source, Mapping):
         state = dict(source)
     elif str(source).endswith(".npy"):
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise assets.MissingAssetError(f"linear weights {path} not found")
-        loaded = np.load(path, allow_pickle=True)
-        state = loaded.item() if loaded.dtype == object and loaded.shape == () else None
-        if not isinstance(state, dict):
-            raise ValueError(f"{where} does not hold a pickled dict of linear weights")
+        state = assets.read_npy_dict(source)  # parsed without unpickling: a crafted file cannot run code
     else:
         state = load_checkpoint(source)
     out, used, missing = [], set(), []
@@ -430,7 +424,7 @@ def elpips_lin_state(net: str = "vgg", config: str = "lpips") -> dict[str, torch
     (1, C, 1, 1)), e.g. for :class:`percept.metrics.deep.LPIPS` ``(lin_weights=...)`` (config "lpips")."""
     cfg = CONFIGS[(_short_net(net), config)]
     path = assets.locate(cfg.lin_file)
-    state = np.load(path, allow_pickle=True).item()
+    state = assets.read_npy_dict(path)
     channels = [int(np.asarray(state[f"lin{k}.model.1.weight"]).shape[2]) for k in range(len(state))]
     weights = read_lin_weights(state, channels, where=str(path))
     return {f"lin{k}.model.1.weight": w.view(1, -1, 1, 1) for k, w in enumerate(weights)}
@@ -700,6 +694,7 @@ class ELPIPS(nn.Module):
         checks.check_pair(
             input, target, channels=checks.channels_of(self.colorspace), min_size=self.min_size, name=self.name
         )
+        input, target = checks.to_compute_dtype(self.backbone, input, target)
         if self.colorspace == "grey":
             return input.expand(-1, 3, -1, -1), target.expand(-1, 3, -1, -1)
         return input, target
