@@ -17,7 +17,7 @@ import torch
 from scipy import stats
 
 from percept.metrics import elpips as E
-from percept.metrics.elpips import COLOR_MIN, OFFSET_MAX, ELPIPS, Transform, sample_transform
+from percept.metrics.elpips import COLOR_MIN, ELPIPS, OFFSET_MAX, Transform, sample_transform
 
 _DIHEDRAL = 8  # 4 flip codes x transposed or not
 

@@ -30,8 +30,9 @@ Deviations from the paper, all visible in the outputs:
   iterations; the ``warmup``/``iterations`` columns say what ran. --full: 500 x 3, no cap.
 - Data: the downloaded CelebA when ``data/download_celeba.py`` has run, else the 32-image offline sample,
   cropped and resized as in the paper and tiled to the batch (machine.json, ``data_source``).
-- Weights: ImageNet AlexNet/VGG-16 are not available offline; those backbones are then random (seed 0, the
-  same for percept and the peers): timing does not depend on the values. Each row's ``weights`` says which.
+- Weights: ImageNet VGG-16 is not available offline; VGG backbones are then random (seed 0, the same for
+  percept and the peers): timing does not depend on the values. AlexNet and SqueezeNet come from the offline
+  ``*_features.pth`` assets. Each row's ``weights`` says which.
 - Peers are compared with the percept metric that computes the same thing (``compares_to``): pytorch-msssim's
   SSIM with ``ssim``, torchmetrics' SSIM with ``ssim (reflect)``, the LPIPS peers with ``lpips-*``;
   ``max_abs_diff`` is the largest per-image difference on a near pair (the target and a noisy copy). The
