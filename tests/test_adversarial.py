@@ -95,6 +95,14 @@ def test_skipped_metrics_have_reasons(quick):
     assert attacked | set(skipped.name[skipped.kind == "metric"]) >= {BOGUS, "l2", "lpips-squeeze"}
 
 
+def test_machine_json_says_which_backbone_each_metric_used(quick):
+    metrics = json.loads((quick / "machine.json").read_text())["run"]["metrics"]
+    assert metrics["l2"]["backbone"] == "none"
+    assert metrics["lpips-squeeze"]["backbone"] == "ImageNet squeezenet1_1 (squeezenet1_1_features.pth)"
+    for label in ("lpips-alex", "dps-alex", "dps-alex-sort", "dps-alex-mean"):  # the real AlexNet, not a random one
+        assert metrics[label]["backbone"] == "ImageNet alexnet (alexnet_features.pth)", label
+
+
 def _images(folder: Path):
     data = np.load(folder / "images.npz")
     return data, {k: data[k].astype(np.float64) / 255 for k in data.files if data[k].dtype == np.uint8}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 
 import pytest
@@ -133,3 +134,150 @@ def test_fetch_verifies_what_it_downloads(isolated, assets_dir, monkeypatch):
 def test_unknown_asset_lists_the_known_ones():
     with pytest.raises(KeyError, match="known assets"):
         assets.locate("weights/nope.pth")
+
+
+# ------------------------------------------------------------------------------ derived ImageNet AlexNet
+ALEX = "weights/torchvision/alexnet_features.pth"
+
+
+def test_offline_alexnet_features_are_accepted_by_their_own_checksum(assets_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv(assets.ENV_CACHE, str(tmp_path / "empty-cache"))
+    path = assets.locate(ALEX)
+    assert path == assets_dir / ALEX
+    # the digest the asset README publishes for the offline copy
+    assert assets.file_sha256(path) == "2cdc3ada1b15785eebc8e8471d92914f2f09a71639048f013e7108dac6f47933"
+    entry = assets.ASSETS[ALEX]
+    assert entry.derive == "features" and entry.url.endswith("/alexnet-owt-7be5be79.pth")
+    # torchvision's full file, the one a download is checked against before the features are taken out
+    assert entry.source_sha256 == assets.ASSETS["weights/torchvision/alexnet-owt-7be5be79.pth"].sha256
+    assert entry.source_sha256.startswith("7be5be79")
+
+
+class _Response:
+    def __init__(self, payload: bytes):
+        self.payload, self.headers = payload, {"Content-Length": str(len(payload))}
+
+    def read(self, n):
+        chunk, self.payload = self.payload[:n], self.payload[n:]
+        return chunk
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _full_alexnet_bytes(assets_dir, tmp_path, perturb: float = 0.0) -> bytes:
+    """A full-model AlexNet checkpoint (``features.*`` and a small stand-in classifier) around the offline
+    features; ``perturb`` shifts one weight so the features are not bit-identical to the offline copy."""
+    features = torch.load(assets_dir / ALEX, weights_only=True)
+    full = {f"features.{k}": v.clone() for k, v in features.items()}
+    full["features.0.weight"][0, 0, 0, 0] += perturb
+    full["classifier.1.weight"] = torch.zeros(4, 9)
+    path = tmp_path / "full.pth"
+    torch.save(full, path)
+    return path.read_bytes()
+
+
+def test_derived_alexnet_download_must_be_the_official_file(isolated, assets_dir, monkeypatch):
+    """A file served at torchvision's address whose sha256 is not the official one is refused before anything
+    is derived, even when its features are exactly the offline ones."""
+    payload = _full_alexnet_bytes(assets_dir, isolated)
+    monkeypatch.setattr(assets.urllib.request, "urlopen", lambda url, timeout: _Response(payload))
+    with pytest.raises(assets.ChecksumError, match="7be5be79"):
+        assets.fetch(ALEX, progress=False)
+    assert not (isolated / "cache" / ALEX).exists()
+
+
+@pytest.mark.parametrize("perturb", [0.0, 1e-3])
+def test_fetch_derives_features_from_a_verified_source_and_records_it(isolated, assets_dir, monkeypatch, perturb):
+    """The download path of a derived asset: the upstream file is checked against its sha256, the features are
+    saved with a record of their tensor digest, and that record makes the file verifiable later, whether or
+    not the values equal the offline copy's (perturb != 0); any later change to the file is caught."""
+    payload = _full_alexnet_bytes(assets_dir, isolated, perturb)
+    official = assets.ASSETS[ALEX]
+    entry = assets.Asset(
+        ALEX,
+        official.url,
+        official.sha256,
+        content_sha256=official.content_sha256,
+        derive="features",
+        source_sha256=hashlib.sha256(payload).hexdigest(),  # this test's stand-in for the official file
+    )
+    monkeypatch.setitem(assets.ASSETS, ALEX, entry)
+    monkeypatch.setattr(assets.urllib.request, "urlopen", lambda url, timeout: _Response(payload))
+    path = assets.fetch(ALEX, progress=False)
+    assert path == isolated / "cache" / ALEX
+    state = torch.load(path, weights_only=True)
+    assert set(state) == set(torch.load(assets_dir / ALEX, weights_only=True))  # no "features." prefix left
+    record = json.loads((path.parent / (path.name + ".source.json")).read_text())
+    assert record["source_sha256"] == entry.source_sha256
+    assert record["content_sha256"] == assets.state_dict_digest(state)
+    assets._verified.clear()
+    assert assets.locate(ALEX) == path
+    if perturb == 0:  # bit-identical values: the offline copy's tensor digest also vouches for it
+        assert record["content_sha256"] == official.content_sha256
+    torch.save({**state, "3.bias": state["3.bias"] + 1e-4}, path)
+    assets._verified.clear()
+    with pytest.raises(assets.ChecksumError):
+        assets.locate(ALEX)
+    # a record that names another upstream file does not vouch for anything
+    torch.save(state, path)
+    record["source_sha256"] = "0" * 64
+    (path.parent / (path.name + ".source.json")).write_text(json.dumps(record))
+    assets._verified.clear()
+    if perturb:
+        with pytest.raises(assets.ChecksumError):
+            assets.locate(ALEX)
+    else:
+        assert assets.locate(ALEX) == path  # still the offline copy's tensors
+
+
+def test_imagenet_alexnet_is_found_offline(assets_dir):
+    import percept
+    from percept.backbones import imagenet_checkpoint
+
+    assert imagenet_checkpoint("alex") == assets_dir / ALEX
+    metric = percept.get_metric("lpips-alex")
+    body = metric.backbone.body.state_dict()
+    offline = torch.load(assets_dir / ALEX, weights_only=True)
+    assert all(torch.equal(body[k], offline[k]) for k in offline)
+
+
+# ------------------------------------------------------------------------------- Watson-VGG (git blob id)
+def test_git_blob_id_of_a_known_upstream_file(assets_dir):
+    """git_blob_sha1 reproduces the blob ids of Czolbe et al.'s repository tree (master 3729dd1) for files
+    that are available here, the same kind of id that pins the Watson-VGG downloads."""
+    upstream = {
+        "weights/czolbe/rgb_watson_fft_trial0.pth": "e7ec185a488722a46cff2f9c1f57332659e175b4",
+        "weights/czolbe/gray_pnet_lin_vgg_trial0.pth": "588570571e53eada9ef8d25b9dcdc35e872e941d",
+        RELPATH: "fc738f1e6f5d48a302295d11938315da5a8c452e",
+    }
+    for relpath, blob in upstream.items():
+        assert assets.git_blob_sha1(assets_dir / relpath) == blob
+
+
+def test_watson_vgg_weights_are_registered_with_their_upstream_address():
+    for space, blob in (("rgb", "ad6123a84f603e15cf54bb121bb7eb26f25cbb8f"), ("gray", "b4c4cc3e28f69e267e0b38e425a6ee65fe4a1afd")):
+        entry = assets.ASSETS[f"weights/czolbe/{space}_watson_vgg_trial0.pth"]
+        assert entry.url.endswith(f"PerceptualSimilarity/master/src/loss/weights/{space}_watson_vgg_trial0.pth")
+        assert entry.git_sha1 == blob and entry.sha256 is None
+
+
+def test_fetch_checks_a_download_against_its_git_blob_id(isolated, assets_dir, monkeypatch):
+    relpath = "weights/czolbe/rgb_watson_vgg_trial0.pth"
+    good = (assets_dir / RELPATH).read_bytes()  # a stand-in payload whose blob id this test knows
+    entry = assets.Asset(relpath, assets.ASSETS[relpath].url, git_sha1="fc738f1e6f5d48a302295d11938315da5a8c452e")
+    monkeypatch.setitem(assets.ASSETS, relpath, entry)
+    monkeypatch.setattr(assets.urllib.request, "urlopen", lambda url, timeout: _Response(good[:-1] + b"x"))
+    with pytest.raises(assets.ChecksumError, match="git blob"):
+        assets.fetch(relpath, progress=False)
+    assert not (isolated / "cache" / relpath).exists()
+    monkeypatch.setattr(assets.urllib.request, "urlopen", lambda url, timeout: _Response(good))
+    assert assets.fetch(relpath, progress=False) == isolated / "cache" / relpath
+    # the real entry refuses that file: it is not Watson-VGG
+    monkeypatch.setitem(assets.ASSETS, relpath, assets._entries()[relpath])
+    assets._verified.clear()
+    with pytest.raises(assets.ChecksumError):
+        assets.locate(relpath)

@@ -207,7 +207,7 @@ def test_pretrained_missing_weights_raise(tmp_path, monkeypatch):
     monkeypatch.setenv("PERCEPT_CACHE", str(tmp_path))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(assets.MissingAssetError):
-        LPIPS(net="alex")  # ImageNet AlexNet is not available offline: never silently random
+        LPIPS(net="alex")  # no ImageNet AlexNet in these folders: never silently random
     with pytest.raises(assets.MissingAssetError):
         Deeploss(net="squeeze")
     with pytest.raises(assets.MissingAssetError, match="watson_vgg"):
@@ -463,6 +463,40 @@ def test_watson_vgg_loads_original_layout():
     torch.testing.assert_close(loaded.w_tild, torch.tensor([-1.0, 0.0, 1.0, 2.0, 3.0]))
     with pytest.raises(RuntimeError, match="Watson-VGG"):
         WatsonVGG(weights={k: v for k, v in state.items() if k != "beta"})
+
+
+def test_watson_vgg_pretrained_loads_the_published_file_as_an_asset(tmp_path, monkeypatch):
+    """pretrained=True reads weights/czolbe/<space>_watson_vgg_trial0.pth through the asset lookup (checked by its
+    git blob id) and takes the trunk and the parameters from it. The published file is not available offline,
+    so a file in its layout stands in, registered with its own blob id."""
+    torch.manual_seed(0)
+    base = WatsonVGG(pretrained=False)
+    state = {"shift": torch.zeros(1, 3, 1, 1), "scale": torch.ones(1, 3, 1, 1), "beta": torch.tensor(0.9)}
+    slices = [range(0, 4), range(4, 9), range(9, 16), range(16, 23), range(23, 30)]
+    for s, idxs in enumerate(slices, start=1):
+        for i in idxs:
+            for name, v in base.backbone.body[i].state_dict().items():
+                state[f"vgg.slice{s}.{i}.{name}"] = v
+    for k, c in enumerate(base.backbone.channels):
+        state[f"t{k}_tild"] = torch.full((c,), 0.05 * k)
+        state[f"w{k}_tild"] = torch.tensor(0.5 * k)
+    relpath = "weights/czolbe/gray_watson_vgg_trial0.pth"
+    path = tmp_path / relpath
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    monkeypatch.setenv("PERCEPT_ASSETS", str(tmp_path))
+    with pytest.raises(assets.ChecksumError, match="git blob"):  # the real entry: not the published bytes
+        WatsonVGG(colorspace="grey")
+    entry = assets.Asset(relpath, assets.ASSETS[relpath].url, git_sha1=assets.git_blob_sha1(path))
+    monkeypatch.setitem(assets.ASSETS, relpath, entry)
+    metric = WatsonVGG(colorspace="grey", reduction="none")
+    assert metric.beta.item() == pytest.approx(0.9)
+    assert torch.equal(metric.backbone.body[28].weight, base.backbone.body[28].weight)
+    torch.testing.assert_close(metric.t_tild[3], torch.full((512,), 0.15))
+    x, y = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        direct = WatsonVGG(colorspace="grey", weights=path, reduction="none")  # the same file passed by path
+        assert torch.equal(metric(x, y), direct(x, y))
 
 
 # --------------------------------------------------------------------------------------------- bad input

@@ -338,3 +338,35 @@ def test_driver_tunes_then_scores_the_tuned_weights(folder, tmp_path):
     assert any(line.startswith("watson-dft+tuned,grey,traditional,") for line in lines)
     assert run.main(args + ["--resume"]) == 0  # a finished run resumes to nothing new
     assert json.loads((out / "run.json").read_text())["tuning"]["runs"]["watson-dft/grey"]["final_epoch"]["epoch"] == 1
+
+
+def test_elpips_2afc_shares_each_random_draw_between_p0_and_p1(refs):
+    """E-LPIPS's 2AFC protocol (spec D4) evaluates (p0, p1) against the reference as one correlated tuple: in
+    every draw both patches get the same transformation and dropout masks. Identical p0 and p1 therefore tie
+    exactly in every triplet (independent draws would make them differ), and the scores of the harness equal
+    the metric's own paired estimate."""
+    torch.manual_seed(0)
+    metric = ev.build_metric("elpips-squeeze", n=3)
+    assert metric.metric.stochastic and metric.metric.n == 3
+    ref = refs[:4]
+    p = _distorted(ref, 0.1, seed=1)
+    q = _distorted(ref, 0.2, seed=2)
+    judge = torch.full((4,), 0.5)
+    loader = [{"ref": ref, "p0": p, "p1": p.clone(), "judge": judge}, {"ref": ref, "p0": p, "p1": q, "judge": judge}]
+    with torch.no_grad():
+        dists, _ = ev.twoafc_distances({"e": metric}, loader, progress=False)
+    d0, d1 = dists["e"]
+    assert np.array_equal(d0[:4], d1[:4]) and (d0[:4] > 0).all()
+    assert ev.twoafc_score(d0[:4], d1[:4], np.full(4, 0.8)) == 0.5  # every tie scores 0.5
+    # the second batch: the same draws as the metric's own sample_distances with the same generator state
+    metric.metric.generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        a, b = metric.pair(p, q, ref)
+        want = metric.metric.sample_distances((p, q), ref, generator=torch.Generator().manual_seed(7)).mean(0)
+    torch.testing.assert_close(torch.stack([a, b]), want)
+    # a deterministic metric still scores p0 and p1 in one batch, as before
+    l2 = ev.build_metric("l2")
+    with torch.no_grad():
+        a, b = l2.pair(p, q, ref)
+    torch.testing.assert_close(a, (p - ref).square().flatten(1).mean(1))
+    torch.testing.assert_close(b, (q - ref).square().flatten(1).mean(1))

@@ -97,3 +97,25 @@ def test_notebook_runs(notebook, quick_env, monkeypatch, tmp_path):
 def test_notebook_without_results_shows_a_note(notebook, quick_env, monkeypatch, tmp_path):
     monkeypatch.setenv("PERCEPT_RESULTS", str(tmp_path / "empty-results"))
     _execute(notebook)
+
+
+def _partial_vae_mnist(results: Path) -> None:
+    """Results of VAE runs whose ``--eval-metrics`` did not cover every trained loss: one model scored with two
+    metrics only (its other cells empty), and a metric nobody trained with."""
+    import pandas as pd
+
+    table = pd.read_csv(results / "vae_mnist" / "cross_metric.csv", index_col="trained_with")
+    last = table.index[-1]
+    table.loc[last, [c for c in table.columns if c not in ("l2", "ssim")]] = float("nan")
+    table["l1"] = float("nan")
+    table.loc[table.index[0], "l1"] = 0.1
+    table.to_csv(results / "vae_mnist" / "cross_metric.csv")
+
+
+@pytest.mark.skipif(not (ROOT / "results" / "vae_mnist" / "cross_metric.csv").is_file(), reason="no vae_mnist results")
+def test_vae_mnist_notebook_on_partial_results(quick_env, monkeypatch, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "results" / "vae_mnist", results / "vae_mnist", ignore=_large_files)
+    _partial_vae_mnist(results)
+    monkeypatch.setenv("PERCEPT_RESULTS", str(results))
+    _execute(ROOT / "experiments" / "vae_mnist" / "analysis.ipynb")

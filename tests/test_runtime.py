@@ -159,3 +159,38 @@ def test_notebook_runner_reports_a_broken_notebook(tmp_path):
     assert proc.returncode != 0
     assert "broken on purpose" in proc.stderr
     assert bad.read_text() == before  # a failed notebook is not written back
+
+
+def test_update_replaces_only_the_remeasured_rows():
+    """``--update`` (re-measuring some losses, e.g. after their weights changed) keeps every other row and
+    recomputes the derived columns over the merged table: ratios against the kept L2 row, peers against the
+    re-measured percept row."""
+    drv = _driver()
+    old = pd.DataFrame(
+        [
+            {"metric": "L2", "group": "paper", "colorspace": "rgb", "ms_per_iter_mean": 2.0, "weights": "none"},
+            {"metric": "lpips-alex", "group": "percept", "colorspace": "rgb", "ms_per_iter_mean": 10.0,
+             "weights": "backbone: random alexnet"},
+            {"metric": "lpips-squeeze", "group": "percept", "colorspace": "rgb", "ms_per_iter_mean": 30.0,
+             "weights": "backbone: ImageNet squeezenet1_1"},
+            {"metric": "lpips.alex", "group": "peer", "colorspace": "rgb", "ms_per_iter_mean": 20.0,
+             "compares_to": "lpips-alex", "weights": "backbone: random alexnet"},
+        ]
+    )  # fmt: skip
+    old = drv.derived_columns(old.reindex(columns=drv.RUNTIME_COLUMNS))
+    new = pd.DataFrame(
+        [
+            {"metric": "lpips-alex", "group": "percept", "colorspace": "rgb", "ms_per_iter_mean": 8.0,
+             "weights": "backbone: ImageNet alexnet"},
+            {"metric": "lpips.alex", "group": "peer", "colorspace": "rgb", "ms_per_iter_mean": 16.0,
+             "compares_to": "lpips-alex", "weights": "backbone: ImageNet alexnet"},
+        ]
+    ).reindex(columns=drv.RUNTIME_COLUMNS)  # fmt: skip
+    merged = drv.merge_update(old, new)
+    assert list(merged.metric) == ["L2", "lpips-alex", "lpips-squeeze", "lpips.alex"]  # order kept
+    by = merged.set_index("metric")
+    assert by.loc["lpips-alex", "ms_per_iter_mean"] == 8.0 and "ImageNet" in by.loc["lpips-alex", "weights"]
+    assert by.loc["lpips-squeeze", "ms_per_iter_mean"] == 30.0  # untouched
+    assert by.loc["lpips-alex", "ratio_to_l2"] == 4.0  # against the kept L2 row
+    assert by.loc["lpips.alex", "ours_over_peer_time"] == 0.5
+    assert by.loc["lpips.alex", "s_per_500_iter"] == 8.0

@@ -103,6 +103,11 @@ METRICS: dict[str, MetricSpec] = {
     "dps-squeeze-sort": MetricSpec("dps-squeeze", {"method": "sort"}),
     "dps-squeeze-mean": MetricSpec("dps-squeeze", {"method": "mean"}),
     "elpips-squeeze": MetricSpec("elpips-squeeze", {"deterministic": False}, stochastic=True),
+    # ImageNet AlexNet (the default LPIPS, and the network of Sjögren et al.'s DPS default layers)
+    "lpips-alex": MetricSpec("lpips-alex"),
+    "dps-alex": MetricSpec("dps-alex", {"method": "spatial"}),
+    "dps-alex-sort": MetricSpec("dps-alex", {"method": "sort"}),
+    "dps-alex-mean": MetricSpec("dps-alex", {"method": "mean"}),
 }
 BARYCENTER_METRICS = ("l2", "lpips-squeeze", "elpips-squeeze")
 BARYCENTER_PHOTOS = ("cat", "dog")
@@ -228,6 +233,20 @@ class Metric:
         da = self(x, a, samples)
         set_seed(seed)
         return da, self(x, b, samples)
+
+
+def backbone_of(metric: Metric) -> str:
+    """Which trunk weights a deep metric runs on (the ImageNet checkpoint file it loaded), "none" for the others."""
+    body = getattr(metric.module, "backbone", None)
+    if body is None:
+        return "none"
+    from percept.backbones import imagenet_checkpoint
+
+    arch = getattr(body, "name", "?")
+    try:
+        return f"ImageNet {arch} ({imagenet_checkpoint(arch).name})"
+    except Exception as err:  # built from another source (a checkpoint given explicitly)
+        return f"{arch} (no ImageNet checkpoint found: {type(err).__name__})"
 
 
 def build_metrics(labels: list[str], device: torch.device, probe: torch.Tensor) -> tuple[dict, dict]:
@@ -716,7 +735,8 @@ def _main(argv: list[str], cleanup: contextlib.ExitStack) -> int:
         "quick": args.quick,
         "photos": names,
         "metrics": {label: {"registry": metrics[label].spec.registry, "options": metrics[label].spec.options,
-                            "stochastic": metrics[label].stochastic} for label in labels},
+                            "stochastic": metrics[label].stochastic, "backbone": backbone_of(metrics[label])}
+                    for label in labels},
         "skipped_metrics": skipped,
         "skipped_photos": skipped_photos,
         "protocol": {

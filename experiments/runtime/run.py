@@ -7,6 +7,8 @@ side by side, and how the cost grows with image and batch size.
     python experiments/runtime/run.py --quick       # under a minute; tests and CI
     python experiments/runtime/run.py --summary     # the table from results/runtime/runtime.csv, figure paths
     python experiments/runtime/run.py --list        # every loss that can be measured
+    python experiments/runtime/run.py --metrics lpips-alex,lpips.alex,torchmetrics.lpips_alex --no-scaling --update
+                                                    # re-measure some rows of results/runtime/runtime.csv only
 
 Expected runtime on 2 idle CPU cores: default about 12-15 min (dominated by the VGG-16 losses, several seconds per
 iteration each), --quick about 1 min. On one recent GPU the default takes a few minutes and --full about 10-20 minutes.
@@ -30,8 +32,9 @@ Deviations from the paper, all visible in the outputs:
   iterations; the ``warmup``/``iterations`` columns say what ran. --full: 500 x 3, no cap.
 - Data: the downloaded CelebA when ``data/download_celeba.py`` has run, else the 32-image offline sample,
   cropped and resized as in the paper and tiled to the batch (machine.json, ``data_source``).
-- Weights: ImageNet AlexNet/VGG-16 are not available offline; those backbones are then random (seed 0, the
-  same for percept and the peers): timing does not depend on the values. Each row's ``weights`` says which.
+- Weights: ImageNet VGG-16 is not available offline; VGG backbones are then random (seed 0, the same for
+  percept and the peers): timing does not depend on the values. AlexNet and SqueezeNet come from the offline
+  ``*_features.pth`` assets. Each row's ``weights`` says which.
 - Peers are compared with the percept metric that computes the same thing (``compares_to``): pytorch-msssim's
   SSIM with ``ssim``, torchmetrics' SSIM with ``ssim (reflect)``, the LPIPS peers with ``lpips-*``;
   ``max_abs_diff`` is the largest per-image difference on a near pair (the target and a noisy copy). The
@@ -52,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -157,6 +161,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--full", action="store_true", help="the paper's protocol: 500 iterations x 3 repeats, no caps")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default results/runtime)")
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="replace only the measured rows in --out's runtime.csv (keep the other rows, scaling.csv and the "
+        "full run's machine info; machine.json records the partial run under 'updates')",
+    )
+    p.add_argument("--reason", default="", help="with --update: why these rows were re-measured (machine.json)")
     p.add_argument("--summary", action="store_true", help="print the table of --out/runtime.csv and the figures")
     p.add_argument("--markdown", action="store_true", help="with --summary: Markdown tables (for the README)")
     p.add_argument("--list", action="store_true", help="list the losses that can be measured")
@@ -280,9 +291,15 @@ def run_runtime(
     for col in RUNTIME_COLUMNS:
         if col not in df:
             df[col] = None
+    return derived_columns(df)[RUNTIME_COLUMNS], source
+
+
+def derived_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """s_per_500_iter, ratio_to_l2 (against the L2 row of the same colour space) and ours_over_peer_time."""
+    df = df.copy()
     df["s_per_500_iter"] = df.ms_per_iter_mean * 0.5
     ms = {(r.metric, r.colorspace): r.ms_per_iter_mean for r in df.itertuples()}
-    l2 = {cs: ms.get(("L2", cs), ms.get(("L2 (torch)", cs))) for cs in colorspaces}
+    l2 = {cs: ms.get(("L2", cs), ms.get(("L2 (torch)", cs))) for cs in set(df.colorspace)}
     df["ratio_to_l2"] = [
         r.ms_per_iter_mean / l2[r.colorspace] if l2.get(r.colorspace) else math.nan for r in df.itertuples()
     ]
@@ -290,7 +307,26 @@ def run_runtime(
         ms.get((r.compares_to, r.colorspace), math.nan) / r.ms_per_iter_mean if r.group == "peer" else math.nan
         for r in df.itertuples()
     ]
-    return df[RUNTIME_COLUMNS], source
+    return df
+
+
+def merge_update(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """``old`` with its (metric, colorspace) rows replaced by those of ``new`` in place (new keys appended),
+    the derived columns recomputed over the merged table."""
+    import pandas as pd
+
+    fresh = {(r.metric, r.colorspace): i for i, r in enumerate(new.itertuples())}
+    rows, used = [], set()
+    for _, row in old.iterrows():
+        key = (row.metric, row.colorspace)
+        if key in fresh:
+            rows.append(new.iloc[fresh[key]])
+            used.add(key)
+        else:
+            rows.append(row)
+    rows += [new.iloc[i] for key, i in fresh.items() if key not in used]
+    merged = pd.DataFrame(rows).reset_index(drop=True)
+    return derived_columns(merged)[RUNTIME_COLUMNS]
 
 
 def run_scaling(args) -> pd.DataFrame:
@@ -396,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     partial = out / "runtime.partial.csv"
     runtime, source = run_runtime(args, keys, colorspaces, partial=partial)
+    if args.update:
+        partial.unlink(missing_ok=True)
+        return _write_update(out, runtime, info, args, t0)
     runtime.to_csv(out / "runtime.csv", index=False)
     partial.unlink(missing_ok=True)
     scaling = pd.DataFrame(columns=SCALING_COLUMNS) if args.no_scaling else run_scaling(args)
@@ -411,6 +450,29 @@ def main(argv: list[str] | None = None) -> int:
     for r in not_ok.itertuples():
         print(f"  {r.status}: {r.metric} [{r.colorspace}]: {r.note}")
     print(f"wrote {out / 'runtime.csv'}, {out / 'scaling.csv'} and {out / 'machine.json'} in {info['wall_s']:.0f} s")
+    return 0
+
+
+def _write_update(out: Path, runtime: pd.DataFrame, info: dict, args, t0: float) -> int:
+    """--update: merge the measured rows into the committed runtime.csv and record the partial run."""
+    import pandas as pd
+
+    path = out / "runtime.csv"
+    if not path.is_file() or not (out / "machine.json").is_file():
+        raise SystemExit(f"--update needs an existing {path} and machine.json (run without --update first)")
+    merged = merge_update(pd.read_csv(path), runtime)
+    merged.to_csv(path, index=False)
+    full = json.loads((out / "machine.json").read_text())
+    rows = [f"{r.metric} [{r.colorspace}]" for r in runtime.itertuples()]
+    full.setdefault("weights", {}).update(
+        {f"{r.metric} [{r.colorspace}]": r.weights for r in runtime.itertuples() if isinstance(r.weights, str)}
+    )
+    record = {k: info.get(k) for k in ("date", "git_commit", "torch", "torchvision", "device", "torch_threads")}
+    record.update(rows=rows, reason=args.reason, protocol=protocol(args), wall_s=round(time.time() - t0, 1))
+    record["load_average"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    full.setdefault("updates", []).append(record)
+    (out / "machine.json").write_text(json.dumps(full, indent=2) + "\n")
+    print(f"updated {len(rows)} rows of {path} ({', '.join(rows)}); machine.json records the partial run")
     return 0
 
 

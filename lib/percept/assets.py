@@ -8,8 +8,8 @@ asset root, with the same layout everywhere):
 3. a copy shipped inside a pip dependency (torchmetrics ships the LPIPS v0.1 linear weights,
    the ``lpips`` package ships v0.0 and v0.1).
 
-Every file found is checked against the sha256 in :data:`ASSETS` before use. Nothing is downloaded
-implicitly: a missing file raises :class:`MissingAssetError` naming the file, the folders searched and
+Every file found is checked against the sha256 in :data:`ASSETS` before use (see :class:`Asset` for the
+checkpoints the project derives from an upstream file). Nothing is downloaded implicitly: a missing file raises :class:`MissingAssetError` naming the file, the folders searched and
 the command that fetches it (``make assets`` or ``python -m percept.assets fetch <relpath>``).
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import json
 import os
 import pickle
 import re
@@ -45,8 +46,18 @@ class Asset:
 
     ``sha256`` is the digest of the file's bytes. Checkpoints that the project derives itself from
     an upstream file (the features part of a torchvision network) cannot be byte-identical across
-    torch versions, so they carry ``content_sha256`` instead: a digest of the tensors' names,
-    dtypes, shapes and values (see :func:`state_dict_digest`).
+    torch versions, so they carry ``content_sha256``: a digest of the tensors' names, dtypes, shapes
+    and values (see :func:`state_dict_digest`). A file is accepted when it matches either digest.
+
+    ``source_sha256`` is the digest of the upstream file a derived checkpoint is made from; :func:`fetch`
+    checks the download against it before deriving and records the derived tensors' digest next to
+    the file (``<file>.source.json``), which :func:`verify` then accepts too. That covers a derived
+    file whose values are not bit-identical to an offline copy's (the offline AlexNet features were
+    recovered from a conversion of the torchvision weights, so their equality is not known).
+
+    ``git_sha1`` is the git blob id of an upstream file whose bytes are not available here but whose
+    repository tree is (``sha1(b"blob <size>\\0" + bytes)``, what ``git hash-object`` prints): it verifies
+    the exact bytes a download from that repository must have, without knowing their sha256.
     """
 
     relpath: str
@@ -55,6 +66,8 @@ class Asset:
     content_sha256: str | None = None
     package_copy: tuple[str, ...] = ()  # "module:relative/path" inside an installed package
     derive: str | None = None  # "features": keep the ``features.`` part of a torchvision network
+    source_sha256: str | None = None  # digest of the upstream file that ``derive`` starts from
+    git_sha1: str | None = None  # git blob id of the file in its upstream repository
 
 
 def _entries() -> dict[str, Asset]:
@@ -72,6 +85,13 @@ def _entries() -> dict[str, Asset]:
         "rgb_watson_fft_trial0.pth": "98386c0e0841fc346ab4c7d296788ed0af81f2ca8866a885be4405d03321a717",
     }
     table += [Asset(f"weights/czolbe/{f}", _CZOLBE + f, sha) for f, sha in czolbe.items()]
+    # Watson-VGG (about 59 MB each: the VGG-16 trunk is inside). Their sha256 is not known here; their git blob
+    # ids are, from the upstream repository's tree at master 3729dd1 (added in 6974fc9, 2019, never changed)
+    watson_vgg = {
+        "rgb_watson_vgg_trial0.pth": "ad6123a84f603e15cf54bb121bb7eb26f25cbb8f",
+        "gray_watson_vgg_trial0.pth": "b4c4cc3e28f69e267e0b38e425a6ee65fe4a1afd",
+    }
+    table += [Asset(f"weights/czolbe/{f}", _CZOLBE + f, git_sha1=sha1) for f, sha1 in watson_vgg.items()]
     elpips = {
         "squeeze.npy": "9cf7e036dbcac9e8134b45641e5efd32c5e97681f7c3b08b911ab3c78236a4b9",
         "squeeze_full_maxpool.npy": "bcaae2eb93410893fb2f97b5fc57854ef9cc8ebb813304a617a5416b68bedc22",
@@ -99,6 +119,14 @@ def _entries() -> dict[str, Asset]:
             _TORCHVISION + "squeezenet1_1-b8a52dc0.pth",
             content_sha256="138cd4e05be7cdec1c7c37c6b89958e11ab53d1bd62dba753f05890a2ca6755d",
             derive="features",
+        ),
+        Asset(  # the offline copy (sha256; see the asset README) or derived from torchvision's full file
+            "weights/torchvision/alexnet_features.pth",
+            _TORCHVISION + "alexnet-owt-7be5be79.pth",
+            "2cdc3ada1b15785eebc8e8471d92914f2f09a71639048f013e7108dac6f47933",
+            content_sha256="5f42afbc4c556e78c75305e9043fe36467b8ab4eda92d6a6bf034afd7167ec68",
+            derive="features",
+            source_sha256="7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02",
         ),
         Asset(
             "weights/torchvision/alexnet-owt-7be5be79.pth",
@@ -181,29 +209,75 @@ def state_dict_digest(state: dict) -> str:
 _verified: dict[tuple[str, float, int], bool] = {}
 
 
+def git_blob_sha1(path: Path) -> str:
+    """The git blob id of a file's bytes (``git hash-object path``)."""
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _provenance_path(path: Path) -> Path:
+    return path.with_name(path.name + ".source.json")
+
+
+def _recorded_content(path: Path, asset: Asset) -> str | None:
+    """The tensor digest that :func:`fetch` recorded when it derived ``path`` from a verified upstream file."""
+    record = _provenance_path(path)
+    if asset.source_sha256 is None or not record.is_file():
+        return None
+    try:
+        info = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    if info.get("source_sha256") != asset.source_sha256:
+        return None
+    return info.get("content_sha256")
+
+
 def verify(path: Path, asset: Asset) -> None:
-    """Raise :class:`ChecksumError` unless ``path`` holds exactly ``asset``."""
+    """Raise :class:`ChecksumError` unless ``path`` holds exactly ``asset``.
+
+    Accepted: the file's sha256 equals ``asset.sha256``; or its git blob id equals ``asset.git_sha1``; or
+    its tensors' digest (:func:`state_dict_digest`) equals ``asset.content_sha256`` or the digest
+    :func:`fetch` recorded when it derived the file from the verified upstream file."""
     st = path.stat()
     key = (str(path), st.st_mtime, st.st_size)
     if _verified.get(key):
         return
+    expected, got = [], []
     if asset.sha256 is not None:
-        got = file_sha256(path)
-        expected = asset.sha256
-    else:
+        expected.append(f"sha256 {asset.sha256}")
+        digest = file_sha256(path)
+        got.append(f"sha256 {digest}")
+        if digest == asset.sha256:
+            _verified[key] = True
+            return
+    if asset.git_sha1 is not None:
+        expected.append(f"git blob {asset.git_sha1}")
+        digest = git_blob_sha1(path)
+        got.append(f"git blob {digest}")
+        if digest == asset.git_sha1:
+            _verified[key] = True
+            return
+    contents = [c for c in (asset.content_sha256, _recorded_content(path, asset)) if c is not None]
+    if contents:
         import torch
 
         try:
-            got = state_dict_digest(torch.load(path, map_location="cpu", weights_only=True))
+            digest = state_dict_digest(torch.load(path, map_location="cpu", weights_only=True))
         except Exception as err:  # unreadable pickle: report it as a corrupt file
             raise ChecksumError(f"{path} cannot be read as a checkpoint ({err}); delete it and fetch it again") from err
-        expected = asset.content_sha256
-    if got != expected:
-        raise ChecksumError(
-            f"{path} does not match its checksum (expected sha256 {expected}, got {got}). The file is corrupt or "
-            f"a different version; delete it and run: python -m percept.assets fetch {asset.relpath}"
-        )
-    _verified[key] = True
+        expected += [f"tensor digest {c}" for c in contents]
+        got.append(f"tensor digest {digest}")
+        if digest in contents:
+            _verified[key] = True
+            return
+    raise ChecksumError(
+        f"{path} does not match its checksum (expected {' or '.join(expected)}; got {', '.join(got)}). The file is "
+        f"corrupt or a different version; delete it and run: python -m percept.assets fetch {asset.relpath}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -447,8 +521,20 @@ def data_dir(relpath: str) -> Path | None:
     return None
 
 
+def _source_asset(asset: Asset) -> Asset | None:
+    """The table's entry for the upstream file a derived asset is made from (same URL), if any."""
+    for other in ASSETS.values():
+        if other is not asset and other.url == asset.url and other.derive is None:
+            return other
+    return None
+
+
 def fetch(relpath: str, *, progress: bool = True) -> Path:
-    """Download an asset into the cache (if no verified copy exists yet) and return its path."""
+    """Download an asset into the cache (if no verified copy exists yet) and return its path.
+
+    A derived asset (``derive="features"``) is made from its upstream file: a verified local copy of that
+    file when there is one, else a download checked against ``source_sha256``; the features are saved
+    with a ``.source.json`` record of where they came from and of their tensor digest."""
     asset = _lookup(relpath)
     try:
         return locate(relpath)
@@ -461,17 +547,47 @@ def fetch(relpath: str, *, progress: bool = True) -> Path:
     dest = cache_dir() / relpath
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        download = Path(tmp) / Path(asset.url).name
-        _download(asset.url, download, progress=progress)
+        source = None
+        if asset.derive is not None:
+            upstream = _source_asset(asset)
+            if upstream is not None:
+                try:
+                    source = locate(upstream.relpath)
+                except MissingAssetError:
+                    source = None
+        if source is None:
+            source = Path(tmp) / Path(asset.url).name
+            _download(asset.url, source, progress=progress)
         if asset.derive == "features":
             import torch
 
-            state = torch.load(download, map_location="cpu", weights_only=True)
+            if asset.source_sha256 is not None:
+                got = file_sha256(source)
+                if got != asset.source_sha256:
+                    raise ChecksumError(
+                        f"{asset.url} does not match its checksum (expected sha256 {asset.source_sha256}, got {got})"
+                    )
+            state = torch.load(source, map_location="cpu", weights_only=True)
             features = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
-            torch.save(features, Path(tmp) / "derived.pth")
-            download = Path(tmp) / "derived.pth"
-        verify(download, asset)
-        shutil.move(str(download), dest)
+            if not features:
+                raise ChecksumError(f"{asset.url} holds no 'features.' tensors: not the expected checkpoint")
+            derived = Path(tmp) / "derived.pth"
+            torch.save(features, derived)
+            record = None
+            if asset.source_sha256 is not None:
+                record = {
+                    "derived_from": asset.url,
+                    "source_sha256": asset.source_sha256,
+                    "content_sha256": state_dict_digest(features),
+                }
+                _provenance_path(derived).write_text(json.dumps(record, indent=1) + "\n")
+            verify(derived, asset)
+            if record is not None:
+                shutil.move(str(_provenance_path(derived)), _provenance_path(dest))
+            shutil.move(str(derived), dest)
+        else:
+            verify(source, asset)
+            shutil.move(str(source), dest)
     return dest
 
 

@@ -224,6 +224,25 @@ class HarnessMetric(nn.Module):
         d = d.reshape(input.shape[0])
         return -d if self.sign < 0 else d
 
+    def pair(self, p0: torch.Tensor, p1: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(d(p0, target), d(p1, target)), each (N,), for 2AFC.
+
+        A stochastic metric that compares several images under shared draws (E-LPIPS's ``sample_distances``)
+        evaluates p0 and p1 under the **same** random transformation and dropout masks in each draw, and
+        averages its ``n`` draws: the correlated sampling of the E-LPIPS 2AFC protocol (spec D4), so the
+        comparison of d0 and d1 is not drowned in independent noise (identical patches tie exactly). Any
+        other metric scores p0 and p1 as one batch of 2N against the target repeated."""
+        sample = getattr(self.metric, "sample_distances", None)
+        if sample is not None and getattr(self.metric, "stochastic", False):
+            if self.colorspace == "grey":
+                p0, p1, target = rgb_to_grey(p0), rgb_to_grey(p1), rgb_to_grey(target)
+            d = sample((p0, p1), target).mean(dim=0)  # (n, 2, N) -> (2, N)
+            d0, d1 = d[0], d[1]
+            return (-d0, -d1) if self.sign < 0 else (d0, d1)
+        n = p0.shape[0]
+        d = self(torch.cat([p0, p1]), torch.cat([target, target]))
+        return d[:n], d[n:]
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, colorspace={self.colorspace!r}, sign={self.sign:+.0f}"
 
@@ -297,7 +316,8 @@ def twoafc_distances(
 
     Returns ``({key: (d0, d1)}, judge)`` as float64 numpy arrays in loader order. p0 and p1 go through a
     metric in one batch of 2N against the reference repeated twice (for a batch-pooled Watson the pooled
-    mean over [ref, ref] is that over ref).
+    mean over [ref, ref] is that over ref); E-LPIPS evaluates them under shared random draws
+    (:meth:`HarnessMetric.pair`).
     """
     d0 = {k: [] for k in metrics}
     d1 = {k: [] for k in metrics}
@@ -305,11 +325,14 @@ def twoafc_distances(
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         ref, p0, p1 = _to(batch, ("ref", "p0", "p1"), device)
         n = ref.shape[0]
-        pair, refs = torch.cat([p0, p1]), torch.cat([ref, ref])
         for k, m in metrics.items():
-            d = m(pair, refs).double().cpu()
-            d0[k].append(d[:n])
-            d1[k].append(d[n:])
+            if hasattr(m, "pair"):
+                a, b = m.pair(p0, p1, ref)
+            else:  # a plain callable: one batch of 2N
+                d = m(torch.cat([p0, p1]), torch.cat([ref, ref]))
+                a, b = d[:n], d[n:]
+            d0[k].append(a.double().cpu())
+            d1[k].append(b.double().cpu())
         judges.append(batch["judge"].double().reshape(-1))
     judge = torch.cat(judges).numpy() if judges else np.zeros(0)
     return {k: (torch.cat(d0[k]).numpy(), torch.cat(d1[k]).numpy()) for k in metrics}, judge

@@ -44,7 +44,7 @@ METRICS: dict[str, Entry] = {
                               {"net": "squeeze"}),
     "watson-vgg": Entry(
         "percept.metrics.deep:WatsonVGG",
-        "Watson-style masking on VGG-16 features (experimental; trained weights unpublished: pretrained=False)",
+        "Watson-style masking on VGG-16 features (experimental; Czolbe et al.'s trained weights: an asset to fetch)",
     ),
     "dps-alex": Entry("percept.metrics.deep:DPS", _DPS_DOC.format("AlexNet"), {"net": "alex"}),
     "dps-vgg": Entry("percept.metrics.deep:DPS", _DPS_DOC.format("VGG-16"), {"net": "vgg"}),

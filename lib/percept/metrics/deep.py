@@ -688,11 +688,14 @@ class WatsonVGG(nn.Module):
     Initial values: t = 1, w = 0.2, beta = 1. Dropout (p = 0.5) on the pooled terms when ``trainable`` in
     train mode. Input scaling as Deeploss (LPIPS shift/scale on [0, 1]); grey input replicated to 3.
 
-    **The trained weights cannot be obtained here**: ``{rgb,gray}_watson_vgg_trial0.pth`` were never in the
-    public repository. ``pretrained=True`` therefore needs ``weights=<path to that file>`` (the original
-    layout, including its VGG trunk, or this module's state dict) and raises
-    :class:`percept.assets.MissingAssetError` without it. ``pretrained=False`` gives the initial values
-    above on a random backbone; pass ``backbone_weights="imagenet"`` for the ImageNet VGG-16 trunk.
+    **Trained weights**: Czolbe et al. published ``{rgb,gray}_watson_vgg_trial0.pth`` (2019, their
+    repository's ``src/loss/weights/``; not retrained in the December 2020 fix). ``pretrained=True`` loads the
+    asset ``weights/czolbe/{rgb,gray}_watson_vgg_trial0.pth`` (``python -m percept.assets fetch ...``; about
+    59 MB each, the VGG-16 trunk they trained with is inside and is used as the backbone); the download is
+    checked against the file's git blob id in the upstream repository (no sha256 is known offline). A
+    missing file raises :class:`percept.assets.MissingAssetError`. ``weights=<path or state dict>`` loads
+    another file (the original layout or this module's state dict). ``pretrained=False`` gives the initial
+    values above on a random backbone; pass ``backbone_weights="imagenet"`` for the ImageNet VGG-16 trunk.
     Because of the epsilon terms, d(x, x) is a small positive floor, not 0.
     """
 
@@ -722,12 +725,14 @@ class WatsonVGG(nn.Module):
             state = load_checkpoint(weights)
         elif pretrained:
             space = "rgb" if self.colorspace == "rgb" else "gray"
-            raise assets.MissingAssetError(
-                f"missing asset weights/czolbe/{space}_watson_vgg_trial0.pth: Czolbe et al.'s trained Watson-VGG "
-                "weights were never published in their repository and cannot be fetched. Pass weights=<path> if "
-                "you have the file, or pretrained=False for the initial values (t=1, w=0.2, beta=1), with "
-                "backbone_weights='imagenet' for the ImageNet VGG-16 trunk."
-            )
+            try:
+                state = load_checkpoint(assets.locate(f"weights/czolbe/{space}_watson_vgg_trial0.pth"))
+            except assets.MissingAssetError as err:
+                raise assets.MissingAssetError(
+                    f"{err} (Czolbe et al.'s trained Watson-VGG weights, about 59 MB; or pass pretrained=False for "
+                    "the initial values t=1, w=0.2, beta=1, with backbone_weights='imagenet' for the ImageNet "
+                    "VGG-16 trunk)"
+                ) from None
         trunk = {k: v for k, v in (state or {}).items() if k.startswith(("vgg.", "backbone."))}
         if backbone_weights is None and trunk:
             backbone_weights = self._trunk_state(trunk)
