@@ -50,9 +50,23 @@ def _fake_mnist(folder: Path, n_train: int = 30, n_test: int = 20, gz: bool = Fa
 # --------------------------------------------------------------------------------------------------
 
 
-def test_offline_mnist_split(assets_dir, tmp_path, monkeypatch):
+def test_offline_mnist_recovered_training_set(assets_dir, tmp_path, monkeypatch):
+    """Offline default: the recovered 60,000 training digits and the official test set, labelled as such."""
     monkeypatch.setenv("PERCEPT_DATA", str(tmp_path))  # nothing downloaded there
     train, test = load_mnist("train"), load_mnist("test")
+    assert (len(train), len(test)) == (60_000, 10_000)
+    assert "RECOVERED" in train.info["data_source"] and train.info["protocol"] == "recovered"
+    assert "official MNIST test set" in test.info["data_source"]
+    # official statistics of the 28x28 training digits (mean 0.1307, std 0.3081), within a grey level
+    digits = train.pixels[:, :, 2:30, 2:30].float() / 255
+    assert abs(digits.mean().item() - 0.1307) < 1 / 255 and abs(digits.std().item() - 0.3081) < 1 / 255
+    counts = torch.bincount(train.labels, minlength=10)  # the official label counts
+    assert counts.tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+
+def test_offline_mnist_split(assets_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PERCEPT_DATA", str(tmp_path))  # nothing downloaded there
+    train, test = load_mnist("train", recovered=False), load_mnist("test", recovered=False)
     assert (len(train), len(test)) == (9_000, 1_000)
     assert train[0].shape == (1, 32, 32) and train[0].dtype == torch.float32
     assert set(train.indices.tolist()).isdisjoint(test.indices.tolist())
@@ -61,8 +75,8 @@ def test_offline_mnist_split(assets_dir, tmp_path, monkeypatch):
     for info in (train.info, test.info):
         assert info["offline"] is True and "offline" in info["data_source"] and "60,000" in info["data_source"]
     # same split every time; another split seed gives another split (with the figure digits kept)
-    assert torch.equal(load_mnist("test").indices, test.indices)
-    other = load_mnist("test", split_seed=1)
+    assert torch.equal(load_mnist("test", recovered=False).indices, test.indices)
+    other = load_mnist("test", split_seed=1, recovered=False)
     assert not torch.equal(other.indices, test.indices) and set(FIGURE_IDS) <= set(other.indices.tolist())
 
 
@@ -162,7 +176,7 @@ def _reference_crop(path: Path) -> torch.Tensor:
 
 def test_offline_celeba_sample(assets_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("PERCEPT_DATA", str(tmp_path))
-    train, test = load_celeba("train"), load_celeba("test")
+    train, test = load_celeba("train", offline_source="sample"), load_celeba("test", offline_source="sample")
     assert (len(train), len(test)) == (24, 8)
     assert train[0].shape == (3, 64, 64) and 0 <= train[0].min() and train[0].max() <= 1
     assert "32-image CelebA sample" in test.info["data_source"] and test.info["offline"]
@@ -170,6 +184,23 @@ def test_offline_celeba_sample(assets_dir, tmp_path, monkeypatch):
     for pos in (0, 7):
         ref = _reference_crop(files[int(test.indices[pos])])
         torch.testing.assert_close(test[pos], ref, rtol=0, atol=0)
+
+
+def test_offline_celeba_half_resolution_faces(assets_dir, tmp_path, monkeypatch):
+    """The 10,000 half-resolution faces with the paper's crop box halved give the paper's 64x64 crops:
+    checked against the full-resolution sample images (the same faces 000001-000032) preprocessed with
+    the paper's own box."""
+    monkeypatch.setenv("PERCEPT_DATA", str(tmp_path))
+    train, test = load_celeba("train"), load_celeba("test")
+    assert (len(train), len(test)) == (9_000, 1_000)
+    assert "REDUCED CelebA" in test.info["data_source"] and test.info["protocol"] == "celeba-10k-half"
+    assert set(train.indices.tolist()).isdisjoint(test.indices.tolist())
+    full = sorted((assets_dir / "data" / "celeba_sample").glob("*.jpg"))
+    position = {int(i): p for p, i in enumerate(train.indices.tolist())}
+    diffs = [
+        (train[position[k]] - _reference_crop(full[k])).abs().mean().item() for k in range(32) if k in position
+    ][:8]
+    assert len(diffs) >= 4 and max(diffs) < 0.03  # the same crop, from half the detail
 
 
 def test_preprocessed_celeba_folder(tmp_path):
@@ -234,7 +265,7 @@ def test_download_celeba_preprocesses_a_local_source_resumably(assets_dir, tmp_p
     assert again.returncode == 0 and "32 already preprocessed" in again.stdout
     test = load_celeba("test", root=tmp_path)
     assert len(test) == 3 and "32 images preprocessed" in test.info["data_source"]  # 10 % of 32
-    offline = load_celeba("test", offline=True)
+    offline = load_celeba("test", offline=True, offline_source="sample")
     # the preprocessed PNGs equal the in-memory preprocessing of the same JPEGs
     by_name = {p.stem: p for p in files}
     jpgs = sorted(sample.glob("*.jpg"))

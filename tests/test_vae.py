@@ -44,8 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[ImageSet, ImageSet]:
-    """64 training and 32 test digits of the real MNIST (offline split)."""
-    return load_mnist("train").subset(range(64)), load_mnist("test").subset(range(32))
+    """64 training and 32 test digits of the real MNIST test set (the offline 9,000 / 1,000 split)."""
+    return load_mnist("train", recovered=False).subset(range(64)), load_mnist("test", recovered=False).subset(range(32))
 
 
 def _tiny_config(**overrides) -> TrainConfig:
@@ -340,7 +340,7 @@ def test_mnist_driver_end_to_end(tmp_path, capsys):
     assert not (loss_dir / "checkpoints").exists()
     results = json.loads((out / "results.json").read_text())
     assert results["offline"] is True and "offline" in results["data_source"]
-    assert "9,000" in results["data_source"]
+    assert "RECOVERED MNIST training set" in results["data_source"]
     assert results["losses"]["l2"]["status"] == "trained"
     assert results["machine"]["torch"] == torch.__version__
     arrays = np.load(loss_dir / "outputs.npz")
@@ -396,7 +396,7 @@ def test_celeba_driver_quick_path(tmp_path):
     ]
     assert run.run_experiment(run.EXPERIMENT, argv) == 0  # fmt: skip
     results = json.loads((out / "results.json").read_text())
-    assert "32-image CelebA sample" in results["data_source"]
+    assert "REDUCED CelebA" in results["data_source"] and "half resolution" in results["data_source"]
     arrays = np.load(out / "l2" / "outputs.npz")
     assert arrays["reconstructions"].shape == (8, 3, 64, 64)
     assert arrays["samples"].shape == (24, 3, 64, 64) and "manifold" not in arrays

@@ -480,5 +480,5 @@ def test_phase_eps_fades_only_small_coefficients_and_is_validated():
     assert (faded <= plain).all() and (faded > 0.9 * plain).all()  # the gate is <= 1 and ~1 for most terms
     with pytest.raises(ValueError, match="phase_eps"):
         WatsonDFT(phase_eps=-1.0)
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="phase"):
         WatsonDCT(phase_eps=1e-3)  # the DCT has no phase

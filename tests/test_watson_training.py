@@ -85,12 +85,14 @@ def test_library_default_is_the_original_formula_per_image(golden_mnist, name):
 
 
 # -- a short VAE run: does the loss train as the original's does? -------------------------------------------
-#: held-out pixel MSE after TRAIN_STEPS steps of the reduced run below, with the ORIGINAL code's loss
+#: held-out pixel MSE of :func:`train_reduced_vae` at steps 0, 50, 100, 150 with the ORIGINAL code's loss
 #: (SteffenCzolbe/PerceptualSimilarity at 3729dd1, ``LossProvider().get_loss_function('Watson-fft', 'LA',
-#: reduction='sum', deterministic=True)``, trained weights) in place of percept's; measured once with
-#: ``tests/test_watson_training.py::train_reduced_vae`` on the recovered MNIST digits. At step 0 it is 0.2387.
-ORIGINAL_MSE_AFTER_TRAINING = None
-TRAIN_STEPS = 150
+#: reduction='sum', deterministic=True)``, its trained weights) in place of percept's, measured once on the
+#: recovered MNIST digits (torch 2.14.1, CPU). For comparison, percept's paper mode gave 0.2410, 0.0808,
+#: 0.0788, 0.0792 and a luminance floor of 1/255 gave 0.2410, 0.1046, 0.0770, 0.0775 (27% worse at step 50:
+#: the floor slows the start of training; with this small model and learning rate it catches up later).
+ORIGINAL_CURVE = (0.24097, 0.08208, 0.07567, 0.07648)
+TRAIN_STEPS = 50
 
 
 def train_reduced_vae(loss_fn, steps: int = TRAIN_STEPS, batch: int = 64, seed: int = 0) -> list[float]:
@@ -125,3 +127,32 @@ def train_reduced_vae(loss_fn, steps: int = TRAIN_STEPS, batch: int = 64, seed: 
         loss.backward()
         opt.step()
     return curve
+
+
+def test_paper_mode_vae_trains_like_the_original():
+    """50 steps of a small MNIST VAE with paper-mode Watson-DFT reach the original's held-out error (within
+    10%; identical gradients still drift apart over Adam steps by a few %). A floor fails this (+27%)."""
+    metric = build_metric("watson-dft", colorspace="grey", image_shape=(1, 32, 32), deterministic=True)
+    curve = train_reduced_vae(lambda recon, x: metric(recon, x).sum())
+    assert abs(curve[0] / ORIGINAL_CURVE[0] - 1) < 1e-3  # same initial model and data
+    assert abs(curve[1] / ORIGINAL_CURVE[1] - 1) < 0.1, curve
+
+
+def test_luminance_floor_driver_quick(tmp_path):
+    import csv
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "luminance_floor" / "run.py"
+    spec = importlib.util.spec_from_file_location("luminance_floor_run", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--quick", "--losses", "watson-dft", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "curves.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({round(float(r["luminance_floor"]), 6) for r in rows}) == [0.0, round(1 / 255, 6)]
+    assert {int(r["step"]) for r in rows} == {0, 2, 4}
+    start = [float(r["test_pixel_mse"]) for r in rows if r["step"] == "0"]
+    assert len(set(start)) == 1  # every run starts from the same model
+    assert "RECOVERED" in json.loads((tmp_path / "machine.json").read_text())["data_source"]

@@ -387,6 +387,9 @@ def _lr_option(text: str) -> tuple[str, float]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    from percept.guard import add_debug_flag
+
+    add_debug_flag(p)
     p.add_argument("--losses", default=",".join(LOSSES), help="comma-separated registry names (default: %(default)s)")
     p.add_argument("--iterations", type=int, default=None,
                    help=f"Adam iterations per loss (default {DEFAULT_ITERATIONS}; --full {PAPER_ITERATIONS}; "
@@ -510,4 +513,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from percept.guard import driver_main
+
+    sys.exit(driver_main(main, prog="experiments/convergence/run.py"))

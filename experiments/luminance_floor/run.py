@@ -70,7 +70,7 @@ def train_run(loss_fn, train: torch.Tensor, test: torch.Tensor, args, label: dic
     """Train a fresh VAE (seed ``args.seed``) with ``loss_fn(recon, x) -> per-batch sum`` and log its curve."""
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    model = MnistVAE().to(args.device)
+    model = MnistVAE(hidden_dim=args.hidden_dim).to(args.device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))
     t0, objective = time.time(), float("nan")
@@ -94,6 +94,9 @@ def train_run(loss_fn, train: torch.Tensor, test: torch.Tensor, args, label: dic
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from percept.guard import add_debug_flag
+
+    add_debug_flag(p)
     p.add_argument("--losses", default="watson-dft,watson-dct")
     p.add_argument("--floors", default="0,1e-4,1e-3,0.00392156862745098",
                    help="luminance_floor values (0: the original formula; 1/255: percept's former default)")
@@ -104,12 +107,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--test", type=int, default=1000, help="held-out test digits")
+    p.add_argument("--hidden-dim", type=int, default=1024, help="the VAE's hidden layer (the paper's 1024)")
     p.add_argument("--original", help="the original repository's src/loss folder: adds its loss as a reference row")
     p.add_argument("--out", default=str(ROOT / "results" / "luminance_floor"))
     p.add_argument("--quick", action="store_true", help="a few steps on a few digits (tests)")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.eval_every, args.test, args.floors = 4, 2, 64, "0,0.00392156862745098"
+        args.hidden_dim = 32
     return args
 
 
@@ -150,4 +155,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from percept.guard import driver_main
+
+    sys.exit(driver_main(main, prog="experiments/luminance_floor/run.py"))

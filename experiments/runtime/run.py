@@ -121,6 +121,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    from percept.guard import add_debug_flag
+
+    add_debug_flag(p)
     p.add_argument("--device", default="auto", help="cpu, cuda[:i] or auto (cuda when available; default)")
     p.add_argument("--iterations", type=int, default=None, help="timed iterations per repeat (default 20; --full 500)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3)")
@@ -605,4 +608,6 @@ def summary(out: Path, markdown: bool = False) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from percept.guard import driver_main
+
+    sys.exit(driver_main(main, prog="experiments/runtime/run.py"))

@@ -1289,7 +1289,8 @@ def _run_experiment(exp: VAEExperiment, argv: list[str], cleanup: contextlib.Exi
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if train_set.info.get("offline"):
+    if train_set.info.get("offline") and train_set.info.get("protocol") in (None, "sample", "test-split"):
+        # the small offline samples: settings that suit a handful of images (not the recovered or reduced sets)
         for key, value in exp.offline.items():
             if getattr(args, key) == parser.get_default(key):
                 log.warning("offline data: --%s %s", key.replace("_", "-"), value)

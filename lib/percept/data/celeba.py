@@ -145,6 +145,7 @@ def load_celeba(
     test_fraction: float = TEST_FRACTION,
     split_seed: int = 0,
     offline_test_size: int = OFFLINE_TEST_SIZE,
+    offline_source: str = "auto",
 ) -> ImageSet:
     """Load a CelebA split as an :class:`ImageSet` of (3, 64, 64) images in [0, 1].
 
@@ -155,8 +156,12 @@ def load_celeba(
         offline: True forces the offline sample, False requires the preprocessed dataset, None picks.
         test_fraction: held-out fraction of the full dataset (the paper's 10 %).
         split_seed: seed of the random split.
-        offline_test_size: held-out images of the offline sample.
+        offline_test_size: held-out images of the offline 32-image sample.
+        offline_source: offline, "half" (the 10,000 half-resolution faces), "sample" (the 32 full-resolution
+            images) or "auto" (half when the asset folder has it, else the sample).
     """
+    if offline_source not in ("auto", "half", "sample"):
+        raise ValueError(f"unknown offline_source {offline_source!r}: use 'auto', 'half' or 'sample'")
     if split not in ("train", "test"):
         raise ValueError(f"unknown CelebA split {split!r}: use 'train' or 'test'")
     folder = None
@@ -188,7 +193,9 @@ def load_celeba(
             "folder": str(folder),
         }
         return ImageSet(files=[files[i] for i in ids], read=read_png, indices=ids, info=info)
-    half = _offline_half() if offline_test_size == OFFLINE_TEST_SIZE else None
+    half = _offline_half() if offline_source != "sample" else None
+    if half is None and offline_source == "half":
+        raise DatasetError(f"no offline half-resolution CelebA folder ({HALF_DIR}) in the asset folder")
     if half is not None:
         pixels, half_dir = half
         n_test = min(HALF_TEST_SIZE, len(pixels) // 10)

@@ -95,6 +95,7 @@ class _Watson(nn.Module):
     """Shared machinery of :class:`WatsonDCT` and :class:`WatsonDFT`; see the module docstring."""
 
     higher_is_better = False
+    _has_phase = False
     kind = ""  # "dct" or "fft": the name used by the original weight files
     n_freq = 0
 
@@ -111,8 +112,15 @@ class _Watson(nn.Module):
         weights: str | None = None,
         chunk_pixels: int = 1 << 18,
         strategy: str = "auto",
+        phase_eps: float = 0.0,
     ) -> None:
         super().__init__()
+        if not phase_eps >= 0:
+            raise ValueError(f"phase_eps must be >= 0, got {phase_eps}")
+        if phase_eps and not self._has_phase:
+            raise ValueError(f"phase_eps applies to Watson-DFT's phase term; {type(self).__name__} has none")
+        #: Watson-DFT: fades the phase of input coefficients below this amplitude (0: the original)
+        self.phase_eps = float(phase_eps)
         self.colorspace = checks.normalize_colorspace(colorspace)
         self.reduction = checks.check_reduction(reduction)
         self.deterministic = deterministic
@@ -466,11 +474,7 @@ class WatsonDFT(_Watson):
     wave), faded out below it, so the gradient stays bounded by about ``1 / e``.
     """
 
-    def __init__(self, *, phase_eps: float = 0.0, **options) -> None:
-        if not phase_eps >= 0:
-            raise ValueError(f"phase_eps must be >= 0, got {phase_eps}")
-        self.phase_eps = float(phase_eps)
-        super().__init__(**options)
+    _has_phase = True
 
     kind = "fft"
     n_freq = BLOCK * (BLOCK // 2 + 1)
