@@ -573,7 +573,7 @@ class WatsonDFT(_Watson):
         if pe2:
             # the gate times g has |z1|^2 + phase_eps^2 in its denominator; the gate's own derivative adds
             # h * (re1 + eps, im1) with h = delta * 2 phase_eps^2 / (|z1|^2 + phase_eps^2)^2
-            g_phase = g_phase.div_(s1_pe)
+            g_phase = g_phase.div_(s1_pe).nan_to_num_(nan=0.0)  # nan: z0 or z1 exactly 0 (no phase)
             h_gate = delta.mul_(scale * (2 * pe2)).div_(s1_pe.square_())
             del s1_pe
         else:
