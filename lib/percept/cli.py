@@ -1,6 +1,7 @@
 """The ``percept`` command (also ``python -m percept``): distances between image files.
 
-    percept dist REF IMG --metric watson-dft          print one distance
+    percept dist REF IMG --metric watson-dft          print one distance (E-LPIPS: mean ± s.e. of 200 draws)
+    percept estimate REF IMG -m elpips-vgg            E-LPIPS sampled until its error bounds are met
     percept dirs REFDIR DIR -o out.csv                every file name present in both folders -> CSV
     percept pairs DIR -o out.csv                      every pair of images in one folder -> CSV
     percept compare REF A B --metric elpips-vgg       which of A and B is closer to REF (with an error bar)
@@ -36,6 +37,8 @@ from percept.guard import RunError, run_guarded
 DEFAULT_METRIC = "watson-dft"
 #: shared samples for ``compare`` with a stochastic metric (E-LPIPS) unless --samples is given
 DEFAULT_STOCHASTIC_SAMPLES = 50
+#: independent draws of ``dist`` with E-LPIPS unless -n is given (the reference's ex_simple_distance)
+DEFAULT_DIST_SAMPLES = 200
 
 
 class CLIError(RunError):
@@ -84,10 +87,10 @@ def _option(text: str) -> tuple[str, object]:
         return key, raw
 
 
-def _add_common(p: argparse.ArgumentParser, *, metric: bool = True) -> None:
+def _add_common(p: argparse.ArgumentParser, *, metric: bool = True, default_metric: str = DEFAULT_METRIC) -> None:
     if metric:
-        p.add_argument("-m", "--metric", default=DEFAULT_METRIC,
-                       help=f"metric name or alias (default {DEFAULT_METRIC}; see `percept list`)")
+        p.add_argument("-m", "--metric", default=default_metric,
+                       help=f"metric name or alias (default {default_metric}; see `percept list`)")
         p.add_argument("-c", "--colorspace", default="rgb", choices=["rgb", "grey", "gray", "LA"],
                        help="rgb (3 channels; grey files are replicated) or grey (1 channel, BT.601 luma; "
                             "alias gray, LA). Default rgb")
@@ -122,11 +125,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("dist", help="print the distance between two images",
-                       description="Print d(REF, IMG): the metric with IMG as input and REF as target (reference).")
+                       description="Print d(REF, IMG): the metric with IMG as input and REF as target (reference). "
+                                   "E-LPIPS is random: it prints MEAN ± SE, the mean of --samples independent "
+                                   "draws (seeded by --seed) and its standard error.")
     p.add_argument("ref", type=Path, help="reference image")
     p.add_argument("img", type=Path, help="image to compare with it")
+    p.add_argument("-n", "--samples", type=int, default=None,
+                   help=f"random draws of E-LPIPS (default {DEFAULT_DIST_SAMPLES}, as the original's "
+                        "ex_simple_distance; at least 2); ignored by deterministic metrics")
     _add_common(p)
     p.set_defaults(func=cmd_dist)
+
+    p = sub.add_parser("estimate", help="E-LPIPS distance sampled until its error bounds are met",
+                       description="Sample E-LPIPS d(REF, IMG) in batches of --batch-size copies of the pair until "
+                                   "1.96 standard errors are below --abs-err and below --rel-err times the mean "
+                                   "(checked after --min-samples), or --max-samples samples; print the mean and "
+                                   "both bounds (the original's ex_evaluate_distance).")
+    p.add_argument("ref", type=Path, help="reference image")
+    p.add_argument("img", type=Path, help="image to compare with it")
+    p.add_argument("--abs-err", type=float, default=0.01, help="absolute bound on 1.96 s.e. (default 0.01)")
+    p.add_argument("--rel-err", type=float, default=0.025,
+                   help="relative bound: 1.96 s.e. < REL_ERR x mean (default 0.025)")
+    p.add_argument("--max-samples", type=int, default=5000, help="stop here regardless of the bounds (default 5000)")
+    p.add_argument("--min-samples", type=int, default=10, help="samples before the bounds are checked (default 10)")
+    p.add_argument("--batch-size", type=int, default=10,
+                   help="copies of the pair per draw, stratified across the batch (default 10)")
+    _add_common(p, default_metric="elpips-vgg")
+    p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("dirs", help="distances between same-named files of two folders, as CSV",
                        description="For every file name present in both folders: d(REFDIR/name, DIR/name). "
@@ -388,19 +413,87 @@ def _prepare(args):
 # --------------------------------------------------------------------------------------------------
 
 
-def cmd_dist(args) -> int:
+def _read_pair(args):
     from percept.io import ImageReadError, ImageSizeError, check_same_size
 
-    name = _canonical(args.metric)
     try:
         ref, img = _read(args.ref, args), _read(args.img, args)
         check_same_size((args.ref, args.img), (ref, img))
     except (ImageReadError, ImageSizeError) as err:
         raise CLIError(str(err)) from err
+    return ref, img
+
+
+def _samples_elpips(metric) -> bool:
+    """Whether ``metric`` is a random E-LPIPS (draws through ``sample_distances``)."""
+    return hasattr(metric, "sample_distances") and bool(getattr(metric, "stochastic", False))
+
+
+@contextlib.contextmanager
+def _input_errors(paths: str):
+    """A ValueError of the metric on these images becomes a CLIError naming the files."""
+    try:
+        yield
+    except ValueError as err:
+        message = str(err)
+        if "too small" in message or "at least" in message:
+            message += "; --resize HxW resamples the images"
+        raise CLIError(f"{paths}: {message}") from err
+
+
+def cmd_dist(args) -> int:
+    if args.samples is not None and args.samples < 2:
+        raise UsageError(f"-n/--samples must be at least 2 (a standard error needs two draws), got {args.samples}")
+    name = _canonical(args.metric)
+    ref, img = _read_pair(args)
     name, metric = _prepare(args)
     ref, img = ref.to(args.device_obj), img.to(args.device_obj)
+    if _samples_elpips(metric):
+        from percept import elpips
+
+        samples = args.samples if args.samples is not None else DEFAULT_DIST_SAMPLES
+        with _input_errors(f"{args.ref} vs {args.img}"):
+            est = elpips.distance(img, ref, samples=samples, metric=metric, seed=args.seed, progress=None)
+        print(f"{_fmt(est.mean)} ± {est.stderr:.4g} (standard error over {est.n} draws, seed {args.seed})")
+        return 0
+    if args.samples is not None:
+        _warn(f"{name} is deterministic here: -n/--samples ignored")
     (value,) = _evaluate(metric, name, img, ref, f"{args.ref} vs {args.img}", args.seed)
     print(_fmt(value))
+    return 0
+
+
+def cmd_estimate(args) -> int:
+    if not (args.abs_err > 0 and args.rel_err > 0):
+        raise UsageError(f"--abs-err and --rel-err must be > 0, got {args.abs_err} and {args.rel_err}")
+    if args.min_samples < 2:
+        raise UsageError(f"--min-samples must be at least 2 (a standard error needs two samples), got {args.min_samples}")
+    if args.max_samples < args.min_samples:
+        raise UsageError(f"--max-samples ({args.max_samples}) must be at least --min-samples ({args.min_samples})")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    ref, img = _read_pair(args)
+    name, metric = _prepare(args)
+    if not _samples_elpips(metric):
+        raise UsageError(f"estimate samples a random E-LPIPS metric; {name} is deterministic here (use `percept dist`)")
+    from percept import elpips
+
+    ref, img = ref.to(args.device_obj), img.to(args.device_obj)
+    with _input_errors(f"{args.ref} vs {args.img}"):
+        est = elpips.estimate(img, ref, abs_err=args.abs_err, rel_err=args.rel_err, max_samples=args.max_samples,
+                              min_samples=args.min_samples, batch=args.batch_size, metric=metric, seed=args.seed,
+                              progress=None)
+    absolute = 1.96 * est.stderr
+    relative = absolute / (1e-12 + est.mean)  # as the original reports it
+    print(f"distance ({name}): {_fmt(est.mean)}")
+    print(f"  ± {absolute:.6g} or {100 * relative:.4f} %  (bounds: 1.96 standard errors over {est.n} samples, "
+          f"seed {args.seed})")
+    rule = f"1.96 s.e. < {args.abs_err:g} and < {100 * args.rel_err:g} % of the mean"
+    if est.converged:
+        print(f"  stopped: {rule}")
+    else:
+        print(f"  not converged: stopped at --max-samples {est.n} before {rule}")
+        _warn(f"the error bounds were not met after {est.n} samples; raise --max-samples or loosen --abs-err/--rel-err")
     return 0
 
 

@@ -9,6 +9,7 @@ error bars, as the reference implementation's example scripts do (``lpips_elpips
 >>> r.d_a, r.d_b, r.diff, r.stderr                     # diff = d(ref, a) - d(ref, b) and its standard error
 >>> est = elpips.estimate(x, y)                        # sample until 1.96 SE < 0.01 and < 2.5 % of the mean
 >>> mean, stderr, n = est
+>>> mean, stderr, n = elpips.distance(x, y, samples=200, seed=0)   # a fixed number of independent draws
 
 :func:`compare` evaluates both images under the *same* draw (transformation and dropout masks) per sample,
 so the noise of the two distances is correlated and their difference is far more precise than the
@@ -42,6 +43,7 @@ __all__ = [
     "Estimate",
     "compare",
     "estimate",
+    "distance",
     "build",
     "Transform",
     "sample_transform",
@@ -52,6 +54,9 @@ __all__ = [
 
 #: draws per ``sample_distances`` call in :func:`compare` (one progress-bar step)
 _CHUNK = 10
+#: draws per ``sample_distances`` call in :func:`distance` (draws of one call are batched by scale level and
+#: transposition, so larger calls are faster; the draws depend on this value for a given seed)
+_DISTANCE_CHUNK = 50
 
 
 @dataclass(frozen=True)
@@ -246,6 +251,63 @@ def compare(
     if values.shape[2] == 1:
         fields = {k: float(v[0]) for k, v in fields.items()}
     return Comparison(**fields, n=samples, samples=values)
+
+
+# ------------------------------------------------------------------------------------------ distance
+def distance(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    samples: int = 200,
+    metric: nn.Module | None = None,
+    net: str = "vgg",
+    seed: int | None = None,
+    device: torch.device | str | None = None,
+    progress: bool | None = False,
+    **options,
+) -> Estimate:
+    """E-LPIPS distance of one image pair as the mean of exactly ``samples`` independent draws, with its
+    standard error (the reference's ``ex_simple_distance``: a batch of one image, n = 200 draws).
+
+    Unlike :func:`estimate` every draw transforms the single pair on its own (no tiling into a stratified
+    batch) and there is no stopping rule. The draws are evaluated ``_DISTANCE_CHUNK`` at a time
+    (``metric.sample_distances(x, y, n=...)`` with one generator seeded by ``seed``).
+
+    Args:
+        x, y: (C, H, W) or (1, C, H, W) images in [0, 1] of the same shape (x: input, y: reference).
+        samples: number of draws (at least 2, for a standard error).
+        metric, net, seed, device, progress, options: as :func:`compare`.
+
+    Returns:
+        :class:`Estimate` with ``n == samples``; ``converged`` says whether the reference's default bounds
+        (1.96 stderr < 0.01 and < 2.5 % of the mean) hold.
+    """
+    samples = ELPIPS._check_n(samples)
+    if samples < 2:
+        raise ValueError(f"a standard error needs at least 2 samples, got {samples}")
+    if metric is None:
+        metric = build(net, device=device, **options)
+    elif options:
+        raise TypeError(f"options {sorted(options)} apply only when distance() builds the metric (metric=None)")
+    if not hasattr(metric, "sample_distances"):
+        raise TypeError(f"distance() needs an E-LPIPS metric (with sample_distances), got {type(metric).__name__}")
+    x, y = _batch(x, "x"), _batch(y, "y")
+    if x.shape[0] != 1 or y.shape[0] != 1:
+        raise ValueError(f"distance() takes one image pair, got batches of {x.shape[0]} and {y.shape[0]}")
+    dev = _device_of(metric)
+    if dev is not None:
+        x, y = x.to(dev), y.to(dev)
+    gen = _generator(seed)
+    chunks = []
+    with torch.no_grad(), _progress(samples, "E-LPIPS distance", progress) as bar:
+        while sum(len(c) for c in chunks) < samples:
+            k = min(_DISTANCE_CHUNK, samples - sum(len(c) for c in chunks))
+            chunks.append(metric.sample_distances(x, y, n=k, generator=gen)[:, 0, 0].double().cpu())
+            bar.update(k)
+    t = torch.cat(chunks)
+    mean, se = float(t.mean()), float(_stderr(t))
+    converged = 1.96 * se < 0.01 and 1.96 * se < 0.025 * mean
+    return Estimate(mean, se, samples, converged, t)
 
 
 # ------------------------------------------------------------------------------------------ estimate
