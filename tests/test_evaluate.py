@@ -302,6 +302,96 @@ def test_driver_writes_the_csvs_and_says_the_data_are_synthetic(folder, tmp_path
     assert metrics == {"human", "l2", "watson-dft+tuned"}
 
 
+def test_driver_scores_the_lpips_papers_lab_baselines(folder, tmp_path):
+    """--colorspaces lab: l2 and ssim-skimage compare the patches in CIELAB (the paper's table); metrics
+    without a Lab variant are reported as skipped, not fatal. The CSV equals the distances computed here."""
+    run = _driver()
+    out = tmp_path / "out"
+    common = ["--data", str(folder), "--subsets", "traditional", "--jnd-subsets", "--out", str(out)]
+    args = ["--metrics", "l2", "ssim-skimage", "psnr", "--colorspaces", "lab", "rgb"] + common
+    assert run.main(args + ["--no-progress", "--workers", "0"]) == 0
+    rows = {
+        tuple(line.split(",")[:2]): float(line.split(",")[3]) for line in (out / "scores.csv").read_text().split()[1:]
+    }
+    assert {("l2", "lab"), ("ssim-skimage", "lab"), ("ssim-skimage", "rgb"), ("psnr", "rgb")} <= set(rows)
+    assert ("psnr", "lab") not in rows
+    info = json.loads((out / "run.json").read_text())
+    assert "no Lab variant" in info["evaluation"]["skipped"]["psnr/lab"]
+    # the lab rows from the metrics applied here to the patches as the loader reads them, scored by hand
+    data = bapps.TwoAFCDataset(folder, "val", "traditional")
+    items = [data[i] for i in range(len(data))]
+    ref, p0, p1 = (torch.stack([item[k] for item in items]) for k in ("ref", "p0", "p1"))
+    judge = data.labels()
+    for name in ("l2", "ssim-skimage"):
+        metric = percept.get_metric(name, colorspace="lab", reduction="none")
+        d0, d1 = metric(p0, ref).numpy(), metric(p1, ref).numpy()
+        expected = np.mean(np.where(d0 < d1, 1 - judge, np.where(d1 < d0, judge, 0.5)))
+        assert rows[(name, "lab")] == pytest.approx(expected, abs=1e-6)
+        rgb = percept.get_metric(name, reduction="none")
+        assert not np.allclose(rgb(p0, ref).numpy(), d0)  # Lab is not RGB under another name
+
+
+def test_driver_passes_the_lpips_version_and_weight_choices(folder, tmp_path, refs):
+    """--lpips-version, --lpips-baseline and --backbone-weights reach the LPIPS metric and name the rows."""
+    run = _driver()
+    parser = run.build_parser()
+    args = parser.parse_args(
+        [
+            "--metrics",
+            "lpips-squeeze",
+            "--colorspaces",
+            "rgb",
+            "--lpips-version",
+            "0.0",
+            "--lpips-baseline",
+            "--backbone-weights",
+            "random",
+        ]
+    )
+    metrics, details, skipped = run._build_all(args, "cpu", ["lpips-squeeze", "l2"], None)
+    assert not skipped
+    harness = metrics[("lpips-squeeze+v0.0+baseline+random", "rgb")]
+    assert harness.metric.version == "0.0" and harness.metric.lin is False
+    assert details["lpips-squeeze+v0.0+baseline+random/rgb"]["version"] == "0.0"
+    assert ("l2", "rgb") in metrics  # the LPIPS flags leave other metrics alone
+    distances = {}
+    for flags, label, version in (
+        (["--lpips-version", "0.0"], "lpips-squeeze+v0.0", "0.0"),
+        ([], "lpips-squeeze", "0.1"),
+    ):
+        args = parser.parse_args(["--metrics", "lpips-squeeze", "--colorspaces", "rgb"] + flags)
+        metrics, _, _ = run._build_all(args, "cpu", ["lpips-squeeze"], None)
+        harness = metrics[(label, "rgb")]
+        assert harness.metric.version == version and harness.metric.lin is True
+        with torch.no_grad():
+            distances[version] = harness(refs[1:], refs[:-1])
+        expected = percept.get_metric("lpips-squeeze", version=version, reduction="none")(refs[1:], refs[:-1])
+        torch.testing.assert_close(distances[version], expected)
+    assert not torch.allclose(distances["0.0"], distances["0.1"], rtol=1e-3)  # other weights, other values
+    # end to end: both versions' rows side by side in one folder
+    out = tmp_path / "out"
+    common = [
+        "--data",
+        str(folder),
+        "--metrics",
+        "lpips-squeeze",
+        "--colorspaces",
+        "rgb",
+        "--subsets",
+        "traditional",
+        "--jnd-subsets",
+        "traditional",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--workers",
+        "0",
+    ]
+    assert run.main(common) == 0 and run.main(common + ["--lpips-version", "0.0"]) == 0
+    jnd = {line.split(",")[0]: float(line.split(",")[3]) for line in (out / "jnd.csv").read_text().split()[1:]}
+    assert set(jnd) == {"lpips-squeeze", "lpips-squeeze+v0.0"}
+
+
 def test_driver_tunes_then_scores_the_tuned_weights(folder, tmp_path):
     run = _driver()
     out = tmp_path / "out"

@@ -8,6 +8,13 @@ Evaluation (the paper's comparison, czolbe.md §10 and the LPIPS benchmark, lpip
     python experiments/2afc/run.py --metrics watson-dft watson-dct --batch-luminance   # the original's masking
     python experiments/2afc/run.py --quick            # ~1 min on 2 CPU cores; SYNTHETIC data if BAPPS is absent
 
+The LPIPS paper's table rows (lpips_elpips.md A6/A7, C5)::
+
+    python experiments/2afc/run.py --metrics l2 ssim-skimage --colorspaces lab   # its L2 and SSIM rows (Lab)
+    python experiments/2afc/run.py --metrics lpips-alex lpips-vgg lpips-squeeze --lpips-version 0.0  # v0.0 lin
+    python experiments/2afc/run.py --metrics lpips-alex lpips-squeeze --lpips-baseline   # off-the-shelf "net" rows
+    python experiments/2afc/run.py --metrics lpips-alex --lpips-baseline --backbone-weights random  # random AlexNet
+
 Tuning (Watson-DCT/DFT, Adaptive and LPIPS/Deeploss linear layers on 2AFC train; czolbe.md §10.3)::
 
     python experiments/2afc/run.py --train --metrics watson-dft --colorspaces rgb grey
@@ -25,8 +32,11 @@ epoch: on a GPU with ``--workers 8`` roughly 1-3 min per epoch, i.e. ~1 h for a 
 Outputs in ``--out`` (default ``results/2afc/``): ``scores.csv`` (metric, colorspace, subset, score in
 [0, 1]; metric "human" is the ceiling p^2 + (1 - p)^2), ``jnd.csv`` (metric, colorspace, subset, map),
 ``run.json`` (data, options, machine info, metrics skipped and why). Later runs into the same folder
-replace their own rows and keep the others. Metric labels carry ``+tuned`` (``--weights``) and
-``+batchlum`` (``--batch-luminance``). Training writes ``tuned/weights/<original file name>`` (loadable by
+replace their own rows and keep the others. Metric labels carry ``+tuned`` (``--weights``),
+``+batchlum`` (``--batch-luminance``), ``+v0.0`` (``--lpips-version 0.0``), ``+baseline``
+(``--lpips-baseline``) and ``+random`` / ``+trunk-<file>`` (``--backbone-weights``). Colour space "lab"
+(RGB patches compared in CIELAB, the paper's default for L2 and SSIM) exists for l2, ssim and ssim-skimage;
+the other metrics are skipped for it. Training writes ``tuned/weights/<original file name>`` (loadable by
 the original LossProvider and by ``--weights``), ``tuned/<metric>_<colorspace>/{history.csv,
 checkpoints/last.pt}``.
 
@@ -55,6 +65,7 @@ from pathlib import Path
 import torch
 
 from percept import registry
+from percept.checks import LAB_METRICS
 from percept.data import DatasetError, bapps
 from percept.evaluate import (
     TuneConfig,
@@ -71,7 +82,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "results" / "2afc"
 log = logging.getLogger("2afc")
 
-QUICK_METRICS = ["l2", "psnr", "ssim", "watson-dct", "watson-dft", "adaptive", "lpips-squeeze"]
+QUICK_METRICS = ["l2", "psnr", "ssim", "ssim-skimage", "watson-dct", "watson-dft", "adaptive", "lpips-squeeze"]
 QUICK_TRAIN_METRICS = ["watson-dft", "lpips-squeeze"]
 TRAIN_METRICS = [
     "watson-dct",
@@ -103,7 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="registry names (default: every registry metric; with --train the tunable ones)",
     )
-    p.add_argument("--colorspaces", nargs="+", default=["rgb", "grey"], choices=["rgb", "grey"])
+    p.add_argument(
+        "--colorspaces",
+        nargs="+",
+        default=["rgb", "grey"],
+        choices=["rgb", "grey", "lab"],
+        help=f"lab: RGB compared in CIELAB, only {', '.join(LAB_METRICS)} (the LPIPS paper's L2/SSIM default)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="evaluation 128 (the original's), training 50")
     p.add_argument("--out", type=Path, default=None, help=f"output folder (default {DEFAULT_OUT.relative_to(ROOT)})")
     p.add_argument(
@@ -126,6 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="folder of tuned weights (original file names, e.g. from --train): replace the shipped ones",
+    )
+    p.add_argument(
+        "--lpips-version",
+        default="0.1",
+        choices=["0.1", "0.0"],
+        help="lpips-*: 0.1 (ImageNet input scaling, its lin weights) or 0.0 (the first release's, lpips_elpips.md A6)",
+    )
+    p.add_argument(
+        "--lpips-baseline",
+        action="store_true",
+        help="lpips-*: no learned linear layers, the paper's off-the-shelf 'net' rows (lpips=False)",
+    )
+    p.add_argument(
+        "--backbone-weights",
+        default=None,
+        help="lpips-*/deeploss-*: trunk 'imagenet' (default), 'random' or a checkpoint; also the trunk tuned",
     )
     p.add_argument("--device", default="auto")
     p.add_argument(
@@ -150,7 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["original", "eval"],
         help="original: metric(input=ref, target=p) as the reference trained (czolbe.md P4)",
     )
-    t.add_argument("--backbone-weights", default="imagenet", help="deep metrics' trunk while tuning")
     t.add_argument(
         "--lin-init",
         default="default",
@@ -201,15 +233,45 @@ def _check_out(out: Path, synthetic: bool) -> None:
         marker.unlink()
 
 
-def _label(name: str, tuned: bool, batchlum: bool) -> str:
-    return name + ("+tuned" if tuned else "") + ("+batchlum" if batchlum and metric_family(name) == "watson" else "")
+def _label(name: str, tuned: bool, batchlum: bool, variant: str = "") -> str:
+    return (
+        name
+        + variant
+        + ("+tuned" if tuned else "")
+        + ("+batchlum" if batchlum and metric_family(name) == "watson" else "")
+    )
+
+
+def _variant(args, name: str) -> tuple[dict, str]:
+    """Constructor options of the LPIPS flags for metric ``name`` and the label suffix that names them."""
+    family = metric_family(name)
+    options, suffix = {}, ""
+    if family == "lpips":
+        if args.lpips_version != "0.1":
+            options["version"] = args.lpips_version
+            suffix += f"+v{args.lpips_version}"
+        if args.lpips_baseline:
+            options["lin"] = False
+            suffix += "+baseline"
+    trunk = getattr(args, "backbone_weights", None)
+    if family in ("lpips", "deeploss") and trunk not in (None, "imagenet"):
+        options["backbone_weights"] = trunk
+        suffix += "+random" if trunk == "random" else f"+trunk-{Path(trunk).stem}"
+    return options, suffix
 
 
 def _build_all(args, device, names: list[str], weights_dir: Path | None) -> tuple[dict, dict, dict]:
     """{(label, colorspace): harness}, {label/colorspace: details}, {label/colorspace: reason skipped}."""
     metrics, details, skipped = {}, {}, {}
     for name in names:
+        options, variant = _variant(args, name)
         for cs in args.colorspaces:
+            if cs == "lab" and name not in LAB_METRICS:
+                skipped[f"{name}/{cs}"] = f"no Lab variant (colour space lab: {', '.join(LAB_METRICS)})"
+                continue
+            if weights_dir is not None and options.get("lin") is False and metric_family(name) == "lpips":
+                skipped[f"{name}{variant}/{cs}"] = "--lpips-baseline has no linear layers to load --weights into"
+                continue
             weights = None
             if weights_dir is not None:
                 try:
@@ -221,10 +283,10 @@ def _build_all(args, device, names: list[str], weights_dir: Path | None) -> tupl
                     skipped[f"{name}/{cs}"] = f"no tuned weights {candidate}"
                     continue
                 weights = candidate
-            label = _label(name, weights is not None, args.batch_luminance)
+            label = _label(name, weights is not None, args.batch_luminance, variant)
             try:
                 metrics[(label, cs)] = build_metric(
-                    name, cs, weights=weights, batch_luminance=args.batch_luminance, device=device
+                    name, cs, weights=weights, batch_luminance=args.batch_luminance, device=device, **options
                 )
             except Exception as err:  # a metric that cannot run here (missing weights, too small for 64x64, ...)
                 skipped[f"{label}/{cs}"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
@@ -234,6 +296,7 @@ def _build_all(args, device, names: list[str], weights_dir: Path | None) -> tupl
                 "colorspace": cs,
                 "weights": str(weights) if weights is not None else "shipped",
                 "batch_luminance": bool(args.batch_luminance and metric_family(name) == "watson"),
+                **{k: str(v) for k, v in options.items()},
             }
     return metrics, details, skipped
 
@@ -309,6 +372,9 @@ def train(args, root: Path, out: Path, device, names: list[str]) -> tuple[dict, 
             skipped[name] = "nothing to tune"
             continue
         for cs in args.colorspaces:
+            if cs == "lab":
+                skipped[f"{name}/{cs}"] = "no tunable metric has a Lab variant"
+                continue
             config = TuneConfig(
                 name,
                 cs,
@@ -318,7 +384,7 @@ def train(args, root: Path, out: Path, device, names: list[str]) -> tuple[dict, 
                 batch_size=args.batch_size or 50,
                 order=args.order,
                 batch_luminance=args.batch_luminance,
-                backbone_weights=args.backbone_weights,
+                backbone_weights=args.backbone_weights or "imagenet",
                 lin_init=args.lin_init,
                 seed=args.seed,
                 train_subsets=tuple(args.train_subsets),

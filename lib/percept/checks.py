@@ -47,22 +47,49 @@ _GREY_NAMES = {"grey", "gray", "la", "l", "greyscale", "grayscale", "grey-scale"
 _RGB_NAMES = {"rgb", "color", "colour"}
 
 
-def normalize_colorspace(colorspace: str) -> str:
-    """Map the accepted spellings to ``"rgb"`` or ``"grey"``.
+_LAB_NAMES = {"lab", "cielab", "l*a*b*"}
+#: the metrics that offer ``colorspace="lab"`` (the LPIPS paper's L2 and SSIM baselines)
+LAB_METRICS = ("l2", "ssim", "ssim-skimage")
+
+
+def normalize_colorspace(colorspace: str, *, lab: bool = False) -> str:
+    """Map the accepted spellings to ``"rgb"`` or ``"grey"`` (and ``"lab"`` where ``lab`` is True).
 
     ``"LA"`` (the original's name) and ``"gray"`` both mean grey. The original code silently
-    treated ``"gray"`` as RGB; here it means what it says.
+    treated ``"gray"`` as RGB; here it means what it says. ``"lab"`` (RGB input, compared in CIELAB) is
+    accepted only by the metrics that pass ``lab=True`` (:data:`LAB_METRICS`); the others reject it.
     """
     name = str(colorspace).lower()
     if name in _GREY_NAMES:
         return "grey"
     if name in _RGB_NAMES:
         return "rgb"
-    raise ValueError(f"unknown colorspace {colorspace!r}: use 'rgb' (3 channels) or 'grey' (1 channel, alias 'LA')")
+    if name in _LAB_NAMES:
+        if lab:
+            return "lab"
+        raise ValueError(
+            f"colorspace {colorspace!r} is offered only by {', '.join(LAB_METRICS)} (the LPIPS paper's Lab "
+            "baselines); use 'rgb' (3 channels) or 'grey' (1 channel, alias 'LA') here"
+        )
+    hint = ", or 'lab' (RGB input compared in CIELAB)" if lab else ""
+    raise ValueError(
+        f"unknown colorspace {colorspace!r}: use 'rgb' (3 channels) or 'grey' (1 channel, alias 'LA'){hint}"
+    )
 
 
 def channels_of(colorspace: str) -> int:
-    return 3 if normalize_colorspace(colorspace) == "rgb" else 1
+    """Input channels of a colorspace: 3 for "rgb" and "lab" (RGB input converted inside), 1 for "grey"."""
+    return 1 if normalize_colorspace(colorspace, lab=True) == "grey" else 3
+
+
+def check_lab_input(input: torch.Tensor, target: torch.Tensor, name: str = "metric") -> None:
+    """``colorspace="lab"`` takes RGB: raise a clear error for any other channel count (e.g. grey images)."""
+    for label, x in (("input", input), ("target", target)):
+        if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] != 3:
+            raise ValueError(
+                f"{name}: colorspace 'lab' converts RGB images to CIELAB and needs 3 channels, but {label} has "
+                f"{x.shape[1]} (shape {tuple(x.shape)}); grey images have no a*, b*: use colorspace='grey'"
+            )
 
 
 def check_reduction(reduction: str) -> str:

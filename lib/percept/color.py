@@ -1,4 +1,4 @@
-"""Colour conversions used by the metrics: RGB -> YCbCr (full-range BT.601, as in JPEG) and grey."""
+"""Colour conversions used by the metrics: RGB -> YCbCr (full-range BT.601, as in JPEG), grey and CIELAB."""
 
 from __future__ import annotations
 
@@ -68,3 +68,56 @@ def grey_to_rgb(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] != 1:
         raise ValueError(f"grey_to_rgb expects 1 channel, got shape {tuple(x.shape)}")
     return x.expand(-1, 3, -1, -1)
+
+
+# ------------------------------------------------------------------------------------------------- CIELAB
+#: linear sRGB -> CIE XYZ; rows X, Y, Z, columns R, G, B (the sRGB specification's matrix, D65; the one
+#: ``skimage.color.rgb2lab`` uses, which the LPIPS repository's Lab baselines call)
+XYZ_FROM_RGB = (
+    (0.412453, 0.357580, 0.180423),
+    (0.212671, 0.715160, 0.072169),
+    (0.019334, 0.119193, 0.950227),
+)
+#: CIE XYZ of the reference white: illuminant D65, 2-degree observer (skimage's default)
+WHITE_D65 = (0.95047, 1.0, 1.08883)
+#: sRGB transfer function: linear segment below this encoded value, then a 2.4 power
+SRGB_THRESHOLD = 0.04045
+#: CIELAB f(t): cube root above this (rounded (6/29)^3), linear 7.787 t + 16/116 below (skimage's constants)
+LAB_THRESHOLD = 0.008856
+LAB_SLOPE = 7.787
+#: the range of L*: the LPIPS baselines compare Lab images divided by it (L2) or with data_range = it (SSIM)
+LAB_RANGE = 100.0
+
+
+def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) sRGB in [0, 1] -> (N, 3, H, W) CIELAB (D65, 2-degree observer), differentiable.
+
+    L* is in [0, 100], a* and b* roughly in [-86, 98] and [-108, 95]: the values of
+    ``skimage.color.rgb2lab`` (its default illuminant and observer), which the LPIPS repository's L2 and SSIM
+    baselines apply to 8-bit images. Steps: sRGB decoding (``c / 12.92`` up to 0.04045, else
+    ``((c + 0.055) / 1.055) ** 2.4``), the sRGB -> XYZ matrix, division by the D65 white, then
+    ``L = 116 f(Y) - 16``, ``a = 500 (f(X) - f(Y))``, ``b = 200 (f(Y) - f(Z))`` with f the cube root above
+    0.008856 and ``7.787 t + 16/116`` below. Computed in the input dtype, at least float32. The gradient is
+    finite everywhere (each branch is evaluated only on its own side of the threshold).
+    """
+    if x.dim() < 2 or x.shape[1] != 3:
+        raise ValueError(
+            f"rgb_to_lab expects RGB with 3 channels in dimension 1, got shape {tuple(x.shape)}; "
+            "grey images have no a*, b* channels"
+        )
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    x = x.to(dtype)
+    # sRGB decoding; clamping keeps the unused branch finite (and its gradient zero, not NaN)
+    power = ((x.clamp_min(SRGB_THRESHOLD) + 0.055) / 1.055) ** 2.4
+    linear = torch.where(x > SRGB_THRESHOLD, power, x / 12.92)
+    # XYZ relative to the white point: the matrix rows divided by the white's X, Y, Z
+    matrix = torch.tensor(XYZ_FROM_RGB, dtype=torch.float64) / torch.tensor(WHITE_D65, dtype=torch.float64)[:, None]
+    t = torch.einsum("ij,nj...->ni...", matrix.to(dtype=dtype, device=x.device), linear)
+    f = torch.where(t > LAB_THRESHOLD, t.clamp_min(LAB_THRESHOLD) ** (1 / 3), LAB_SLOPE * t + 16 / 116)
+    fx, fy, fz = f.unbind(1)
+    return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=1)
+
+
+def rgb_to_lab_scaled(x: torch.Tensor) -> torch.Tensor:
+    """:func:`rgb_to_lab` divided by :data:`LAB_RANGE` (L* in [0, 1]): how the Lab baselines compare images."""
+    return rgb_to_lab(x) / LAB_RANGE

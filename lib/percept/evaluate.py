@@ -167,13 +167,15 @@ def metric_family(name: str) -> str | None:
 def _space(colorspace: str) -> str:
     from percept.checks import normalize_colorspace
 
-    return normalize_colorspace(colorspace)
+    return normalize_colorspace(colorspace, lab=True)  # "lab": RGB patches, the metric converts (l2, ssim)
 
 
 def tuned_weight_file(name: str, colorspace: str) -> str:
     """File name of tuned weights: the original's names (``rgb_watson_fft_trial0.pth``,
     ``gray_pnet_lin_vgg_trial0.pth``, ...); LPIPS gets ``rgb_lpips_alex.pth`` etc."""
     key = registry.canonical_name(name)
+    if _space(colorspace) == "lab":
+        raise ValueError(f"metric {name!r}: tuned weights exist for colour spaces rgb and grey only, not lab")
     cs = "rgb" if _space(colorspace) == "rgb" else "gray"
     family = metric_family(key)
     if key == "watson-dct":
@@ -204,7 +206,8 @@ def weight_options(name: str, path: str | Path) -> dict:
 class HarnessMetric(nn.Module):
     """A percept metric as the 2AFC harness uses it: RGB patches (N, 3, H, W) in [0, 1] in, (N,) out.
 
-    Converts to grey (BT.601) for ``colorspace="grey"`` and negates similarities, so that lower always
+    Converts to grey (BT.601) for ``colorspace="grey"`` (``"lab"``: RGB goes to the metric, which converts it
+    to CIELAB itself: l2, ssim, ssim-skimage) and negates similarities, so that lower always
     means "closer to the target". ``metric`` must be built with ``reduction="none"``.
     """
 

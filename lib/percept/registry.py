@@ -31,6 +31,10 @@ METRICS: dict[str, Entry] = {
     "l2": Entry("percept.metrics.pixel:L2", "mean squared error per image"),
     "psnr": Entry("percept.metrics.pixel:PSNR", "PSNR in dB, higher is more similar (identical images: 100 dB)"),
     "ssim": Entry("percept.metrics.ssim:SSIM", "1 - SSIM (11x11 Gaussian window, sigma 1.5)"),
+    "ssim-skimage": Entry(
+        "percept.metrics.ssim:UniformSSIM",
+        "1 - SSIM as skimage's structural_similarity (7x7 uniform window): the LPIPS paper's SSIM baseline",
+    ),
     "ms-ssim": Entry("percept.metrics.ssim:MSSSIM", "1 - multi-scale SSIM (5 scales)"),
     "watson-dct": Entry("percept.metrics.watson:WatsonDCT", "Watson's model on 8x8 block DCT (Czolbe et al. 2020)"),
     "watson-dft": Entry("percept.metrics.watson:WatsonDFT", "Watson's model on 8x8 block DFT, the paper's metric"),

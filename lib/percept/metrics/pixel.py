@@ -3,6 +3,12 @@
 All three take NCHW float tensors in [0, 1] of the same shape and compute one value per image, shape (N,),
 averaged over C, H and W, then apply ``reduction`` ("sum", "mean" or "none").
 
+L2 also offers ``colorspace="lab"``, the LPIPS paper's L2 baseline (its 2AFC table's default): RGB input
+converted to CIELAB (:func:`percept.color.rgb_to_lab`, = ``skimage.color.rgb2lab``) and divided by 100, so
+the value is the mean over the three Lab channels of ((Lab_input - Lab_target) / 100)^2. The LPIPS
+repository's ``l2`` helper returns half of that (``0.5 * mean``), on 8-bit images (tensors truncated to
+uint8 before ``rgb2lab``): the same ranking, so the same 2AFC and JND scores.
+
 The original LossProvider used ``nn.L1Loss`` / ``nn.MSELoss`` with reduction ``'sum'``, i.e. a sum over every
 element; that equals the per-image value here times C*H*W, summed over the batch.
 """
@@ -13,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from percept import checks
+from percept.color import rgb_to_lab_scaled
 
 #: PSNR floor on the mean squared error: identical images get 10 * log10(1 / 1e-10) = 100 dB, not inf
 PSNR_MSE_FLOOR = 1e-10
@@ -70,10 +77,12 @@ class _PixelMetric(nn.Module):
 
     higher_is_better = False
     name = "pixel"
+    #: whether ``colorspace="lab"`` (RGB input compared in CIELAB) is offered
+    offers_lab = False
 
     def __init__(self, *, colorspace: str = "rgb", reduction: str = "mean") -> None:
         super().__init__()
-        self.colorspace = checks.normalize_colorspace(colorspace)
+        self.colorspace = checks.normalize_colorspace(colorspace, lab=self.offers_lab)
         self.channels = checks.channels_of(self.colorspace)
         self.reduction = checks.check_reduction(reduction)
 
@@ -85,7 +94,11 @@ class _PixelMetric(nn.Module):
 
         Returns a scalar ("sum", "mean") or shape (N,) ("none").
         """
+        if self.colorspace == "lab":
+            checks.check_lab_input(input, target, name=self.name)
         checks.check_pair(input, target, channels=self.channels, name=self.name)
+        if self.colorspace == "lab":
+            input, target = rgb_to_lab_scaled(input), rgb_to_lab_scaled(target)
         return checks.reduce(self.per_image(input, target), self.reduction)
 
     def extra_repr(self) -> str:
@@ -102,9 +115,14 @@ class L1(_PixelMetric):
 
 
 class L2(_PixelMetric):
-    """Mean squared error per image: mean over C, H, W of (input - target)^2, in [0, 1]."""
+    """Mean squared error per image: mean over C, H, W of (input - target)^2, in [0, 1].
+
+    ``colorspace``: "rgb", "grey" or "lab" (RGB input; the squared error of CIELAB / 100, the LPIPS paper's
+    L2 baseline: twice the LPIPS repository's ``l2(..., range=100.)`` value; see the module docstring).
+    """
 
     name = "l2"
+    offers_lab = True
 
     def per_image(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return _per_image_error(input, target, 2)

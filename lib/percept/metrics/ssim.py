@@ -38,6 +38,14 @@ weighted product (autograd). How the batch goes through is the ``strategy`` opti
 
 Everything is evaluated in the input dtype, at least float32: float16/bfloat16 inputs (and autocast) are
 computed in float32, and the result is float32.
+
+The LPIPS paper's SSIM baseline (its 2AFC table's "SSIM" row) is a different SSIM: scikit-image's
+``structural_similarity`` with its defaults, a 7x7 **uniform** window, sample covariances (factor 49/48) and
+the map's 3-pixel border cropped, on 8-bit RGB (data range 255) or on CIELAB (data range 100). That is
+:class:`UniformSSIM`, registry name ``"ssim-skimage"``; it runs through autograd (a few pooling calls), not
+through the fused Gaussian path above. ``colorspace="lab"`` (RGB input compared in CIELAB divided by 100,
+:func:`percept.color.rgb_to_lab`) is offered by both :class:`SSIM` and :class:`UniformSSIM`; for the
+Gaussian SSIM it only converts the input before the same code path.
 """
 
 from __future__ import annotations
@@ -51,8 +59,11 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from percept import checks, execution
+from percept.color import rgb_to_lab_scaled
 
 WINDOW_SIZE = 11
+#: side of the uniform window of :class:`UniformSSIM` (scikit-image's default ``win_size``)
+UNIFORM_WINDOW_SIZE = 7
 WINDOW_SIGMA = 1.5
 C1 = 0.01**2
 C2 = 0.03**2
@@ -408,7 +419,8 @@ class SSIM(nn.Module):
     """``1 - SSIM`` per image: a distance in [0, 2], 0 for identical images.
 
     Args:
-        colorspace: "rgb" (3 channels) or "grey" (1 channel, alias "LA").
+        colorspace: "rgb" (3 channels), "grey" (1 channel, alias "LA") or "lab" (RGB input, compared in
+            CIELAB divided by 100: the Gaussian SSIM of ``skimage.color.rgb2lab`` images with data range 100).
         reduction: "mean", "sum" or "none" over the per-image values.
         padding: "valid" (default; = pytorch-msssim and Wang et al.'s reference), "zeros" (= the original
             Czolbe et al. / pytorch-ssim code) or "reflect" (= torchmetrics); see the module docstring.
@@ -425,14 +437,18 @@ class SSIM(nn.Module):
         self, *, colorspace: str = "rgb", reduction: str = "mean", padding: str = "valid", strategy: str = "auto"
     ) -> None:
         super().__init__()
-        self.colorspace = checks.normalize_colorspace(colorspace)
+        self.colorspace = checks.normalize_colorspace(colorspace, lab=True)
         self.channels = checks.channels_of(self.colorspace)
         self.reduction = checks.check_reduction(reduction)
         self.padding = _check_padding(padding)
         self.strategy = execution.check_strategy(strategy)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.colorspace == "lab":
+            checks.check_lab_input(input, target, name="ssim")
         checks.check_pair(input, target, channels=self.channels, min_size=WINDOW_SIZE, name="ssim")
+        if self.colorspace == "lab":
+            input, target = rgb_to_lab_scaled(input), rgb_to_lab_scaled(target)
         return checks.reduce(1 - _ssim_per_image(input, target, self.padding, strategy=self.strategy), self.reduction)
 
     def extra_repr(self) -> str:
@@ -440,6 +456,82 @@ class SSIM(nn.Module):
             f"colorspace={self.colorspace!r}, reduction={self.reduction!r}, padding={self.padding!r}, "
             f"strategy={self.strategy!r}"
         )
+
+
+def uniform_ssim(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SSIM per image, shape (N,), as ``skimage.metrics.structural_similarity`` with its defaults.
+
+    A 7x7 uniform window, sample covariances (``use_sample_covariance=True``: variances and covariance times
+    49/48), C1 = (0.01 R)^2, C2 = (0.03 R)^2 with data range R = 1, the map over the positions where the
+    window fits (skimage filters the whole image and crops a 3-pixel border: the same positions), averaged
+    over them and over the channels (skimage's ``channel_axis``). input, target: (N, C, H, W) floats, any C,
+    H, W >= 7, on the data range 1 (e.g. [0, 1]; skimage's value on 0-255 with ``data_range=255`` is the same,
+    SSIM being invariant to a common scaling of images and range). Differentiable (autograd).
+    """
+    checks.check_pair(input, target, min_size=UNIFORM_WINDOW_SIZE, check_range=False, name="ssim-skimage")
+    return _uniform_ssim_per_image(input, target)
+
+
+def _uniform_ssim_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(N,) SSIM with the 7x7 uniform window (see :func:`uniform_ssim`), no input checks."""
+    dtype = _compute_dtype(x)
+    with _no_autocast(x.device.type):
+        x, y = x.to(dtype), y.to(dtype)
+        # (co)variances do not change under a common shift: centring each image pair and channel on its mean
+        # first keeps E[x^2] - mu_x^2 from cancelling in float32 (10x closer to skimage's float64 values)
+        shift = ((x + y) / 2).mean(dim=(2, 3), keepdim=True).detach()
+        x, y = x - shift, y - shift
+        k = UNIFORM_WINDOW_SIZE
+        # the five local means in two separable pooling calls (the 2-D 7x7 avg_pool2d is less accurate in
+        # float32): mu_x, mu_y, E[x^2], E[y^2], E[xy] of the shifted images
+        stats = torch.cat([x, y, x * x, y * y, x * y], dim=1)
+        stats = F.avg_pool2d(F.avg_pool2d(stats, (k, 1), stride=1), (1, k), stride=1)
+        mu_x, mu_y, e_xx, e_yy, e_xy = stats.split(x.shape[1], dim=1)
+        sample = k * k / (k * k - 1)  # unbiased (sample) variances, as skimage by default
+        var_x, var_y = sample * (e_xx - mu_x * mu_x), sample * (e_yy - mu_y * mu_y)
+        cov = sample * (e_xy - mu_x * mu_y)
+        mu_x, mu_y = mu_x + shift, mu_y + shift
+        value = ((2 * mu_x * mu_y + C1) * (2 * cov + C2)) / ((mu_x * mu_x + mu_y * mu_y + C1) * (var_x + var_y + C2))
+        return value.mean(dim=(1, 2, 3))
+
+
+class UniformSSIM(nn.Module):
+    """``1 - SSIM`` per image with scikit-image's default SSIM: the LPIPS paper's SSIM baseline.
+
+    The SSIM is :func:`uniform_ssim` (7x7 uniform window, sample covariances, border cropped), i.e.
+    ``skimage.metrics.structural_similarity(a, b, data_range=255, channel_axis=-1)`` of the 8-bit images
+    ``a = 255 input``, ``b = 255 target`` (colorspace "rgb" or "grey"), or of ``rgb2lab`` images with
+    ``data_range=100`` (colorspace "lab", the published table's default). The LPIPS repository's DSSIM is
+    ``(1 - SSIM) / 2``, half of this value (same ranking, same 2AFC and JND scores), computed on images
+    truncated to uint8.
+
+    Args:
+        colorspace: "rgb" (3 channels), "grey" (1 channel, alias "LA") or "lab" (RGB input, compared in
+            CIELAB / 100).
+        reduction: "mean", "sum" or "none" over the per-image values.
+
+    ``forward(input, target)``: (N, C, H, W) floats in [0, 1], H, W >= 7; returns a scalar or (N,), a
+    distance in [0, 2]. Float16/bfloat16 inputs are computed and returned in float32.
+    """
+
+    higher_is_better = False
+
+    def __init__(self, *, colorspace: str = "rgb", reduction: str = "mean") -> None:
+        super().__init__()
+        self.colorspace = checks.normalize_colorspace(colorspace, lab=True)
+        self.channels = checks.channels_of(self.colorspace)
+        self.reduction = checks.check_reduction(reduction)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.colorspace == "lab":
+            checks.check_lab_input(input, target, name="ssim-skimage")
+        checks.check_pair(input, target, channels=self.channels, min_size=UNIFORM_WINDOW_SIZE, name="ssim-skimage")
+        if self.colorspace == "lab":
+            input, target = rgb_to_lab_scaled(input), rgb_to_lab_scaled(target)
+        return checks.reduce(1 - _uniform_ssim_per_image(input, target), self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"colorspace={self.colorspace!r}, reduction={self.reduction!r}"
 
 
 class MSSSIM(nn.Module):
