@@ -156,3 +156,4 @@ def test_luminance_floor_driver_quick(tmp_path):
     start = [float(r["test_pixel_mse"]) for r in rows if r["step"] == "0"]
     assert len(set(start)) == 1  # every run starts from the same model
     assert "RECOVERED" in json.loads((tmp_path / "machine.json").read_text())["data_source"]
+    assert (tmp_path / "curves.png").stat().st_size > 0

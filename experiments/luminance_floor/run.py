@@ -92,6 +92,30 @@ def train_run(loss_fn, train: torch.Tensor, test: torch.Tensor, args, label: dic
         objective = loss.item() / len(x)
 
 
+def quick_look(out: Path) -> Path:
+    """A quick-look PNG of ``curves.csv``: held-out pixel MSE and background grey level against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.read_csv(out / "curves.csv")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for (loss, impl, floor), g in df.groupby(["loss", "implementation", "luminance_floor"], sort=False):
+        label = f"{loss}, {impl}" + ("" if impl == "original" else f", floor {floor:g}")
+        style = "k--" if impl == "original" else "-"
+        axes[0].plot(g.step, g.test_pixel_mse, style, label=label)
+        axes[1].plot(g.step, g.background, style, label=label)
+    axes[0].set(xlabel="training step", ylabel="held-out pixel MSE")
+    axes[1].set(xlabel="training step", ylabel="mean grey level of the background")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+    return out / "curves.png"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     from percept.guard import add_debug_flag
@@ -150,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 label = {"loss": name, **label}
                 print(f"{label} ...", flush=True)
                 train_run(loss_fn, train, test, args, label, writer, handle)
-    print(f"wrote {out / 'curves.csv'}")
+    print(f"wrote {out / 'curves.csv'} and {quick_look(out)}")
     return 0
 
 
