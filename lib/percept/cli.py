@@ -4,6 +4,7 @@
     percept estimate REF IMG -m elpips-vgg            E-LPIPS sampled until its error bounds are met
     percept dirs REFDIR DIR -o out.csv                every file name present in both folders -> CSV
     percept pairs DIR -o out.csv                      every pair of images in one folder -> CSV
+                                                      (--consecutive: i with i+1 only; -N: the first N images)
     percept compare REF A B --metric elpips-vgg       which of A and B is closer to REF (with an error bar)
     percept list [--check]                            the metrics (and, with --check, which can be built here)
     percept bench [--quick]                           the speed table (``python -m percept.bench``)
@@ -164,8 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pairs", help="distances between all pairs of images in a folder, as CSV",
                        description="For every unordered pair (file0 < file1 by name): d(file0, file1) with file0 "
-                                   "as the reference.")
+                                   "as the reference. --consecutive: only each image with the next one by name "
+                                   "(the default of LPIPS's lpips_1dir_allpairs.py); -N: only the first N images.")
     p.add_argument("dir", type=Path, help="folder of images")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--all-pairs", dest="consecutive", action="store_false", default=False,
+                      help="every unordered pair, N(N-1)/2 distances (default)")
+    mode.add_argument("--consecutive", dest="consecutive", action="store_true", default=False,
+                      help="only consecutive pairs (file i, file i+1) in name order, N-1 distances")
+    p.add_argument("-N", "--first", dest="first", type=int, default=None, metavar="N",
+                   help="use only the first N images in name order (at least 2; default: all)")
     _add_batch_options(p)
     _add_common(p)
     p.set_defaults(func=cmd_pairs)
@@ -528,13 +537,24 @@ def cmd_dirs(args) -> int:
     return 1 if skipped else 0
 
 
+def _pair_indices(n: int, consecutive: bool) -> list[tuple[int, int]]:
+    """Index pairs (i, j), i < j, of n images: all of them, or (i, i + 1) only with ``consecutive``."""
+    if consecutive:
+        return [(i, i + 1) for i in range(n - 1)]
+    return [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+
 def cmd_pairs(args) -> int:
     from percept.io import ImageReadError, list_images
 
+    if args.first is not None and args.first < 2:
+        raise UsageError(f"-N {args.first}: a pair needs at least 2 images; give -N 2 or more")
     try:
         files = list_images(args.dir)
     except ImageReadError as err:
         raise CLIError(str(err)) from err
+    if args.first is not None:
+        files = files[:args.first]
     if len(files) < 2:
         raise CLIError(f"{args.dir}: {len(files)} image file(s); pairs needs at least 2")
     name, metric = _prepare(args)
@@ -545,7 +565,7 @@ def cmd_pairs(args) -> int:
             cache[path] = _read(path, args)
         return cache[path]
 
-    jobs = [(files[i], files[j]) for i in range(len(files)) for j in range(i + 1, len(files))]
+    jobs = [(files[i], files[j]) for i, j in _pair_indices(len(files), args.consecutive)]
     skipped = 0
     with _writer(args, files) as out:
         writer = csv.writer(out)
