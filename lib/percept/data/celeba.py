@@ -197,51 +197,40 @@ def load_celeba(
     if half is None and offline_source == "half":
         raise DatasetError(f"no offline half-resolution CelebA folder ({HALF_DIR}) in the asset folder")
     if half is not None:
-        pixels, half_dir = half
-        n_test = min(HALF_TEST_SIZE, len(pixels) // 10)
-        train_ids, test_ids = seeded_split(len(pixels), n_test, split_seed)
-        ids = train_ids if split == "train" else test_ids
-        source = (
-            f"offline: REDUCED CelebA: {len(pixels):,} aligned faces (000001-{len(pixels):06d}) at half resolution "
-            f"(89x109, {half_dir}), cropped with the paper's box halved and resized to 64x64, split "
-            f"{len(train_ids):,} training / {len(test_ids):,} held-out (seed {split_seed}); this is the {split} part. "
-            f"The paper trains on 182,339 full-resolution images (run {FETCH_HINT})."
+        pixels, folder = half
+        what = (
+            f"REDUCED CelebA: {len(pixels):,} aligned faces (000001-{len(pixels):06d}) at half resolution (89x109, "
+            f"{folder}), cropped with the paper's box halved and resized to 64x64"
         )
-        if ("half", split_seed) not in _warned:
-            _warned.add(("half", split_seed))
-            log.warning("CelebA: no preprocessed dataset; using %s", source.split("; this is")[0])
-        info = {
-            "dataset": "celeba",
-            "split": split,
-            "size": len(ids),
-            "offline": True,
-            "protocol": "celeba-10k-half",
-            "split_seed": split_seed,
-            "data_source": source,
-            "folder": str(half_dir),
-        }
-        t = torch.as_tensor(ids, dtype=torch.long)
-        return ImageSet(pixels=pixels[t], indices=t, info=info)
-    pixels, sample_dir = _offline_sample()
-    train_ids, test_ids = seeded_split(len(pixels), offline_test_size, split_seed)
+        return _offline_set(pixels, folder, min(HALF_TEST_SIZE, len(pixels) // 10), split, split_seed,
+                            "celeba-10k-half", what)
+    pixels, folder = _offline_sample()
+    what = f"the {len(pixels)}-image CelebA sample ({folder}), cropped and resized as in the paper"
+    return _offline_set(pixels, folder, offline_test_size, split, split_seed, "sample", what)
+
+
+def _offline_set(
+    pixels: torch.Tensor, folder: Path, n_test: int, split: str, split_seed: int, protocol: str, what: str
+) -> ImageSet:
+    """The ``split`` part of an offline image tensor, split seeded, with its provenance in ``info``."""
+    train_ids, test_ids = seeded_split(len(pixels), n_test, split_seed)
     ids = train_ids if split == "train" else test_ids
     source = (
-        f"offline: the {len(pixels)}-image CelebA sample ({sample_dir}), cropped and resized as in the paper, split "
-        f"{len(train_ids)} training / {len(test_ids)} held-out (seed {split_seed}); this is the {split} part. The "
-        f"paper trains on 182,339 images (run {FETCH_HINT})."
+        f"offline: {what}, split {len(train_ids):,} training / {len(test_ids):,} held-out (seed {split_seed}); this "
+        f"is the {split} part. The paper trains on 182,339 full-resolution images (run {FETCH_HINT})."
     )
-    if split_seed not in _warned:
-        _warned.add(split_seed)
+    if (protocol, split_seed) not in _warned:
+        _warned.add((protocol, split_seed))
         log.warning("CelebA: no preprocessed dataset; using %s", source.split("; this is")[0])
     info = {
         "dataset": "celeba",
         "split": split,
         "size": len(ids),
         "offline": True,
-        "protocol": "sample",
+        "protocol": protocol,
         "split_seed": split_seed,
         "data_source": source,
-        "folder": str(sample_dir),
+        "folder": str(folder),
     }
     t = torch.as_tensor(ids, dtype=torch.long)
     return ImageSet(pixels=pixels[t], indices=t, info=info)
