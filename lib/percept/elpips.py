@@ -183,6 +183,26 @@ def _shared_seed_samples(metric: nn.Module, images, reference, n: int, seed: int
 
 
 # ------------------------------------------------------------------------------------------- compare
+def _metric_and_images(fn: str, metric, net, device, options, **images):
+    """The shared start of :func:`compare`, :func:`distance` and :func:`estimate`: build the metric when none
+    is given (``options`` only apply then), batch the images and move them to the metric's device.
+    Returns ``(metric, [images in the order given])``."""
+    if metric is None:
+        metric = build(net, device=device, **options)
+    elif options:
+        raise TypeError(f"options {sorted(options)} apply only when {fn}() builds the metric (metric=None)")
+    batched = [_batch(v, name) for name, v in images.items()]
+    dev = _device_of(metric)
+    if dev is not None:
+        batched = [v.to(dev) for v in batched]
+    return metric, batched
+
+
+def _one_pair(fn: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.shape[0] != 1 or y.shape[0] != 1:
+        raise ValueError(f"{fn}() takes one image pair, got batches of {x.shape[0]} and {y.shape[0]}")
+
+
 def compare(
     ref: torch.Tensor,
     a: torch.Tensor,
@@ -217,14 +237,7 @@ def compare(
         :class:`Comparison` (floats for N = 1, (N,) tensors otherwise).
     """
     samples = ELPIPS._check_n(samples)
-    if metric is None:
-        metric = build(net, device=device, **options)
-    elif options:
-        raise TypeError(f"options {sorted(options)} apply only when compare() builds the metric (metric=None)")
-    ref, a, b = _batch(ref, "ref"), _batch(a, "a"), _batch(b, "b")
-    dev = _device_of(metric)
-    if dev is not None:
-        ref, a, b = ref.to(dev), a.to(dev), b.to(dev)
+    metric, (ref, a, b) = _metric_and_images("compare", metric, net, device, options, ref=ref, a=a, b=b)
     gen = _generator(seed)
     chunks = []
     with torch.no_grad():
@@ -285,24 +298,18 @@ def distance(
     samples = ELPIPS._check_n(samples)
     if samples < 2:
         raise ValueError(f"a standard error needs at least 2 samples, got {samples}")
-    if metric is None:
-        metric = build(net, device=device, **options)
-    elif options:
-        raise TypeError(f"options {sorted(options)} apply only when distance() builds the metric (metric=None)")
+    metric, (x, y) = _metric_and_images("distance", metric, net, device, options, x=x, y=y)
     if not hasattr(metric, "sample_distances"):
         raise TypeError(f"distance() needs an E-LPIPS metric (with sample_distances), got {type(metric).__name__}")
-    x, y = _batch(x, "x"), _batch(y, "y")
-    if x.shape[0] != 1 or y.shape[0] != 1:
-        raise ValueError(f"distance() takes one image pair, got batches of {x.shape[0]} and {y.shape[0]}")
-    dev = _device_of(metric)
-    if dev is not None:
-        x, y = x.to(dev), y.to(dev)
+    _one_pair("distance", x, y)
     gen = _generator(seed)
     chunks = []
     with torch.no_grad(), _progress(samples, "E-LPIPS distance", progress) as bar:
-        while sum(len(c) for c in chunks) < samples:
-            k = min(_DISTANCE_CHUNK, samples - sum(len(c) for c in chunks))
+        done = 0
+        while done < samples:
+            k = min(_DISTANCE_CHUNK, samples - done)
             chunks.append(metric.sample_distances(x, y, n=k, generator=gen)[:, 0, 0].double().cpu())
+            done += k
             bar.update(k)
     t = torch.cat(chunks)
     mean, se = float(t.mean()), float(_stderr(t))
@@ -352,16 +359,8 @@ def estimate(
         raise ValueError(f"abs_err and rel_err must be > 0, got {abs_err} and {rel_err}")
     max_samples, batch = ELPIPS._check_n(max_samples), ELPIPS._check_n(batch)
     min_samples = max(2, int(min_samples))
-    if metric is None:
-        metric = build(net, device=device, **options)
-    elif options:
-        raise TypeError(f"options {sorted(options)} apply only when estimate() builds the metric (metric=None)")
-    x, y = _batch(x, "x"), _batch(y, "y")
-    if x.shape[0] != 1 or y.shape[0] != 1:
-        raise ValueError(f"estimate() takes one image pair, got batches of {x.shape[0]} and {y.shape[0]}")
-    dev = _device_of(metric)
-    if dev is not None:
-        x, y = x.to(dev), y.to(dev)
+    metric, (x, y) = _metric_and_images("estimate", metric, net, device, options, x=x, y=y)
+    _one_pair("estimate", x, y)
     gen = _generator(seed)
     values: list[float] = []
     converged = False
