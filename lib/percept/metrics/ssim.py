@@ -415,6 +415,16 @@ def _check_ms_pair(input: torch.Tensor, target: torch.Tensor, channels: int | No
         )
 
 
+def _checked(module: nn.Module, input: torch.Tensor, target: torch.Tensor, min_size: int, name: str):
+    """Validate an SSIM module's input pair; in Lab, convert both to scaled CIELAB (the checks first)."""
+    if module.colorspace == "lab":
+        checks.check_lab_input(input, target, name=name)
+    checks.check_pair(input, target, channels=module.channels, min_size=min_size, name=name)
+    if module.colorspace == "lab":
+        return rgb_to_lab_scaled(input), rgb_to_lab_scaled(target)
+    return input, target
+
+
 class SSIM(nn.Module):
     """``1 - SSIM`` per image: a distance in [0, 2], 0 for identical images.
 
@@ -444,11 +454,7 @@ class SSIM(nn.Module):
         self.strategy = execution.check_strategy(strategy)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.colorspace == "lab":
-            checks.check_lab_input(input, target, name="ssim")
-        checks.check_pair(input, target, channels=self.channels, min_size=WINDOW_SIZE, name="ssim")
-        if self.colorspace == "lab":
-            input, target = rgb_to_lab_scaled(input), rgb_to_lab_scaled(target)
+        input, target = _checked(self, input, target, WINDOW_SIZE, "ssim")
         return checks.reduce(1 - _ssim_per_image(input, target, self.padding, strategy=self.strategy), self.reduction)
 
     def extra_repr(self) -> str:
@@ -523,11 +529,7 @@ class UniformSSIM(nn.Module):
         self.reduction = checks.check_reduction(reduction)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.colorspace == "lab":
-            checks.check_lab_input(input, target, name="ssim-skimage")
-        checks.check_pair(input, target, channels=self.channels, min_size=UNIFORM_WINDOW_SIZE, name="ssim-skimage")
-        if self.colorspace == "lab":
-            input, target = rgb_to_lab_scaled(input), rgb_to_lab_scaled(target)
+        input, target = _checked(self, input, target, UNIFORM_WINDOW_SIZE, "ssim-skimage")
         return checks.reduce(1 - _uniform_ssim_per_image(input, target), self.reduction)
 
     def extra_repr(self) -> str:
