@@ -24,7 +24,7 @@ from percept import guard
 from percept.data.mnist import load_mnist
 from percept.guard import LOCK_NAME, OutputError, RunError, RunLock, RunLockedError
 from percept.models import MnistVAE
-from percept.train import CheckpointError, TrainConfig, load_checkpoint, train_vae
+from percept.vae import CheckpointError, TrainConfig, load_checkpoint, train_vae
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = os.environ | {"PYTHONPATH": str(ROOT / "lib")}
@@ -62,7 +62,7 @@ KILL_DURING_SAVE = textwrap.dedent(
     import os, signal, sys, torch
     from percept.data.mnist import load_mnist
     from percept.models import MnistVAE
-    from percept.train import TrainConfig, train_vae
+    from percept.vae import TrainConfig, train_vae
 
     real_save = torch.save
 
@@ -151,11 +151,11 @@ def test_resume_without_a_checkpoint_never_overwrites_an_earlier_run(tmp_path, d
         train_vae(_model(), *digits, _config(), out)
     assert (out / "history.csv").read_text() == history
     assert (out / "checkpoints" / "best_model.pt").is_file()
-    with caplog.at_level(logging.WARNING, logger="percept.train"):
+    with caplog.at_level(logging.WARNING, logger="percept.vae"):
         result = train_vae(_model(), *digits, _config(), out, overwrite=True)
     assert "replacing the earlier run" in caplog.text and len(result.history) == 1
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="percept.train"):
+    with caplog.at_level(logging.WARNING, logger="percept.vae"):
         train_vae(_model(), *digits, _config(), tmp_path / "fresh", resume=True)  # nothing there: loud, then trains
     assert "no checkpoint" in caplog.text and "from scratch" in caplog.text
 

@@ -1,4 +1,4 @@
-"""The VAE models, the trainer (percept.train) and the VAE experiment drivers.
+"""The VAE models, the trainer (percept.vae) and the VAE experiment drivers.
 
 Reference values: the parameter counts and lambda exponents of spec czolbe.md §11, torch's own
 ``nn.MSELoss(reduction='sum')`` (the original L2 loss), ``torch.distributions`` for the KL term, and
@@ -25,7 +25,7 @@ import percept
 from percept.data import ImageSet
 from percept.data.mnist import load_mnist
 from percept.models import CelebaVAE, MnistVAE, build_vae, count_parameters
-from percept.train import (
+from percept.vae import (
     K_EXPONENTS,
     PAPER_LOSSES,
     CheckpointError,
@@ -254,7 +254,7 @@ DDP_SCRIPT = textwrap.dedent(
     import os, sys, torch
     from percept.data import ImageSet
     from percept.models import MnistVAE
-    from percept.train import TrainConfig, train_vae
+    from percept.vae import TrainConfig, train_vae
 
     class MeanVAE(MnistVAE):  # decodes z = mu in training too: no per-process noise, so 1 and 2 processes agree
         def forward(self, x):

@@ -14,7 +14,7 @@ import torch
 
 import percept
 from percept import LossProvider
-from percept.train import build_metric
+from percept.vae import build_metric
 
 INPUTS = ("near_uniform", "blurred_digit", "noisy_digit")
 NAMES = ("Watson-fft", "Watson-dct")
@@ -104,7 +104,7 @@ def train_reduced_vae(loss_fn, steps: int = TRAIN_STEPS, batch: int = 64, seed: 
     """
     from percept.data.mnist import load_mnist
     from percept.models.mnist import MnistVAE
-    from percept.train import kl_divergence
+    from percept.vae import kl_divergence
 
     train = load_mnist("train").images(range(steps * batch))
     test = load_mnist("test").images(range(256))

@@ -304,7 +304,7 @@ def _build_all(args, device, names: list[str], weights_dir: Path | None) -> tupl
 def _write_run_json(out: Path, payload: dict) -> None:
     """Write ``run.json`` for this run; earlier runs into the same folder (whose rows the CSVs keep) are
     listed under ``previous_runs`` without their score lists."""
-    from percept.train import write_json
+    from percept.runinfo import write_json
 
     path = out / "run.json"
     if path.is_file():
@@ -468,7 +468,7 @@ def _main(argv: list[str]) -> int:
 
 
 def _run(args, names: list[str], root: Path, synthetic: bool, out: Path) -> int:
-    from percept.train import machine_info, select_device
+    from percept.runinfo import machine_info, select_device
 
     _check_out(out, synthetic)
     device = select_device(args.device)

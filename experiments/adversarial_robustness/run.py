@@ -70,7 +70,7 @@ import torch
 from tqdm.auto import tqdm
 
 from percept.guard import RunLock, add_debug_flag, driver_main
-from percept.train import load_average, machine_info, select_device
+from percept.runinfo import load_average, machine_info, select_device
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "results" / "adversarial_robustness"

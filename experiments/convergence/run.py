@@ -19,7 +19,7 @@ every learning rate by ``--lr-scale`` (default ``min(50, 100000 / iterations)``:
 so the parameters can travel as far as in the paper's run; Adam's step is about ``lr`` per iteration
 whatever the loss's scale. ``--full`` uses the paper's rates unscaled.
 
-Losses are built as in the VAE experiments (``percept.train.build_metric``, ``metric_style="paper"``):
+Losses are built as in the VAE experiments (``percept.vae.build_metric``, ``metric_style="paper"``):
 grey colorspace, the original LossProvider's defaults (Watson: random shifts of up to 8 px and luminance
 masking pooled over the batch; Adaptive: ``pretrained=False``, as the VAEs used; SSIM: zero padding).
 Metrics whose value on identical images is not 0 (Adaptive is a negative log-likelihood; Watson has a
@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from percept.train import load_average, machine_info
+from percept.runinfo import load_average, machine_info
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "results" / "convergence"
@@ -148,7 +148,7 @@ def load_digits(n: int, first: int = 0) -> tuple[torch.Tensor, str]:
 def build_loss(name: str, *, image_shape, deterministic: bool, style: str, device) -> torch.nn.Module:
     """Registry metric ``name``, grey, ``reduction='none'``, frozen, built as the VAE experiments build it."""
     try:
-        from percept.train import build_metric
+        from percept.vae import build_metric
     except ImportError:  # stand-alone fallback: registry defaults plus the paper's Adaptive settings
         build_metric = None
     if build_metric is not None:

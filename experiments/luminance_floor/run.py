@@ -34,7 +34,8 @@ import torch
 
 from percept.data.mnist import load_mnist
 from percept.models.mnist import MnistVAE
-from percept.train import build_metric, kl_divergence, machine_info, write_json
+from percept.runinfo import machine_info, write_json
+from percept.vae import build_metric, kl_divergence
 
 ROOT = Path(__file__).resolve().parents[2]
 FIELDS = ["loss", "implementation", "luminance_floor", "step", "test_pixel_mse", "background", "foreground",

@@ -17,7 +17,7 @@ Offline (no download) the 32-image CelebA sample of the asset folder is cropped 
 paper and split 24 / 8; ``results.json`` says so in ``data_source``. That only exercises the pipeline: the
 batch shrinks to the 24 training images (one step per epoch) and checkpoints are written every 25 epochs.
 
-Writes ``results/vae_celeba/`` (see :func:`percept.train.run_experiment`); ``analysis.ipynb`` draws the
+Writes ``results/vae_celeba/`` (see :func:`percept.vae.run_experiment`); ``analysis.ipynb`` draws the
 figures from those files.
 """
 
@@ -26,35 +26,24 @@ from __future__ import annotations
 import sys
 
 from percept.data.celeba import load_celeba
-from percept.train import VAEExperiment, run_experiment
+from percept.vae import Figures, VAEExperiment, first_positions, run_experiment
 
 #: test positions of the interpolation pairs of the 2019 evaluation notebook (the HEAD ids are unknown)
 INTERPOLATION_PAIRS = [(423, 664), (19, 726)]
 
 
-def load(split, args):
-    return load_celeba(split, root=args.data_root, offline=True if args.offline else None)
-
-
 def figure_positions(test_set):
     """The first 8 test images; the 2019 notebook's interpolation pairs when the test set is large enough."""
-    n = len(test_set)
-    recon = list(range(min(8, n)))
-    if all(max(a, b) < n for a, b in INTERPOLATION_PAIRS):
+    recon, pairs = first_positions(test_set, 8)
+    if all(max(a, b) < len(test_set) for a, b in INTERPOLATION_PAIRS):
         pairs = list(INTERPOLATION_PAIRS)
-    else:
-        pairs = [(0 % n, 1 % n), (2 % n, 3 % n)]
     return recon, pairs
 
 
 EXPERIMENT = VAEExperiment(
-    name="vae_celeba",
     model="celeba",
-    load=load,
-    figure_positions=figure_positions,
-    n_samples=24,
-    sample_rows=4,
-    interpolation_steps=8,
+    dataset=load_celeba,
+    figures=Figures(figure_positions, n_samples=24, sample_rows=4, interpolation_steps=8),
     quick={"epochs": 1, "batch_size": 8, "train_limit": 8, "test_limit": 8},
     description=__doc__.split("\n")[0],
     # the offline sample makes an epoch one step of 24 images: a 1.6 GB checkpoint after each would dominate

@@ -17,7 +17,7 @@ the paper's 60,000 / 10,000 split with the 60,000 training digits RECOVERED from
 level of the official file); ``results.json`` says so in ``data_source`` (see :mod:`percept.data.mnist`).
 On an NVIDIA H200 one epoch takes about 10 s for Watson-DFT alone (results/vae_mnist_gpu_preview).
 
-Writes ``results/vae_mnist/`` (see :func:`percept.train.run_experiment`); ``analysis.ipynb`` draws the
+Writes ``results/vae_mnist/`` (see :func:`percept.vae.run_experiment`); ``analysis.ipynb`` draws the
 figures from those files.
 """
 
@@ -26,11 +26,7 @@ from __future__ import annotations
 import sys
 
 from percept.data.mnist import INTERPOLATION_PAIRS, RECONSTRUCTION_IDS, load_mnist
-from percept.train import VAEExperiment, run_experiment
-
-
-def load(split, args):
-    return load_mnist(split, root=args.data_root, offline=True if args.offline else None)
+from percept.vae import Figures, VAEExperiment, first_positions, run_experiment
 
 
 def figure_positions(test_set):
@@ -39,20 +35,14 @@ def figure_positions(test_set):
         recon = [test_set.position_of(i) for i in RECONSTRUCTION_IDS]
         pairs = [(test_set.position_of(a), test_set.position_of(b)) for a, b in INTERPOLATION_PAIRS]
     except KeyError:  # a reduced test set (--test-limit): the first images instead
-        n = len(test_set)
-        recon = list(range(min(10, n)))
-        pairs = [(0 % n, 1 % n), (2 % n, 3 % n)]
+        return first_positions(test_set, 10)
     return recon, pairs
 
 
 EXPERIMENT = VAEExperiment(
-    name="vae_mnist",
     model="mnist",
-    load=load,
-    figure_positions=figure_positions,
-    n_samples=64,
-    sample_rows=8,
-    interpolation_steps=10,
+    dataset=load_mnist,
+    figures=Figures(figure_positions, n_samples=64, sample_rows=8, interpolation_steps=10),
     quick={"epochs": 1, "train_limit": 512, "test_limit": 128},
     description=__doc__.split("\n")[0],
 )

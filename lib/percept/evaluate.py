@@ -658,7 +658,7 @@ def tune_2afc(
     Returns ``{"weights": path, "checkpoint": path, "history": [...], "config": {...}}``.
     """
     from percept.data.bapps import twoafc_train_set
-    from percept.train import atomic_save, get_rng_state, set_rng_state
+    from percept.runinfo import atomic_save, get_rng_state, set_rng_state
 
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoints" / "last.pt"

@@ -75,7 +75,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     for module, names in (
         ("percept.data", ("DatasetError",)),
         ("percept.assets", ("MissingAssetError", "ChecksumError")),
-        ("percept.train", ("CheckpointError", "CheckpointMismatch")),
+        ("percept.vae.checkpoint", ("CheckpointError", "CheckpointMismatch")),
         ("percept.io", ("ImageReadError", "ImageSizeError")),
     ):
         mod = sys.modules.get(module)  # only modules already in use can have raised

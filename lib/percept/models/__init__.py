@@ -7,7 +7,7 @@
 Every model here has ``encode(x) -> (mu, logvar)``, ``decode(z) -> images in [0, 1]``,
 ``forward(x) -> (recon, mu, logvar)`` (with the reparameterisation trick; ``recon`` decodes a sample
 of q(z|x) in training mode and ``mu`` in eval mode), and the class attributes ``name``,
-``image_shape`` (C, H, W) and ``colorspace`` used by :mod:`percept.train`.
+``image_shape`` (C, H, W) and ``colorspace`` used by :mod:`percept.vae`.
 """
 
 from __future__ import annotations
