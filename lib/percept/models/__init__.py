@@ -7,13 +7,15 @@
 Every model here has ``encode(x) -> (mu, logvar)``, ``decode(z) -> images in [0, 1]``,
 ``forward(x) -> (recon, mu, logvar)`` (with the reparameterisation trick; ``recon`` decodes a sample
 of q(z|x) in training mode and ``mu`` in eval mode), and the class attributes ``name``,
-``image_shape`` (C, H, W) and ``colorspace`` used by :mod:`percept.vae`.
+``image_shape`` (C, H, W) and ``colorspace`` used by :mod:`percept.vae`; the shared part is
+:class:`percept.models.base.PaperVAE`.
 """
 
 from __future__ import annotations
 
 import torch.nn as nn
 
+from percept.models.base import PaperVAE
 from percept.models.celeba import CelebaVAE
 from percept.models.mnist import MnistVAE
 
@@ -34,4 +36,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MnistVAE", "CelebaVAE", "MODELS", "build_vae", "count_parameters"]
+__all__ = ["PaperVAE", "MnistVAE", "CelebaVAE", "MODELS", "build_vae", "count_parameters"]

@@ -21,8 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from percept.models.base import PaperVAE
 
-class CelebaVAE(nn.Module):
+
+class CelebaVAE(PaperVAE):
     """The paper's CelebA VAE. ``hidden_dim`` and ``latent_dim`` default to the paper's 2048 and 256."""
 
     name = "celeba-vae"
@@ -30,10 +32,8 @@ class CelebaVAE(nn.Module):
     colorspace = "rgb"
 
     def __init__(self, latent_dim: int = 256, hidden_dim: int = 2048) -> None:
-        super().__init__()
-        self.latent_dim = latent_dim
-        self.hidden_dim = hidden_dim
-        self.encoder = nn.Sequential(
+        super().__init__(latent_dim, hidden_dim)
+        convolutions = [
             nn.Conv2d(3, 64, 3, padding=1),
             nn.LeakyReLU(0.01),
             nn.MaxPool2d(2),
@@ -44,18 +44,8 @@ class CelebaVAE(nn.Module):
             nn.BatchNorm2d(128),  # 128 x 16 x 16
             nn.Conv2d(128, 128, 3, padding=1),
             nn.LeakyReLU(0.01),
-            nn.Flatten(),
-            nn.Linear(128 * 16 * 16, hidden_dim),
-            nn.ReLU(),
-        )
-        self.fc_mu = nn.Linear(hidden_dim, latent_dim)
-        self.fc_logvar = nn.Linear(hidden_dim, latent_dim)
-        self.decoder_fc = nn.Sequential(
-            nn.Linear(latent_dim, hidden_dim),
-            nn.ReLU(),
-            nn.Linear(hidden_dim, 128 * 16 * 16),
-            nn.ReLU(),
-        )
+        ]
+        self.build_bottleneck(convolutions, channels=128)  # encoder (+ flatten, Linear, ReLU), mu/logvar, decoder_fc
         self.decoder_conv1 = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.LeakyReLU(0.01))
         self.decoder_conv2 = nn.Sequential(nn.Conv2d(128, 64, 3, padding=1), nn.LeakyReLU(0.01))
         self.decoder_conv3 = nn.Sequential(
@@ -67,26 +57,10 @@ class CelebaVAE(nn.Module):
             nn.Sigmoid(),
         )
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 3, 64, 64) images in [0, 1] -> (mu, logvar), each (N, latent_dim)."""
-        h = self.encoder(x)
-        return self.fc_mu(h), self.fc_logvar(h)
-
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(N, latent_dim) latent codes -> (N, 3, 64, 64) images in [0, 1]."""
-        h = self.decoder_fc(z).view(-1, 128, 16, 16)
-        h = self.decoder_conv1(h)
+        h = self.decoder_conv1(self.latent_to_map(z))  # 128 x 16 x 16
         h = F.interpolate(h, size=(32, 32), mode="bilinear", align_corners=True)
         h = self.decoder_conv2(h)
         h = F.interpolate(h, size=(64, 64), mode="bilinear", align_corners=True)
         return self.decoder_conv3(h)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (reconstruction, mu, logvar). Samples z ~ q(z|x) in training mode, uses z = mu in eval mode."""
-        mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
-        return self.decode(z), mu, logvar
-
-    def config(self) -> dict:
-        """Constructor arguments; stored in checkpoints so a model can be rebuilt and compared."""
-        return {"latent_dim": self.latent_dim, "hidden_dim": self.hidden_dim}

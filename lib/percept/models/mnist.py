@@ -19,8 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from percept.models.base import PaperVAE
 
-class MnistVAE(nn.Module):
+
+class MnistVAE(PaperVAE):
     """The paper's MNIST VAE. ``hidden_dim`` and ``latent_dim`` default to the paper's 1024 and 2.
 
     Smaller ``hidden_dim`` values are only meant for fast tests of the training machinery.
@@ -31,27 +33,15 @@ class MnistVAE(nn.Module):
     colorspace = "grey"
 
     def __init__(self, latent_dim: int = 2, hidden_dim: int = 1024) -> None:
-        super().__init__()
-        self.latent_dim = latent_dim
-        self.hidden_dim = hidden_dim
-        self.encoder = nn.Sequential(
+        super().__init__(latent_dim, hidden_dim)
+        convolutions = [
             nn.Conv2d(1, 32, 3, padding=1),
             nn.LeakyReLU(0.01),
             nn.MaxPool2d(2),  # 32 x 16 x 16
             nn.Conv2d(32, 64, 3, padding=1),
             nn.LeakyReLU(0.01),  # 64 x 16 x 16
-            nn.Flatten(),
-            nn.Linear(64 * 16 * 16, hidden_dim),
-            nn.ReLU(),
-        )
-        self.fc_mu = nn.Linear(hidden_dim, latent_dim)
-        self.fc_logvar = nn.Linear(hidden_dim, latent_dim)
-        self.decoder_fc = nn.Sequential(
-            nn.Linear(latent_dim, hidden_dim),
-            nn.ReLU(),
-            nn.Linear(hidden_dim, 64 * 16 * 16),
-            nn.ReLU(),
-        )
+        ]
+        self.build_bottleneck(convolutions, channels=64)  # encoder (+ flatten, Linear, ReLU), mu/logvar, decoder_fc
         self.decoder_conv1 = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.LeakyReLU(0.01))
         self.decoder_conv2 = nn.Sequential(
             nn.Conv2d(64, 32, 3, padding=1),
@@ -62,24 +52,8 @@ class MnistVAE(nn.Module):
             nn.Sigmoid(),
         )
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 1, 32, 32) images in [0, 1] -> (mu, logvar), each (N, latent_dim)."""
-        h = self.encoder(x)
-        return self.fc_mu(h), self.fc_logvar(h)
-
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(N, latent_dim) latent codes -> (N, 1, 32, 32) images in [0, 1]."""
-        h = self.decoder_fc(z).view(-1, 64, 16, 16)
-        h = self.decoder_conv1(h)
+        h = self.decoder_conv1(self.latent_to_map(z))  # 64 x 16 x 16
         h = F.interpolate(h, size=(32, 32), mode="bilinear", align_corners=True)
         return self.decoder_conv2(h)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (reconstruction, mu, logvar). Samples z ~ q(z|x) in training mode, uses z = mu in eval mode."""
-        mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
-        return self.decode(z), mu, logvar
-
-    def config(self) -> dict:
-        """Constructor arguments; stored in checkpoints so a model can be rebuilt and compared."""
-        return {"latent_dim": self.latent_dim, "hidden_dim": self.hidden_dim}
