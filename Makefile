@@ -41,7 +41,7 @@ lint: setup  ## ruff
 	$(VENV)/bin/ruff check .
 
 bench: setup  ## speed of every metric beside L2 and the peer packages, as ratios
-	$(PY) -m percept.bench $(if $(QUICK),--quick,)
+	$(PY) benchmarks/bench.py $(if $(QUICK),--quick,)
 
 bench-gpu:  ## on a GPU machine (its own python and torch, no venv, no network): CUDA vs CPU, bench, runtime rows
 	bash benchmarks/bench_gpu.sh

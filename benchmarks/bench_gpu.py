@@ -34,8 +34,10 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from bench_losses import CANDIDATES, Built, Candidate, celeba_batch, noisy_copy, parity_between
 
-from percept import bench
+from percept.profiling import TrainingStep, synchronize
+from percept.runinfo import machine_info
 
 FIELDS = ["metric", "group", "colorspace", "shape", "ms_per_iter", "rounds", "iters_per_round", "peer",
           "max_abs_diff_vs_peer", "peak_mem_x_input", "original_x_l2", "note", "implementation", "ratio_to_l2",
@@ -70,7 +72,7 @@ class _Original(nn.Module):
         return self.loss(x, y)
 
 
-def _original_candidates(path: str) -> dict[str, bench.Candidate]:
+def _original_candidates(path: str) -> dict[str, Candidate]:
     sys.path.insert(0, str(Path(path).resolve()))
     if not hasattr(torch, "rfft"):  # the original calls torch.rfft (removed in torch 1.8): its old meaning
         torch.rfft = lambda x, signal_ndim: torch.view_as_real(torch.fft.rfftn(x, dim=tuple(range(-signal_ndim, 0))))
@@ -83,9 +85,9 @@ def _original_candidates(path: str) -> dict[str, bench.Candidate]:
             kw = {"image_size": [3, *size]} if name == "Adaptive" else {}
             space = "RGB" if colorspace == "rgb" else "LA"
             loss = OriginalProvider().get_loss_function(name, space, reduction="sum", deterministic=False, **kw)
-            return bench.Built(_Original(loss).to(device), "the original code's trained weights")
+            return Built(_Original(loss).to(device), "the original code's trained weights")
 
-        out[key] = bench.Candidate(key, "original", f"original LossProvider().get_loss_function({name!r}, ...)", build)
+        out[key] = Candidate(key, "original", f"original LossProvider().get_loss_function({name!r}, ...)", build)
     return out
 
 
@@ -111,8 +113,8 @@ def parity(device: torch.device, out: Path, log, only: set[str] | None = None) -
             row = {"metric": name, "options": json.dumps(options), "colorspace": space}
             try:
                 c = 3 if space == "rgb" else 1
-                target = bench.celeba_batch(8, 64, space)[0]
-                x = bench.noisy_copy(target)
+                target = celeba_batch(8, 64, space)[0]
+                x = noisy_copy(target)
                 results = {}
                 for dev in (torch.device("cpu"), device):
                     metric = percept.get_metric(name, colorspace=space, reduction="none", **options).to(dev)
@@ -152,38 +154,30 @@ def _kernels_per_step(step, device: torch.device) -> int | None:
     return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
-def time_case(cand: bench.Candidate, space: str, shape: tuple, device: torch.device, repeats: int) -> dict:
+def time_case(cand: Candidate, space: str, shape: tuple, device: torch.device, repeats: int) -> dict:
     b, c, h, w = shape
-    target = bench.celeba_batch(b, h, space)[0].to(device)
+    target = celeba_batch(b, h, space)[0].to(device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         built = cand.build(space, "sum", (h, w), device)
-    param = torch.randn(target.shape, generator=torch.Generator().manual_seed(0)).to(device).requires_grad_(True)
-    opt = torch.optim.SGD([param], lr=bench.LR)
-    loss_fn = built.loss
-
-    def step():
-        opt.zero_grad()
-        loss_fn(torch.sigmoid(param), target).backward()
-        opt.step()
-
+    step = TrainingStep(built.loss, target, seed=0)
     for _ in range(3):
         step()
-    bench.synchronize(device)
+    synchronize(device)
     t0 = time.perf_counter()
     step()
-    bench.synchronize(device)
+    synchronize(device)
     n_iter = max(1, math.ceil(0.1 / max(time.perf_counter() - t0, 1e-6)))
     times = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base_mem = torch.cuda.memory_allocated(device)
     for _ in range(repeats):
-        bench.synchronize(device)
+        synchronize(device)
         t0 = time.perf_counter()
         for _ in range(n_iter):
             step()
-        bench.synchronize(device)
+        synchronize(device)
         times.append((time.perf_counter() - t0) / n_iter)
     peak = None
     if device.type == "cuda":
@@ -259,7 +253,7 @@ def finalise(path: Path) -> None:
 
 def run_bench(device: torch.device, out: Path, quick: bool, original: str | None, repeats: int, log,
               only: set[str] | None = None) -> None:
-    candidates = dict(bench.CANDIDATES)
+    candidates = dict(CANDIDATES)
     if original:
         candidates.update(_original_candidates(original))
     handle, writer = _writer(out / "bench.csv", FIELDS)
@@ -285,8 +279,8 @@ def run_bench(device: torch.device, out: Path, quick: bool, original: str | None
             if peer and (peer, space, shape_s) in done:
                 row["speedup_vs_peer"] = done[(peer, space, shape_s)] / ms
                 try:
-                    row["max_abs_diff_vs_peer"] = bench._parity_between(candidates[key], candidates[peer], space,
-                                                                        shape[2:], device)
+                    row["max_abs_diff_vs_peer"] = parity_between(candidates[key], candidates[peer], space, shape[2:],
+                                                                  device)
                 except Exception:  # noqa: BLE001
                     pass
             row["time_target"], row["time_verdict"] = _verdict(key, row, done)
@@ -312,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    info = bench.machine_info(device) | {"command": " ".join(["benchmarks/bench_gpu.py", *(argv or sys.argv[1:])])}
+    info = machine_info(device) | {"command": " ".join(["benchmarks/bench_gpu.py", *(argv or sys.argv[1:])])}
     (out / "machine.json").write_text(json.dumps(info, indent=2) + "\n")
 
     def log(msg):

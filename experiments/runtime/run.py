@@ -64,13 +64,19 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from percept.bench import CANDIDATES, base_row, celeba_batch, machine_info, measure_training, run_isolated
+from percept.profiling import run_isolated
+from percept.runinfo import machine_info
 
 if TYPE_CHECKING:  # pandas is imported where it is used: every worker process re-imports this file
     import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "results" / "runtime"
+
+# the losses to time, their CelebA input and one measurement are shared with the benchmark harness
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_losses import CANDIDATES, base_row, celeba_batch, measure_training  # noqa: E402
 
 #: the losses of the paper's table (LossProvider names), then percept's extras, then the peers
 PAPER = ["L1", "L2", "SSIM", "Watson-DCT", "Watson-DFT", "Deeploss-VGG", "Deeploss-squeeze", "Adaptive"]

@@ -7,7 +7,9 @@
                                                       (--consecutive: i with i+1 only; -N: the first N images)
     percept compare REF A B --metric elpips-vgg       which of A and B is closer to REF (with an error bar)
     percept list [--check]                            the metrics (and, with --check, which can be built here)
-    percept bench [--quick]                           the speed table (``python -m percept.bench``)
+
+The speed table is not a ``percept`` command: it is the benchmark harness of the checkout (``make bench``,
+``python benchmarks/bench.py [--quick]``), which an installed package does not carry.
 
 The first image is always the reference (the metric's ``target``): asymmetric metrics such as Watson
 compute their masking from it. Images are read with :mod:`percept.io` (PNG/JPEG; alpha dropped unless
@@ -197,10 +199,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also build each metric here and say whether it works (weights present, module installed)")
     _add_common(p, metric=False)
     p.set_defaults(func=cmd_list)
-
-    # parsed by percept.bench itself (see main); registered here so that it shows in --help
-    sub.add_parser("bench", help="speed table of every metric (percept bench --help for its options)",
-                   add_help=False)
     return parser
 
 
@@ -756,16 +754,11 @@ def cmd_list(args) -> int:
     return 0
 
 
-def _run_bench(argv: list[str]) -> int:
-    try:
-        bench = importlib.import_module("percept.bench")
-    except ModuleNotFoundError as err:
-        if err.name == "percept.bench":
-            print("percept bench: error: percept.bench is not available in this installation", file=sys.stderr)
-            return 1
-        print(f"percept bench: error: a dependency is missing: {err}", file=sys.stderr)
-        return 1
-    return int(bench.main(argv) or 0)
+#: what ``percept bench`` (a command of earlier versions) says now
+BENCH_MOVED = (
+    "percept bench: the speed table is no longer a percept command: it is the benchmark harness of the "
+    "repository checkout. Run `make bench` (or `python benchmarks/bench.py --quick`) there."
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -777,7 +770,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
-        return _run_bench(argv[1:])
+        print(BENCH_MOVED, file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)  # exits with status 2 on usage errors
     return run_guarded(lambda: args.func(args), prog=f"percept {args.command}", debug=args.debug)
 

@@ -41,9 +41,9 @@ FETCH_HINT = "python data/download_celeba.py"
 _warned: set = set()
 
 
-def preprocess(image: Image.Image) -> Image.Image:
-    """Aligned CelebA image (178x218) -> the paper's 64x64 RGB crop."""
-    return image.convert("RGB").crop(CROP_BOX).resize((SIZE, SIZE), Image.LANCZOS)
+def preprocess(image: Image.Image, size: int = SIZE) -> Image.Image:
+    """Aligned CelebA image (178x218) -> the paper's RGB crop, resized to ``size`` x ``size`` (the paper's 64)."""
+    return image.convert("RGB").crop(CROP_BOX).resize((size, size), Image.LANCZOS)
 
 
 def preprocess_half(image: Image.Image) -> Image.Image:
@@ -115,7 +115,7 @@ def _processed_files(folder: Path) -> list[Path]:
     return files
 
 
-def _offline_sample() -> tuple[torch.Tensor, Path]:
+def _offline_sample(size: int = SIZE) -> tuple[torch.Tensor, Path]:
     from percept.assets import data_dir
 
     folder = data_dir("data/celeba_sample")
@@ -131,10 +131,42 @@ def _offline_sample() -> tuple[torch.Tensor, Path]:
     for f in files:
         try:
             with Image.open(f) as im:
-                images.append(to_tensor(preprocess(im)))
+                images.append(to_tensor(preprocess(im, size)))
         except (OSError, UnidentifiedImageError, SyntaxError) as err:
             raise DatasetError(f"{f} is corrupt ({err})") from err
     return torch.stack(images), folder
+
+
+def first_faces(n: int = 128, size: int = SIZE, root: str | Path | None = None) -> tuple[torch.Tensor, str]:
+    """The first ``n`` faces as uint8 (n', 3, size, size) and a sentence saying where they came from.
+
+    For measurements that need real faces rather than a training split (the benchmarks): the first ``n``
+    preprocessed PNGs of :func:`processed_dir` (resized with Lanczos when ``size`` is not 64) when the
+    dataset was downloaded, else the offline 32-image sample cropped with the paper's box and resized to
+    ``size`` directly. n' = min(n, images available). No split, no shuffling.
+
+    >>> pixels, source = first_faces(128, 64)      # (128, 3, 64, 64) with the dataset, (32, 3, 64, 64) without
+    """
+    folder = processed_dir(root)
+    pngs = sorted(folder.glob("*.png"))[:n] if folder.is_dir() else []
+    if pngs:
+        images = []
+        for f in pngs:
+            try:
+                with Image.open(f) as im:
+                    im = im.convert("RGB")
+                    images.append(to_tensor(im if size == SIZE else im.resize((size, size), Image.LANCZOS)))
+            except (OSError, UnidentifiedImageError, SyntaxError) as err:
+                raise DatasetError(f"{f} is corrupt ({err}); delete it and run {FETCH_HINT} again") from err
+        pixels = torch.stack(images)
+        source = f"CelebA (downloaded), the first {len(pngs)} preprocessed 64x64 images of {folder}"
+    else:
+        pixels, sample = _offline_sample(size)
+        pixels = pixels[:n]
+        source = f"offline CelebA sample: {len(pixels)} aligned images from {sample} (crop {CROP_BOX}, LANCZOS)"
+    if size != SIZE:
+        source += f", resized to {size}x{size}"
+    return pixels, source
 
 
 def load_celeba(
@@ -236,4 +268,4 @@ def _offline_set(
     return ImageSet(pixels=pixels[t], indices=t, info=info)
 
 
-__all__ = ["load_celeba", "preprocess", "read_png", "processed_dir", "CROP_BOX"]
+__all__ = ["load_celeba", "first_faces", "preprocess", "read_png", "processed_dir", "CROP_BOX"]
