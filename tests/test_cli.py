@@ -106,6 +106,8 @@ def test_usage_errors_exit_2(capsys, images):
     assert code == 2 and "unknown metric" in err and "watson-dft" in err
     code, _, err = run(capsys, "dist", images["ref"], images["near"], "-m", "l2", "-O", "bogus=1")
     assert code == 2 and "bogus" in err
+    code, _, err = run(capsys, "dist", images["ref"], images["near"], "-m", "ssim", "-O", "trainable=true")
+    assert code == 2 and "trainable" in err and "no trainable parameters" in err
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["dist", str(images["ref"]), str(images["near"]), "--resize", "big"])
     assert exit_info.value.code == 2

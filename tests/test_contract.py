@@ -14,6 +14,7 @@ with a clear message, and fails in CI, where every asset must be present.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 
@@ -114,9 +115,10 @@ def test_record_agrees_with_the_constructor(name):
     assert rec.name == name and rec.family in FAMILIES
     assert rec.description and "\n" not in rec.description
     params = registry.options(name)
-    cls_params = set(registry.metric_class(name).__init__.__code__.co_varnames)
+    cls_params = set(inspect.signature(registry.metric_class(name).__init__).parameters)
     assert set(rec.fixed) <= cls_params
     assert {"colorspace", "reduction"} <= set(params)
+    assert not {"style", "image_shape", "device"} & cls_params  # get_metric's own keywords
     for option, default in registry.COMMON_OPTIONS.items():
         if option in params:
             want = (not rec.stochastic) if option == "deterministic" else default
