@@ -22,7 +22,6 @@ tiled to the batch; grey with torchvision's Grayscale weights (:func:`percept.co
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 import warnings
 from collections.abc import Callable
@@ -195,54 +194,30 @@ def _provider_build(name: str) -> Callable[..., Built]:
     return build
 
 
-_DEEP_FAMILIES = ("lpips", "deeploss", "elpips", "dps")
-
-
-def _elpips_single_sample(cls) -> dict:
-    params = inspect.signature(cls.__init__).parameters
-    for name in ("n", "samples", "n_samples", "num_samples", "ensemble_size", "n_transforms"):
-        if name in params:
-            return {name: 1}
-    raise TypeError(f"{cls.__name__} has no sample-count option (looked for n, samples, n_samples, ...)")
-
-
 def _percept_build(name: str, **options) -> Callable[..., Built]:
     def build(colorspace: str, reduction: str, size: tuple[int, int], device: torch.device) -> Built:
-        import percept
-        from percept.registry import metric_class
+        from percept import registry
 
+        rec = registry.record(name)
         kwargs = dict(options)
         weights, note = "none", ""
-        family = name.split("-")[0]
-        space = "rgb" if colorspace == "rgb" else "gray"
-        if family in _DEEP_FAMILIES:
-            cls = metric_class(name)  # ImportError when the family's module does not exist (yet)
-            net = name.split("-")[1]
-            state, bnote = backbone_state(net)
-            if "backbone_weights" in inspect.signature(cls.__init__).parameters:
-                kwargs["backbone_weights"] = state
-                weights = f"backbone: {bnote}"
-            else:
-                weights = "backbone: the metric's default (ImageNet)"
-            if family == "lpips":
-                weights += "; lin: LPIPS v0.1"
-            elif family == "deeploss":
-                weights += f"; lin: weights/czolbe/{space}_pnet_lin_{net}_trial0.pth"
-            if family == "elpips":
-                n = _elpips_single_sample(cls)
-                kwargs.update(n)
-                note = f"E-LPIPS with {n} (one random transformation per call)"
-        if name == "adaptive":
-            if tuple(size) != (64, 64):
-                kwargs.update(pretrained=False, image_size=tuple(size))
-                weights = "none (alpha = c = 1: the trained weights fit 64x64 only)"
-            else:
-                weights = f"weights/czolbe/{space}_adaptive_trial0.pth"
-        if name.startswith("watson"):
-            kind = name[len("watson-") :].replace("dft", "fft")
-            weights = f"weights/czolbe/{space}_watson_{kind}_trial0.pth"
-        loss = percept.get_metric(name, colorspace=colorspace, reduction=reduction, **kwargs)
-        return Built(loss.to(device), weights, note)
+        if "net" in rec.fixed and registry.takes(name, "backbone_weights"):  # ImageNet, else seeded random trunk
+            kwargs["backbone_weights"], bnote = backbone_state(rec.fixed["net"])
+            weights = f"backbone: {bnote}"
+        if rec.family == "lpips":
+            weights += "; lin: LPIPS v0.1"
+        elif rec.family == "deeploss":
+            weights += f"; lin: weights/czolbe/{registry.tuned_file(name, colorspace)}"
+        if rec.stochastic:
+            kwargs["n"] = 1
+            note = "E-LPIPS with n=1 (one random transformation per call)"
+        if rec.family == "adaptive" and tuple(size) != (64, 64):
+            kwargs.update(pretrained=False, image_size=tuple(size))
+            weights = "none (alpha = c = 1: the trained weights fit 64x64 only)"
+        elif rec.family in ("adaptive", "watson"):
+            weights = f"weights/czolbe/{registry.tuned_file(name, colorspace)}"
+        loss = registry.get_metric(name, colorspace=colorspace, reduction=reduction, device=device, **kwargs)
+        return Built(loss, weights, note)
 
     return build
 

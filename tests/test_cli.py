@@ -108,6 +108,8 @@ def test_usage_errors_exit_2(capsys, images):
     assert code == 2 and "unknown metric" in err and "watson-dft" in err
     code, _, err = run(capsys, "dist", images["ref"], images["near"], "-m", "l2", "-O", "bogus=1")
     assert code == 2 and "bogus" in err
+    code, _, err = run(capsys, "dist", images["ref"], images["near"], "-m", "ssim", "-O", "trainable=true")
+    assert code == 2 and "trainable" in err and "no trainable parameters" in err
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["dist", str(images["ref"]), str(images["near"]), "--resize", "big"])
     assert exit_info.value.code == 2
@@ -119,7 +121,8 @@ def test_usage_errors_exit_2(capsys, images):
 
 def test_metric_not_available(capsys, images, monkeypatch):
     monkeypatch.setitem(registry.METRICS, "future-metric",
-                        registry.Entry("percept.metrics.not_landed_yet:Future", "a metric still being written"))
+                        registry.MetricRecord("future-metric", "percept.metrics.not_landed_yet:Future", "pixel",
+                                              "a metric still being written"))
     code, _, err = run(capsys, "dist", images["ref"], images["near"], "-m", "future-metric")
     assert code == 1 and "not available in this installation" in err and "future-metric" in err
 
@@ -205,7 +208,8 @@ def test_compare_stochastic_has_error_bar(capsys, images):
 def test_compare_elpips_falls_back_when_missing(capsys, images, monkeypatch):
     """Until percept.elpips lands, an E-LPIPS-like stochastic metric still works through shared seeds."""
     monkeypatch.setitem(registry.METRICS, "elpips-test",
-                        registry.Entry("percept.metrics.watson:WatsonDFT", "stand-in", {"deterministic": False}))
+                        registry.MetricRecord("elpips-test", "percept.metrics.watson:WatsonDFT", "elpips", "stand-in",
+                                              fixed={"deterministic": False}, stochastic=True))
     monkeypatch.setattr(cli, "_module_compare", lambda name: None)
     code, out, err = run(capsys, "compare", images["ref"], images["near"], images["far"], "-m", "elpips-test",
                          "--samples", "3")
@@ -222,7 +226,7 @@ def test_list(capsys):
 
 def test_list_check(capsys, monkeypatch):
     monkeypatch.setattr(registry, "METRICS", {k: registry.METRICS[k] for k in ("l2", "watson-dft")} | {
-        "future-metric": registry.Entry("percept.metrics.not_landed_yet:Future", "not yet")})
+        "future-metric": registry.MetricRecord("future-metric", "percept.metrics.not_landed_yet:Future", "pixel", "not yet")})
     code, out, _ = run(capsys, "list", "--check")
     assert code == 0
     assert out.count("-> ok") == 2 and "UNAVAILABLE" in out

@@ -115,7 +115,7 @@ def test_unavailable_loss_is_skipped(conv, assets_dir, tmp_path, monkeypatch):
     from percept import registry
 
     monkeypatch.setitem(registry.METRICS, "future-metric",
-                        registry.Entry("percept.metrics.not_landed_yet:Future", "not yet"))
+                        registry.MetricRecord("future-metric", "percept.metrics.not_landed_yet:Future", "pixel", "not yet"))
     code = conv.main(["--losses", "l2,future-metric", "--lr", "future-metric=1e-3", "--iterations", "3",
                       "--batch", "2", "--out", str(tmp_path), "--no-progress"])
     assert code == 0

@@ -223,7 +223,7 @@ def test_deterministic_vgg_equals_percept_lpips(examples, vgg_state):
     """Transformations and dropout off: E-LPIPS-VGG's plain configuration is LPIPS-VGG with its weights."""
     x = torch.cat([examples["p0"], examples["p1"]])
     y = examples["ref"].expand(2, -1, -1, -1)
-    ours = ELPIPS(net="vgg", deterministic=True, reduction="none", backbone_weights=vgg_state)
+    ours = ELPIPS(net="vgg", config="lpips", deterministic=True, reduction="none", backbone_weights=vgg_state)
     ref = LPIPS(net="vgg", reduction="none", backbone_weights=vgg_state, lin_weights=elpips_lin_state("vgg"))
     with torch.no_grad():
         got, want = ours(x, y), ref(x, y)
@@ -236,7 +236,8 @@ def test_deterministic_squeeze_equals_percept_lpips(examples, size, torchvision_
     """ImageNet SqueezeNet; at 64x64 the reference's floor pooling and torchvision's ceil mode agree."""
     x = F.interpolate(torch.cat([examples["p0"], examples["p1"]]), size=size, mode="bilinear", align_corners=False)
     y = F.interpolate(examples["ref"], size=size, mode="bilinear", align_corners=False).expand(2, -1, -1, -1)
-    ours = ELPIPS(net="squeeze", deterministic=True, reduction="none", torchvision_pooling=torchvision_pooling)
+    ours = ELPIPS(net="squeeze", config="lpips", deterministic=True, reduction="none",
+                  torchvision_pooling=torchvision_pooling)
     ref = LPIPS(net="squeeze", reduction="none", lin_weights=elpips_lin_state("squeeze"))
     with torch.no_grad():
         torch.testing.assert_close(ours(x, y), ref(x, y), rtol=1e-5, atol=1e-7)
@@ -247,7 +248,7 @@ def test_lpips_squeeze_reproduces_the_reference_readme(assets_dir):
     = 0.02187 and d(adversarial, ref) = 0.02114, i.e. it is fooled; E-LPIPS is not."""
     folder = _images_dir(assets_dir) / "elpips"
     ref, anchor, adv = (read_image(folder / f"adv_{k}.png", colorspace="rgb") for k in ("reference", "anchor", "vgg_sqz"))
-    lp = ELPIPS(net="squeeze", deterministic=True)
+    lp = ELPIPS(net="squeeze", config="lpips", deterministic=True)
     with torch.no_grad():
         d = lp.sample_distances((anchor, adv), ref, n=1)[0, :, 0]
         e = ELPIPS(net="squeeze", n=1).sample_distances((anchor, adv), ref, n=4, generator=torch.Generator().manual_seed(0))

@@ -436,7 +436,7 @@ def test_registry_builds_the_metrics():
     for name in ("l1", "l2", "psnr", "ssim", "ms-ssim"):
         assert list(percept.get_metric(name).parameters()) == []
     assert "higher is more similar" in percept.list_metrics()["psnr"]
-    with pytest.raises(TypeError, match="padding"):
+    with pytest.raises(ValueError, match="padding"):
         percept.get_metric("l1", padding="zeros")
 
 

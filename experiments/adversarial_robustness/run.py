@@ -87,7 +87,6 @@ QUICK_PHOTOS = ("adv_reference", "adv_teddy", "cat")
 class MetricSpec:
     registry: str
     options: dict = field(default_factory=dict)
-    stochastic: bool = False
 
 
 #: attacked and judging metrics: label -> how to build it
@@ -102,7 +101,7 @@ METRICS: dict[str, MetricSpec] = {
     "dps-squeeze": MetricSpec("dps-squeeze", {"method": "spatial"}),
     "dps-squeeze-sort": MetricSpec("dps-squeeze", {"method": "sort"}),
     "dps-squeeze-mean": MetricSpec("dps-squeeze", {"method": "mean"}),
-    "elpips-squeeze": MetricSpec("elpips-squeeze", {"deterministic": False}, stochastic=True),
+    "elpips-squeeze": MetricSpec("elpips-squeeze", {"deterministic": False}),
     # ImageNet AlexNet (the default LPIPS, and the network of Sjögren et al.'s DPS default layers)
     "lpips-alex": MetricSpec("lpips-alex"),
     "dps-alex": MetricSpec("dps-alex", {"method": "spatial"}),
@@ -203,16 +202,14 @@ class Metric:
     """
 
     def __init__(self, label: str, spec: MetricSpec, device: torch.device):
-        import percept
+        from percept import registry
 
-        self.label, self.spec, self.stochastic = label, spec, spec.stochastic
-        module = percept.get_metric(spec.registry, colorspace="rgb", reduction="none", **spec.options)
+        self.label, self.spec = label, spec
+        self.stochastic = registry.is_stochastic(spec.registry, spec.options)
+        module = registry.get_metric(spec.registry, colorspace="rgb", reduction="none", device=device, **spec.options)
         if getattr(module, "higher_is_better", False):
             raise ValueError(f"{label}: higher is better; this experiment needs a distance (lower = closer)")
-        self.module = module.to(device).eval()
-        self.module.requires_grad_(False)
-        if not self.stochastic:  # E-LPIPS modules built with random transformations say so
-            self.stochastic = bool(getattr(module, "stochastic", False))
+        self.module = module  # frozen, in eval mode
 
     def __call__(self, x: torch.Tensor, ref: torch.Tensor, samples: int = 1) -> torch.Tensor:
         """d(x, ref) per image, (N,); a stochastic metric averages ``samples`` draws."""

@@ -19,7 +19,7 @@ every learning rate by ``--lr-scale`` (default ``min(50, 100000 / iterations)``:
 so the parameters can travel as far as in the paper's run; Adam's step is about ``lr`` per iteration
 whatever the loss's scale. ``--full`` uses the paper's rates unscaled.
 
-Losses are built as in the VAE experiments (``percept.vae.build_metric``, ``metric_style="paper"``):
+Losses are built as in the VAE experiments (``percept.get_metric(..., style="paper")``, the registry's paper options):
 grey colorspace, the original LossProvider's defaults (Watson: random shifts of up to 8 px and luminance
 masking pooled over the batch; Adaptive: ``pretrained=False``, as the VAEs used; SSIM: zero padding).
 Metrics whose value on identical images is not 0 (Adaptive is a negative log-likelihood; Watson has a
@@ -60,25 +60,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from percept import registry
 from percept.runinfo import load_average, machine_info
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "results" / "convergence"
 
 LOSSES = ["l2", "ssim", "watson-dft", "watson-dct", "adaptive", "deeploss-squeeze", "lpips-squeeze"]
-#: Adam learning rates for the paper's 100,000 iterations (spec §13; watson-dct, adaptive, lpips: our choice)
-PAPER_LR = {
-    "l2": 1e-4,
-    "ssim": 1e-4,
-    "deeploss-vgg": 1e-4,
-    "deeploss-squeeze": 1e-4,
-    "watson-dft": 1e-3,
-    "watson-dct": 1e-3,
-    "adaptive": 1e-4,
-    "lpips-squeeze": 1e-4,
-    "lpips-alex": 1e-4,
-    "lpips-vgg": 1e-4,
-}
+#: Adam learning rates for the paper's 100,000 iterations: the registry records' ``lr`` (spec §13; watson-dct,
+#: adaptive, lpips: our choice)
+PAPER_LR = {name: rec.lr for name, rec in registry.METRICS.items() if rec.lr is not None}
 PAPER_ITERATIONS = 100_000
 DEFAULT_ITERATIONS = 2_000
 QUICK_ITERATIONS = 200
@@ -146,22 +137,12 @@ def load_digits(n: int, first: int = 0) -> tuple[torch.Tensor, str]:
 
 
 def build_loss(name: str, *, image_shape, deterministic: bool, style: str, device) -> torch.nn.Module:
-    """Registry metric ``name``, grey, ``reduction='none'``, frozen, built as the VAE experiments build it."""
-    try:
-        from percept.vae import build_metric
-    except ImportError:  # stand-alone fallback: registry defaults plus the paper's Adaptive settings
-        build_metric = None
-    if build_metric is not None:
-        return build_metric(name, colorspace="grey", image_shape=tuple(image_shape), deterministic=deterministic,
-                            metric_style=style, device=device)
-    from percept.registry import get_metric
-
-    options = {"colorspace": "grey", "reduction": "none", "deterministic": deterministic}
-    if name == "adaptive":
-        options.update(pretrained=False, image_size=tuple(image_shape[1:]))
-    metric = get_metric(name, **options).to(device).eval()
-    metric.requires_grad_(False)
-    return metric
+    """Registry metric ``name``, grey, ``reduction='none'``, frozen, built as the VAE experiments build it
+    (``style="paper"``: the record's paper options, e.g. Adaptive untrained at the images' size)."""
+    options = {"colorspace": "grey", "reduction": "none"}
+    if registry.takes(name, "deterministic"):  # --deterministic: the metric's random shifts off, where it has some
+        options["deterministic"] = deterministic
+    return registry.get_metric(name, style=style, image_shape=tuple(image_shape), device=device, **options)
 
 
 def _seed_metric(metric: torch.nn.Module, seed: int, device) -> None:

@@ -231,39 +231,30 @@ def _device(name: str):
     return device
 
 
-def _canonical(name: str) -> str:
-    from percept.registry import canonical_name
-
-    try:
-        return canonical_name(name)
-    except KeyError as err:
-        raise UsageError(err.args[0]) from None
-
-
-def build_metric(name: str, colorspace: str, options: dict, device=None):
-    """Build registry metric ``name`` with ``reduction='none'``, in eval mode, on ``device``.
-
-    Raises :class:`UsageError` for an unknown name or option, :class:`CLIError` when the metric cannot be
-    built here (its module has not landed, its weights are missing).
-    """
+@contextlib.contextmanager
+def _metric_errors(name: str):
+    """Registry errors as CLI errors: an unknown metric or option is a usage error (status 2); a metric that
+    cannot be built here (module not installed, weights missing, bad option value) a runtime error (status 1)."""
+    from percept import registry
     from percept.assets import ChecksumError, MissingAssetError
-    from percept.registry import get_metric
 
-    key = _canonical(name)
     try:
-        metric = get_metric(key, colorspace=colorspace, reduction="none", **options)
-    except (ModuleNotFoundError, ImportError, AttributeError) as err:
-        raise CLIError(f"metric {key!r} is not available in this installation ({err})") from err
+        yield
+    except (registry.UnknownMetricError, registry.MetricOptionError) as err:
+        raise UsageError(str(err)) from None
+    except registry.MetricUnavailableError as err:
+        raise CLIError(str(err)) from err
     except (MissingAssetError, ChecksumError) as err:
-        raise CLIError(f"metric {key!r} cannot be built: {err}") from err
-    except TypeError as err:
-        raise UsageError(f"metric {key!r}: {err}") from err
+        raise CLIError(f"metric {name!r} cannot be built: {err}") from err
     except ValueError as err:
-        raise CLIError(f"metric {key!r}: {err}") from err
-    metric.eval()
-    for p in metric.parameters():
-        p.requires_grad_(False)
-    return metric.to(device) if device is not None else metric
+        raise CLIError(f"metric {name!r}: {err}") from err
+
+
+def _canonical(name: str) -> str:
+    from percept import registry
+
+    with _metric_errors(name):
+        return registry.canonical_name(name)
 
 
 def _space(args) -> str:
@@ -409,10 +400,13 @@ def _prepare(args):
     if getattr(args, "batch_size", 1) < 1:
         raise UsageError("--batch-size must be at least 1")
     args.device_obj = _device(args.device)
-    options = dict(args.options)
+    from percept.registry import get_metric
+
     name = _canonical(args.metric)
-    metric = build_metric(name, _space(args), options, args.device_obj)
-    return name, metric
+    with _metric_errors(name):
+        metric = get_metric(name, colorspace=_space(args), reduction="none", device=args.device_obj,
+                            **dict(args.options))
+    return name, metric.eval()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -578,10 +572,6 @@ def cmd_pairs(args) -> int:
     return 1 if skipped else 0
 
 
-def _is_stochastic(name: str, options: dict) -> bool:
-    return name.startswith("elpips") or options.get("deterministic") is False
-
-
 def _module_compare(name: str):
     """``compare`` from the E-LPIPS module, if it has landed; else None."""
     for module in ("percept.elpips", "percept.metrics.elpips"):
@@ -646,11 +636,10 @@ def _shared_samples(metric, name, ref, a, b, args, samples: int) -> dict:
 
 def cmd_compare(args) -> int:
     from percept.io import ImageReadError, ImageSizeError, check_same_size
-    from percept.registry import metric_class
+    from percept.registry import is_stochastic, metric_class, record
 
     name = _canonical(args.metric)
-    options = dict(args.options)
-    stochastic = _is_stochastic(name, options)
+    stochastic = is_stochastic(name, dict(args.options))
     samples = args.samples if args.samples is not None else (DEFAULT_STOCHASTIC_SAMPLES if stochastic else 1)
     if samples < 1:
         raise UsageError("--samples must be at least 1")
@@ -664,7 +653,7 @@ def cmd_compare(args) -> int:
     ref, a, b = (t.to(args.device_obj) for t in (ref, a, b))
 
     result, note = None, None
-    if name.startswith("elpips"):
+    if record(name).family == "elpips":
         compare = _module_compare(name)
         if compare is None:
             note = "percept.elpips.compare is not available; averaged the metric over shared seeds instead"
@@ -733,7 +722,7 @@ def _try_sizes(metric) -> str:
 
 
 def cmd_list(args) -> int:
-    from percept.registry import ALIASES, list_metrics
+    from percept.registry import aliases, get_metric, list_metrics
 
     metrics = list_metrics()
     width = max(len(n) for n in metrics)
@@ -741,7 +730,8 @@ def cmd_list(args) -> int:
         line = f"{name:<{width}}  {description}"
         if args.check:
             try:
-                metric = build_metric(name, "rgb", {})
+                with _metric_errors(name):
+                    metric = get_metric(name, reduction="none")
                 status = _try_sizes(metric)
             except CLIError as err:
                 status = "UNAVAILABLE: " + " ".join(str(err).split())[:160]
@@ -749,8 +739,8 @@ def cmd_list(args) -> int:
                 status = f"FAILS: {type(err).__name__}: " + " ".join(str(err).split())[:160]
             line += f"\n{'':<{width}}  -> {status}"
         print(line)
-    aliases = ", ".join(f"{a} = {b}" for a, b in sorted(ALIASES.items()))
-    print(f"\naliases: {aliases}")
+    shown = ", ".join(f"{a} = {b}" for a, b in sorted(aliases().items()))
+    print(f"\naliases: {shown}")
     return 0
 
 
@@ -776,4 +766,4 @@ def main(argv: list[str] | None = None) -> int:
     return run_guarded(lambda: args.func(args), prog=f"percept {args.command}", debug=args.debug)
 
 
-__all__ = ["main", "build_parser", "build_metric", "CLIError", "UsageError"]
+__all__ = ["main", "build_parser", "CLIError", "UsageError"]

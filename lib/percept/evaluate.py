@@ -47,7 +47,6 @@ metric go through a head that predicts the human preference for p1, trained with
 from __future__ import annotations
 
 import csv
-import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -151,17 +150,9 @@ ELPIPS_SAMPLES = 50
 
 
 def metric_family(name: str) -> str | None:
-    """ "watson", "lpips", "deeploss", "adaptive" (the tunable families) or None."""
-    key = registry.canonical_name(name)
-    if key in ("watson-dct", "watson-dft"):
-        return "watson"
-    if key.startswith("lpips-"):
-        return "lpips"
-    if key.startswith("deeploss-"):
-        return "deeploss"
-    if key == "adaptive":
-        return "adaptive"
-    return None
+    """ "watson", "lpips", "deeploss", "adaptive" (the families 2AFC tuning knows) or None (by the registry record)."""
+    rec = registry.record(name)
+    return rec.family if rec.tuned_file is not None else None
 
 
 def _space(colorspace: str) -> str:
@@ -172,35 +163,19 @@ def _space(colorspace: str) -> str:
 
 def tuned_weight_file(name: str, colorspace: str) -> str:
     """File name of tuned weights: the original's names (``rgb_watson_fft_trial0.pth``,
-    ``gray_pnet_lin_vgg_trial0.pth``, ...); LPIPS gets ``rgb_lpips_alex.pth`` etc."""
-    key = registry.canonical_name(name)
-    if _space(colorspace) == "lab":
-        raise ValueError(f"metric {name!r}: tuned weights exist for colour spaces rgb and grey only, not lab")
-    cs = "rgb" if _space(colorspace) == "rgb" else "gray"
-    family = metric_family(key)
-    if key == "watson-dct":
-        return f"{cs}_watson_dct_trial0.pth"
-    if key == "watson-dft":
-        return f"{cs}_watson_fft_trial0.pth"
-    if family == "deeploss":
-        return f"{cs}_pnet_lin_{key.split('-', 1)[1]}_trial0.pth"
-    if family == "lpips":
-        return f"{cs}_lpips_{key.split('-', 1)[1]}.pth"
-    if family == "adaptive":
-        return f"{cs}_adaptive_trial0.pth"
-    raise ValueError(f"metric {name!r} has no tunable parameters (tunable: watson-dct/dft, lpips-*, deeploss-*)")
+    ``gray_pnet_lin_vgg_trial0.pth``, ...); LPIPS gets ``rgb_lpips_alex.pth`` etc. (the registry record's)."""
+    return registry.tuned_file(name, colorspace)
 
 
 def weight_options(name: str, path: str | Path) -> dict:
-    """Constructor option that loads weights from ``path`` for metric ``name`` (``weights`` or ``lin_weights``)."""
-    params = inspect.signature(registry.metric_class(name).__init__).parameters
-    for option in ("weights", "lin_weights"):
-        if option in params:
-            return {option: str(path)}
-    raise ValueError(
-        f"metric {registry.canonical_name(name)!r} ({registry.metric_class(name).__name__}) has no option to load "
-        "weights from a file ('weights' or 'lin_weights'); tuned weights cannot replace its shipped ones"
-    )
+    """Constructor option that loads weights from ``path`` for metric ``name`` (the record's ``weights_option``)."""
+    rec = registry.record(name)
+    if rec.weights_option is None:
+        raise ValueError(
+            f"metric {rec.name!r} has no option to load weights from a file; tuned weights cannot replace its "
+            "shipped ones"
+        )
+    return {rec.weights_option: str(path)}
 
 
 class HarnessMetric(nn.Module):
@@ -271,31 +246,27 @@ def build_metric(
         weights: a file of tuned weights in the original format (see :func:`tuned_state_dict`), loaded
             instead of the shipped ones.
         batch_luminance: Watson only: the original's batch-pooled luminance masking.
-        backbone_weights: deep metrics only: "imagenet", "random" or a checkpoint (default: as ``pretrained``).
+        backbone_weights: metrics with a backbone only (others ignore it): "imagenet", "random" or a checkpoint
+            (default: as ``pretrained``).
         probe_size: run the metric once on two random patches of this size, so that a metric that cannot
             take them fails here rather than mid-run (None: skip).
         options: further constructor options of the metric.
     """
     key = registry.canonical_name(name)
     family = metric_family(key)
-    opts = dict(
-        colorspace=_space(colorspace),
-        reduction="none",
-        deterministic=True,
-        pretrained=pretrained,
-        trainable=trainable,
-    )
+    opts = dict(colorspace=_space(colorspace), reduction="none", deterministic=True, pretrained=pretrained,
+                trainable=trainable)
     if family == "watson":
         opts["batch_luminance"] = batch_luminance
-    if key.startswith("elpips-"):
+    if registry.record(key).stochastic:
         # E-LPIPS is its random ensemble: the spec's 2AFC protocol averages 50 samples per distance
         opts.update(deterministic=False, n=ELPIPS_SAMPLES)
-    if backbone_weights is not None and family in ("lpips", "deeploss"):
+    if backbone_weights is not None and registry.takes(key, "backbone_weights"):
         opts["backbone_weights"] = backbone_weights
     if weights is not None:
         opts.update(weight_options(key, weights))
     opts.update(options)
-    harness = HarnessMetric(registry.get_metric(key, **opts), key, colorspace).to(device)
+    harness = HarnessMetric(registry.get_metric(key, device=device, **opts), key, colorspace)
     if not trainable:
         harness.eval()
     if probe_size:

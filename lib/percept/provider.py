@@ -26,22 +26,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from percept import checks
-
-_NAMES = {
-    "l1": "L1",
-    "l2": "L2",
-    "ssim": "SSIM",
-    "watson": "Watson-dct",
-    "watson-dct": "Watson-dct",
-    "watson-fft": "Watson-fft",
-    "watson-dft": "Watson-fft",
-    "watson-vgg": "Watson-vgg",
-    "watson-deep": "Watson-vgg",
-    "deeploss-vgg": "Deeploss-vgg",
-    "deeploss-squeeze": "Deeploss-squeeze",
-    "adaptive": "Adaptive",
-}
+from percept import checks, registry
 
 
 class LossProvider:
@@ -74,10 +59,8 @@ class LossProvider:
 
         ``validate=False`` gives L1/L2 exactly as the original (``nn.L1Loss``/``nn.MSELoss``, which accept
         NaN, any range and broadcast mismatched shapes); by default they check their input first."""
-        try:
-            name = _NAMES[model.lower()]
-        except KeyError:
-            raise ValueError(f"unknown loss {model!r}; choose one of {', '.join(self.loss_functions)}") from None
+        rec = registry.by_original(model)  # the original's names, e.g. "watson" = Watson-dct as in the original
+        name = rec.original[0]
         space = checks.normalize_colorspace(colorspace)
         if reduction not in ("sum", "none"):
             raise ValueError(f"reduction must be 'sum' or 'none' (the original's choices), got {reduction!r}")
@@ -90,22 +73,13 @@ class LossProvider:
             from percept.metrics.ssim import original_ssim
 
             return original_ssim(reduction)
-        if name in ("Watson-dct", "Watson-fft"):
-            from percept.metrics.watson import WatsonDCT, WatsonDFT
-
-            cls = WatsonDCT if name == "Watson-dct" else WatsonDFT
-            return cls(
-                colorspace=space,
-                reduction=reduction,
-                deterministic=deterministic,
-                pretrained=pretrained,
-                batch_luminance=True,
-                luminance_floor=0.0,
+        if name in ("Watson-dct", "Watson-fft"):  # paper style: batch-pooled luminance, no floor (the original)
+            return registry.get_metric(
+                rec.name, style="paper", colorspace=space, reduction=reduction, deterministic=deterministic,
+                pretrained=pretrained
             )
         if name == "Watson-vgg":
-            from percept.metrics.deep import WatsonVGG
-
-            return WatsonVGG(colorspace=space, reduction=reduction, pretrained=pretrained)
+            return registry.get_metric(rec.name, colorspace=space, reduction=reduction, pretrained=pretrained)
         if name.startswith("Deeploss"):
             from percept.metrics.deep import original_deeploss
 

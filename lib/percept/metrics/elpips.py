@@ -40,11 +40,13 @@ config     net         taps                                 pooling linear weigh
 "lpips"    squeeze     relu1, fire3, fire5..fire9 (7)       max     ``squeeze.npy``
 ========== =========== ==================================== ======= =============================
 
-``deterministic=True`` switches the transformations and the network dropout off and, unless ``config`` is
-given, selects the "lpips" configuration: the E-LPIPS package's plain LPIPS (its own TF-trained linear
-weights, not the ``lpips`` v0.1 ones), which equals :class:`percept.metrics.deep.LPIPS` given the same
-backbone and linear weights (for SqueezeNet with ``torchvision_pooling=True``, see below). ``config="elpips", deterministic=True`` is the E-LPIPS network without
-randomness (how its linear weights were trained).
+The network is chosen by ``config`` alone (default "elpips"); ``deterministic=True`` only switches the
+transformations and the network dropout off, so ``deterministic=True`` is the E-LPIPS network without
+randomness (how its linear weights were trained). ``config="lpips"`` is the E-LPIPS package's plain LPIPS
+(its own TF-trained linear weights, not the ``lpips`` v0.1 ones), which equals
+:class:`percept.metrics.deep.LPIPS` given the same backbone and linear weights (for SqueezeNet with
+``torchvision_pooling=True``, see below); the reference's ``lpips_vgg``/``lpips_squeeze`` are
+``config="lpips", deterministic=True``.
 
 SqueezeNet pools 'VALID' (floor) as in the TF reference, not with torchvision's ``ceil_mode=True``
 (``torchvision_pooling=True`` restores it; the two differ when a pooled map has an even side length): with floor
@@ -459,14 +461,13 @@ class ELPIPS(nn.Module):
         trainable: the linear weights require grad (the backbone is always frozen); in training mode a
             dropout (p = 0.5) on the squared differences, shared by the compared images (the original's
             ``use_lpips_dropout``).
-        deterministic: no transformations and no network dropout; selects ``config="lpips"`` unless
-            ``config`` is given (see the module docstring).
+        deterministic: no transformations and no network dropout (the network stays the one of ``config``).
         n: random draws averaged per call (memory with gradients grows with n; the original advises 1-3 for
             a loss, 50 for 2AFC, 200 for a single distance).
         backbone_weights: "imagenet", "random", a checkpoint path or a state dict (default from ``pretrained``).
         lin_weights: override the linear weights: an E-LPIPS ``.npy``, an LPIPS-layout checkpoint or a mapping.
         generator: torch RNG for the draws (CPU or the metric's device); None: torch's global RNG.
-        config: "elpips" or "lpips" (the network layout and weights; default by ``deterministic``).
+        config: "elpips" (default) or "lpips": the network layout and weights (see the module docstring).
         transforms: the transformations to use (default all of :data:`TRANSFORMS`, none when deterministic);
             e.g. ``("shift", "flip")`` for an ablation.
         net_dropout: dropout inside the network (default: not deterministic).
@@ -502,7 +503,7 @@ class ELPIPS(nn.Module):
         backbone_weights: str | os.PathLike | Mapping | None = None,
         lin_weights: str | os.PathLike | Mapping | None = None,
         generator: torch.Generator | None = None,
-        config: str | None = None,
+        config: str = "elpips",
         transforms: bool | Iterable[str] | None = None,
         net_dropout: bool | None = None,
         dropout_keep: float = DROPOUT_KEEP,
@@ -515,7 +516,7 @@ class ELPIPS(nn.Module):
         self.colorspace = checks.normalize_colorspace(colorspace)
         self.reduction = checks.check_reduction(reduction)
         self.net = _short_net(net)
-        self.config = config if config is not None else ("lpips" if deterministic else "elpips")
+        self.config = config
         if self.config not in ("elpips", "lpips"):
             raise ValueError(f"config must be 'elpips' or 'lpips', got {config!r}")
         self.deterministic = bool(deterministic)

@@ -37,7 +37,6 @@ no luminance floor (the original formula), Adaptive untrained with one parameter
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from dataclasses import dataclass
@@ -46,41 +45,31 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from percept import registry as _registry
+
 #: the reconstruction losses of the paper's VAE comparison, in the order of its figures
 PAPER_LOSSES = ("l2", "ssim", "watson-dft", "adaptive", "deeploss-vgg", "deeploss-squeeze")
 
-#: k (lambda = e^k) per model, per version of the original code (spec §11.2, §11.3)
-K_EXPONENTS: dict[str, dict[str, dict[str, float]]] = {
-    "mnist": {
-        "head": {"ssim": 9, "watson-dft": 0, "deeploss-vgg": 9, "deeploss-squeeze": 9, "adaptive": 0},
-        "paper": {"ssim": 9, "watson-dft": 1, "deeploss-vgg": 9, "deeploss-squeeze": 9, "adaptive": 0},
-    },
-    "celeba": {
-        "head": {"ssim": 13, "watson-dft": 0, "deeploss-vgg": 10, "deeploss-squeeze": 9, "adaptive": 3},
-        "paper": {"ssim": 12, "watson-dft": 1, "deeploss-vgg": 10, "deeploss-squeeze": 9, "adaptive": 2},
-    },
-}
+#: k (lambda = e^k) per model, per version of the original code (spec §11.2, §11.3): the registry records' vae_k
+K_EXPONENTS: dict[str, dict[str, dict[str, float]]] = _registry.k_exponents()
 #: losses outside the paper's VAE set with a default k chosen here (see the module docstring)
-OUR_K = {"l2": 0.0, "l1": 0.0}
+OUR_K = {r.name: r.vae_k_ours for r in _registry.METRICS.values() if r.vae_k_ours is not None}
 
 #: registry per-image value is a mean over C*H*W; the original summed every element
-PIXEL_MEAN_METRICS = frozenset({"l1", "l2"})
+PIXEL_MEAN_METRICS = frozenset(r.name for r in _registry.METRICS.values() if r.units == "pixels")
 #: the original's 'sum' was a mean over the batch
-BATCH_MEAN_METRICS = frozenset({"ssim"})
+BATCH_MEAN_METRICS = frozenset(r.name for r in _registry.METRICS.values() if r.units == "batch-mean")
 
 #: per model: (learning-rate half-life H in epochs, paper epochs, paper batch size)
 PAPER_SCHEDULE = {"mnist": (100.0, 250, 128), "celeba": (20.0, 100, 64)}
 
 
 def _paper_metric_options(image_shape: tuple[int, int, int]) -> dict[str, dict]:
-    h, w = image_shape[1:]
+    # the registry records' paper options (Watson: batch-pooled luminance and no floor on dark target blocks,
+    # the original formula exactly: the near-zero thresholds of an MNIST digit's black background are what
+    # trains it to black)
     return {
-        "ssim": {"padding": "zeros"},
-        # the original formula exactly: batch-pooled luminance and no floor on dark target blocks (the
-        # near-zero thresholds of an MNIST digit's black background are what trains it to black)
-        "watson-dft": {"batch_luminance": True, "luminance_floor": 0.0},
-        "watson-dct": {"batch_luminance": True, "luminance_floor": 0.0},
-        "adaptive": {"pretrained": False, "image_size": (h, w), "layout": "original"},
+        name: _registry.paper_options(name, image_shape) for name, r in _registry.METRICS.items() if r.paper_options
     }
 
 
@@ -188,28 +177,17 @@ def build_metric(
 ) -> nn.Module:
     """Build registry metric ``loss`` with ``reduction='none'`` (per-image values), frozen, on ``device``.
 
-    ``metric_style="paper"`` adds :data:`PAPER_METRIC_OPTIONS` (those the metric accepts).
+    ``metric_style="paper"`` adds the registry record's paper options (:data:`PAPER_METRIC_OPTIONS`).
     Raises ``KeyError`` (unknown name, listing the valid ones) or the metric's own error (e.g.
     :class:`percept.assets.MissingAssetError` when its weights are not on this machine).
     """
-    from percept.registry import get_metric, metric_class
-
     name = canonical_loss(loss)
     if metric_style not in ("paper", "library"):
         raise ValueError(f"unknown metric_style {metric_style!r}: use 'paper' or 'library'")
-    try:
-        cls = metric_class(name)
-    except (ImportError, AttributeError) as err:
-        raise RuntimeError(f"metric {name!r} is not available in this installation: {err}") from err
-    options = {"colorspace": colorspace, "reduction": "none", "deterministic": deterministic}
-    if metric_style == "paper":
-        params = inspect.signature(cls.__init__).parameters
-        extra = _paper_metric_options(tuple(image_shape)).get(name, {})
-        options.update({k: v for k, v in extra.items() if k in params})
-    metric = get_metric(name, **options)
-    for p in metric.parameters():
-        p.requires_grad_(False)
-    return metric.to(device).eval()
+    options = {"colorspace": colorspace, "reduction": "none"}
+    if _registry.takes(name, "deterministic"):  # the metric's random transformations, where it has some
+        options["deterministic"] = deterministic
+    return _registry.get_metric(name, style=metric_style, image_shape=image_shape, device=device, **options)
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
