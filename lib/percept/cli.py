@@ -6,6 +6,8 @@
     percept pairs DIR -o out.csv                      every pair of images in one folder -> CSV
                                                       (--consecutive: i with i+1 only; -N: the first N images)
     percept compare REF A B --metric elpips-vgg       which of A and B is closer to REF (with an error bar)
+    percept pairwise-average A B -o out_bary2         the E-LPIPS average of two images (optimised image)
+    percept barycenter IMG --mode noise|shift         the E-LPIPS barycenter of 10 perturbed copies of IMG
     percept list [--check]                            the metrics (and, with --check, which can be built here)
 
 The speed table is not a ``percept`` command: it is the benchmark harness of the checkout (``make bench``,
@@ -194,12 +196,61 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_compare)
 
+    _add_barycenter_parsers(sub)
+
     p = sub.add_parser("list", help="list the metrics", description="List metric names, descriptions and aliases.")
     p.add_argument("--check", action="store_true",
                    help="also build each metric here and say whether it works (weights present, module installed)")
     _add_common(p, metric=False)
     p.set_defaults(func=cmd_list)
     return parser
+
+
+def _add_barycenter_parsers(sub) -> None:
+    """``pairwise-average`` and ``barycenter``: images optimised under E-LPIPS (:mod:`percept.elpips_tools`)."""
+    from percept import elpips_tools as tools
+
+    common = ("Adam from clip(0.5 + 0.2 N(0,1)) with step size LR / (1 + 0.02 t'^0.75), t' = sqrt(100^2 + t^2) - 100, "
+              "x clipped to [1e-5, 1 - 1e-5] before every step; writes OUTDIR/<step>.png at the reference's "
+              "checkpoint steps (the result is <steps>.png), save_<step>.npy, log.csv and run.json. E-LPIPS draws "
+              "one random transformation per step; as the reference examples ran, it does not downscale unless "
+              "--scale-levels is given (auto: as the image size allows).")
+    p = sub.add_parser("pairwise-average", help="the E-LPIPS average (barycenter) of two images, by optimisation",
+                       description="Minimise d(A, x)^2 + d(B, x)^2 over an image x, both distances from one shared "
+                                   "E-LPIPS draw per step (the original's ex_pairwise_average.py). " + common)
+    p.add_argument("a", type=Path, help="first image (written as src_image.png)")
+    p.add_argument("b", type=Path, help="second image (dest_image.png)")
+    p.add_argument("-o", "--outdir", type=Path, default=Path("out_bary2"), help="output folder (default out_bary2)")
+    _add_optimisation_options(p, tools)
+    p.set_defaults(func=cmd_pairwise_average)
+
+    p = sub.add_parser("barycenter", help="the E-LPIPS barycenter of perturbed copies of an image",
+                       description="Make --count copies of IMAGE perturbed by Gaussian noise (--mode noise, sigma "
+                                   "--noise-scale, clipped) or random shifts of -2..2 px with reflect padding "
+                                   "(--mode shift); minimise d(x, c)^2 for one random copy c per step (the "
+                                   "original's ex_bary10.py). Also writes the copies (input<i>.png) and their "
+                                   "pixel mean (input_mean.png, the L2 barycenter). " + common)
+    p.add_argument("image", type=Path, help="source image")
+    p.add_argument("--mode", required=True, choices=tools.PERTURBATIONS, help="perturbation of the copies")
+    p.add_argument("--count", type=int, default=10, help="number of perturbed copies (default 10)")
+    p.add_argument("--noise-scale", type=float, default=tools.NOISE_SCALE,
+                   help=f"sigma of the noise copies (default {tools.NOISE_SCALE})")
+    p.add_argument("-o", "--outdir", type=Path, default=Path("out_bary10"), help="output folder (default out_bary10)")
+    _add_optimisation_options(p, tools)
+    p.set_defaults(func=cmd_barycenter)
+
+
+def _add_optimisation_options(p: argparse.ArgumentParser, tools) -> None:
+    p.add_argument("--steps", type=int, default=tools.STEPS,
+                   help=f"optimisation steps (default {tools.STEPS}, as the original: hours with VGG)")
+    p.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=tools.BASE_LR,
+                   help=f"step size multiplier (default {tools.BASE_LR})")
+    p.add_argument("--scale-levels", default="1", metavar="S|auto",
+                   help="E-LPIPS downscaling levels (default 1, as the original examples ran; auto: min(H, W) // 64, "
+                        "at most 8)")
+    p.add_argument("--save-every", type=int, default=tools.SAVE_EVERY,
+                   help=f"write save_<step>.npy every this many steps (default {tools.SAVE_EVERY}; 0: only the last)")
+    _add_common(p, default_metric="elpips-vgg")
 
 
 def _add_batch_options(p: argparse.ArgumentParser) -> None:
@@ -703,6 +754,84 @@ def cmd_compare(args) -> int:
 
 #: image sizes ``list --check`` tries: Adaptive's weights fit only 64x64, MS-SSIM needs at least 161x161
 CHECK_SIZES = (64, 192)
+
+
+def _optimisation_metric(args, height: int, width: int):
+    """The metric of ``pairwise-average`` / ``barycenter``: E-LPIPS with --scale-levels (unless -O sets them)."""
+    from percept import elpips_tools as tools
+
+    if args.steps < 0:
+        raise UsageError(f"--steps must be >= 0, got {args.steps}")
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be > 0, got {args.lr}")
+    if args.save_every < 0:
+        raise UsageError(f"--save-every must be >= 0, got {args.save_every}")
+    name = _canonical(args.metric)
+    options = dict(args.options)
+    if name.startswith("elpips-"):
+        try:
+            options.setdefault("scale_levels", tools.scale_levels_option(args.scale_levels, height, width))
+        except ValueError as err:
+            raise UsageError(f"--scale-levels: {err}") from None
+    elif args.scale_levels != "1":
+        _warn(f"{name} is not E-LPIPS: --scale-levels ignored")
+    args.device_obj = _device(args.device)
+    return name, options, build_metric(name, _space(args), options, args.device_obj)
+
+
+def _check_outdir(outdir: Path, inputs: Sequence[Path]) -> None:
+    if outdir.exists() and not outdir.is_dir():
+        raise CLIError(f"{outdir} exists and is not a folder")
+    for path in inputs:
+        if path.resolve().parent == outdir.resolve() and path.name in ("src_image.png", "dest_image.png"):
+            raise UsageError(f"{path} would be overwritten by the outputs in {outdir}: use another -o/--outdir")
+
+
+def cmd_pairwise_average(args) -> int:
+    from percept import elpips_tools as tools
+
+    _check_outdir(args.outdir, (args.a, args.b))
+    from percept.io import ImageReadError, ImageSizeError, check_same_size
+
+    try:
+        a, b = _read(args.a, args), _read(args.b, args)
+        check_same_size((args.a, args.b), (a, b))
+    except (ImageReadError, ImageSizeError) as err:
+        raise CLIError(str(err)) from err
+    name, options, metric = _optimisation_metric(args, *a.shape[-2:])
+    with _input_errors(f"{args.a} and {args.b}"):
+        result = tools.write_pairwise_average(
+            a, b, metric, args.outdir, metric_name=name, metric_options=options, steps=args.steps, base_lr=args.lr,
+            seed=args.seed, save_every=args.save_every, progress=None,
+            extra={"inputs": [str(args.a), str(args.b)]})
+    print(f"{args.outdir / f'{result.steps:06d}.png'}  ({name}, {result.steps} steps, "
+          f"final d(a,x)^2 + d(b,x)^2 = {result.history[-1]['loss']:.6g})")
+    return 0
+
+
+def cmd_barycenter(args) -> int:
+    from percept import elpips_tools as tools
+
+    if args.count < 1:
+        raise UsageError(f"--count must be at least 1, got {args.count}")
+    if not args.noise_scale >= 0:
+        raise UsageError(f"--noise-scale must be >= 0, got {args.noise_scale}")
+    _check_outdir(args.outdir, (args.image,))
+    from percept.io import ImageReadError
+
+    try:
+        src = _read(args.image, args)
+    except ImageReadError as err:
+        raise CLIError(str(err)) from err
+    name, options, metric = _optimisation_metric(args, *src.shape[-2:])
+    with _input_errors(str(args.image)):
+        result = tools.write_perturbed_barycenter(
+            src, metric, args.outdir, mode=args.mode, count=args.count, noise_scale=args.noise_scale,
+            metric_name=name, metric_options=options, steps=args.steps, base_lr=args.lr, seed=args.seed,
+            save_every=args.save_every, progress=None, extra={"input": str(args.image)})
+    print(f"{args.outdir / f'{result.steps:06d}.png'}  ({name}, {args.count} {args.mode} copies, {result.steps} steps; "
+          f"pixel mean: {args.outdir / 'input_mean.png'})")
+    return 0
 
 
 def _try_sizes(metric) -> str:
