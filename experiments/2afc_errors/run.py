@@ -46,6 +46,7 @@ import torch
 from percept import registry
 from percept.data import DatasetError, bapps
 from percept.guard import RunLock, add_debug_flag, atomic_output, driver_main
+from percept.runinfo import machine_info, select_device, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "results" / "2afc_errors"
@@ -54,13 +55,6 @@ QUICK_METRICS = ["watson-dft", "deeploss-squeeze", "l2"]
 QUICK_TRIPLETS = 24
 log = logging.getLogger("2afc_errors")
 
-
-def _plumbing():
-    try:  # the shared run plumbing (moving from percept.train to percept.runinfo)
-        from percept.runinfo import machine_info, select_device, write_json
-    except ImportError:
-        from percept.train import machine_info, select_device, write_json
-    return machine_info, select_device, write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,7 +173,6 @@ def _main(argv: list[str]) -> int:
 def _run(args, names: list[str], root: Path, synthetic: bool, out: Path) -> int:
     from percept.evaluate import build_metric, evaluate_bapps
 
-    machine_info, select_device, write_json = _plumbing()
     out.mkdir(parents=True, exist_ok=True)
     marker = out / bapps.SYNTHETIC_MARKER
     if synthetic:

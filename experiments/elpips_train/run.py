@@ -53,6 +53,7 @@ import torch
 
 from percept.data import DatasetError, bapps
 from percept.guard import RunLock, add_debug_flag, driver_main
+from percept.runinfo import machine_info, select_device, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "results" / "elpips_train"
@@ -60,13 +61,6 @@ log = logging.getLogger("elpips_train")
 QUICK = dict(metric="elpips_squeeze_maxpool", nepoch=1, nepoch_decay=1, batch_size=8, warmup=1, max_batches=3,
              limit=24, eval_samples=2, eval_limit=8)
 
-
-def _plumbing():
-    try:  # the shared run plumbing (moving from percept.train to percept.runinfo)
-        from percept.runinfo import machine_info, select_device, write_json
-    except ImportError:
-        from percept.train import machine_info, select_device, write_json
-    return machine_info, select_device, write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,7 +219,6 @@ def _main(argv: list[str]) -> int:
 def _run(args, config, root: Path, synthetic: bool, out: Path, shipped: Path, train_elpips) -> int:
     from percept import assets
 
-    machine_info, select_device, write_json = _plumbing()
     out.mkdir(parents=True, exist_ok=True)
     if synthetic:
         bapps.mark_synthetic(out, "experiments/elpips_train/run.py on a synthetic BAPPS-layout folder")

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from percept.guard import add_debug_flag, atomic_output, driver_main
+from percept.runinfo import machine_info, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "results" / "watson_weights"
@@ -46,13 +47,6 @@ REAL_COEFFICIENTS = ((0, 0), (0, 4), (4, 0), (4, 4))
 #: state-dict entries that are fixed, not learned (the block size, the DCT matrix, the YCbCr transform)
 FIXED = ("blocksize", "dct.A", "to_YCbCr.transform", "to_YCbCr.bias")
 
-
-def _plumbing():
-    try:  # the shared run plumbing (moving from percept.train to percept.runinfo)
-        from percept.runinfo import machine_info, write_json
-    except ImportError:
-        from percept.train import machine_info, write_json
-    return machine_info, write_json
 
 
 def original_file(metric: str, colorspace: str) -> str:
@@ -143,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    machine_info, write_json = _plumbing()
     out = args.out or DEFAULT_OUT
     out.mkdir(parents=True, exist_ok=True)
     matrices, scalars, count_rows, read = [], [], [], {}

@@ -776,7 +776,11 @@ def _optimisation_metric(args, height: int, width: int):
     elif args.scale_levels != "1":
         _warn(f"{name} is not E-LPIPS: --scale-levels ignored")
     args.device_obj = _device(args.device)
-    return name, options, build_metric(name, _space(args), options, args.device_obj)
+    from percept.registry import get_metric
+
+    with _metric_errors(name):
+        metric = get_metric(name, colorspace=_space(args), reduction="none", device=args.device_obj, **options)
+    return name, options, metric.eval()
 
 
 def _check_outdir(outdir: Path, inputs: Sequence[Path]) -> None:

@@ -40,6 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from percept.runinfo import machine_info, write_json
+
 __all__ = [
     "TOLERANCE",
     "BASE_LR",
@@ -394,10 +396,6 @@ def _checkpoint_writer(outdir: Path, save_every: int) -> Callable[[int, torch.Te
 
 def _run_info(kind: str, metric: nn.Module, metric_name: str, options: dict, result: OptimisationResult,
               extra: dict) -> dict:
-    try:  # the shared run plumbing (moving from percept.train to percept.runinfo)
-        from percept.runinfo import machine_info
-    except ImportError:
-        from percept.train import machine_info
     return {
         "command": kind,
         "metric": metric_name,
@@ -407,14 +405,6 @@ def _run_info(kind: str, metric: nn.Module, metric_name: str, options: dict, res
         **extra,
         "machine": machine_info(_metric_device(metric)),
     }
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    try:
-        from percept.runinfo import write_json
-    except ImportError:
-        from percept.train import write_json
-    write_json(path, payload)
 
 
 def write_pairwise_average(
@@ -452,7 +442,7 @@ def write_pairwise_average(
     _write_log(outdir / "log.csv", result.history)
     info = {"images": {"a": "src_image.png", "b": "dest_image.png"}, "result": f"{result.steps:06d}.png",
             "learning_rate": base_lr, "seed": seed, **(extra or {})}
-    _write_json(outdir / "run.json", _run_info("pairwise-average", metric, metric_name, metric_options or {}, result, info))
+    write_json(outdir / "run.json", _run_info("pairwise-average", metric, metric_name, metric_options or {}, result, info))
     return result
 
 
@@ -500,5 +490,5 @@ def write_perturbed_barycenter(
     payload = {"source": "src_image.png", "mode": mode, "count": int(count), "copies": info,
                "result": f"{result.steps:06d}.png", "pixel_mean": "input_mean.png", "learning_rate": base_lr,
                "seed": seed, **(extra or {})}
-    _write_json(outdir / "run.json", _run_info("barycenter", metric, metric_name, metric_options or {}, result, payload))
+    write_json(outdir / "run.json", _run_info("barycenter", metric, metric_name, metric_options or {}, result, payload))
     return result

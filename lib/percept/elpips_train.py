@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from percept.evaluate import RankingHead, lr_at_epoch
+from percept.runinfo import atomic_save, get_rng_state, set_rng_state
 
 __all__ = [
     "METRICS",
@@ -238,14 +239,6 @@ def save_lin_weights(weights: Mapping[str, np.ndarray], path: str | Path) -> Pat
 
 
 # ----------------------------------------------------------------------------------------- training
-def _plumbing():
-    try:  # the shared run plumbing (moving from percept.train to percept.runinfo)
-        from percept.runinfo import atomic_save, get_rng_state, set_rng_state
-    except ImportError:
-        from percept.train import atomic_save, get_rng_state, set_rng_state
-    return atomic_save, get_rng_state, set_rng_state
-
-
 def _write_csv(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
@@ -286,7 +279,6 @@ def train_elpips(
     """
     from percept.data.bapps import make_loader, twoafc_train_set
 
-    atomic_save, get_rng_state, set_rng_state = _plumbing()
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoints" / "last.pt"
     weights_path = out_dir / f"{config.name}-latest.npy"
