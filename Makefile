@@ -15,7 +15,7 @@ QUICK ?=
 .DEFAULT_GOAL := help
 .PHONY: help setup test lint bench bench-gpu gpu-wheels data data-mnist data-celeba data-bapps assets figures \
         reproduce-all reproduce-runtime reproduce-convergence reproduce-vae-mnist reproduce-vae-celeba \
-        reproduce-2afc reproduce-adversarial clean
+        reproduce-2afc reproduce-adversarial reproduce-dps-analysis data-dps-images clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-24s %s\n", $$1, $$2}'
@@ -87,7 +87,13 @@ reproduce-2afc: setup  ## BAPPS 2AFC / JND agreement of every metric
 reproduce-adversarial: setup  ## adversarial robustness of every metric
 	@$(MAKE) --no-print-directory _run EXP=adversarial_robustness
 
-reproduce-all: reproduce-runtime reproduce-convergence reproduce-vae-mnist reproduce-vae-celeba reproduce-2afc reproduce-adversarial  ## every experiment
+data-dps-images: setup  ## Sjögren et al.'s 90 test images into data/dps_images (checked by git blob id)
+	$(PY) data/download_dps_images.py
+
+reproduce-dps-analysis: setup  ## Sjögren et al.'s DPS analysis (their images after make data-dps-images, else stand-ins)
+	@$(MAKE) --no-print-directory _run EXP=dps_analysis ARGS="--random-fallback"
+
+reproduce-all: reproduce-runtime reproduce-convergence reproduce-vae-mnist reproduce-vae-celeba reproduce-2afc reproduce-adversarial reproduce-dps-analysis  ## every experiment
 
 _run:
 	@if [ ! -f experiments/$(EXP)/run.py ]; then \

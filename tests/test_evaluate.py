@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 from PIL import Image
 
 import percept
@@ -460,3 +461,285 @@ def test_elpips_2afc_shares_each_random_draw_between_p0_and_p1(refs):
         a, b = l2.pair(p, q, ref)
     torch.testing.assert_close(a, (p - ref).square().flatten(1).mean(1))
     torch.testing.assert_close(b, (q - ref).square().flatten(1).mean(1))
+
+
+# -------------------------------------------------------------------- lin / tune / scratch, DPS tuning
+def _batch(refs):
+    """One batch of the TRIPLETS: (ref, p0, p1, judge), float64."""
+    p0 = torch.stack([_distorted(refs[i], a, i) for i, (a, _, _) in enumerate(TRIPLETS)])
+    p1 = torch.stack([_distorted(refs[i], b, i) for i, (_, b, _) in enumerate(TRIPLETS)])
+    judge = torch.tensor([h for _, _, h in TRIPLETS])
+    return refs.double(), p0.double(), p1.double(), judge.double()
+
+
+def _lpips_trainer(net: str):
+    """The lpips 0.1.4 package's Trainer in training mode, trunk trainable, on CPU (random trunk: no download)."""
+    import contextlib
+    import io
+    import warnings
+
+    from lpips.trainer import Trainer
+
+    trainer = Trainer()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        trainer.initialize(model="lpips", net=net, pnet_rand=True, pnet_tune=True, use_gpu=False, is_train=True)
+    return trainer
+
+
+def _trainer_state(trainer) -> dict:
+    """The reference trainer's trunk (by torchvision feature index), linear and head weights."""
+    out = {}
+    for name, module in trainer.net.net.named_children():
+        if name.startswith("slice"):
+            for key, value in module.state_dict().items():
+                out[f"trunk.{key}"] = value
+    for k, lin in enumerate(trainer.net.lins):
+        out[f"lin.{k}"] = lin.model[1].weight
+    for key, value in trainer.rankLoss.net.state_dict().items():
+        out[f"head.{key}"] = value
+    return out
+
+
+def _percept_state(harness, head) -> dict:
+    out = {f"trunk.{k}": v for k, v in ev.metric_trunk(harness.metric).body.state_dict().items()}
+    out.update({f"lin.{k}": conv.weight for k, conv in enumerate(ev.lin_layers(harness.metric))})
+    out.update({f"head.{k}": v for k, v in head.state_dict().items()})
+    return out
+
+
+@pytest.mark.parametrize("mode", ["lin", "tune"])
+def test_lin_and_tune_steps_equal_the_lpips_trainer(refs, mode):
+    """LPIPS's trainer (``--train_trunk`` for tune: the trunk in the optimiser) and percept's steps agree after
+    two Adam steps from the same weights on the real ImageNet AlexNet, in float64 with dropout off (its masks are
+    random draws): trunk, linear layers and ranking head."""
+    config = ev.TuneConfig("lpips-alex", "rgb", mode=mode)
+    assert (config.lr, config.beta1, config.batch_size, config.backbone_weights) == (1e-4, 0.5, 50, "imagenet")
+    harness = ev.build_tunable(config).double()
+    harness.metric.distance.dropout = 0.0
+    head = ev.RankingHead().double()
+    trainer = _lpips_trainer("alex")
+    trainer.net.double()
+    trainer.rankLoss.double()
+    for m in trainer.net.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    # its ScalingLayer (x - shift) / scale on x = 2 z - 1, with the float32 constants percept stores for the
+    # same map z * a + b (the packages round them differently, 1e-7 relative, which Adam amplifies)
+    a, b = _imagenet_affine()
+    trainer.net.scaling_layer.scale = 2 / a
+    trainer.net.scaling_layer.shift = -1 - b * (2 / a)
+    with torch.no_grad():  # the same initial weights: percept's trunk and lins, the reference's head
+        ours, theirs = _percept_state(harness, head), _trainer_state(trainer)
+        assert set(ours) == set(theirs)
+        for key in ours:
+            if key.startswith("head."):
+                ours[key].copy_(theirs[key])
+            else:
+                theirs[key].copy_(ours[key])
+    if mode == "lin":  # the reference without --train_trunk (pnet_tune=False): the trunk gets no gradient
+        trainer.net.net.requires_grad_(False)
+    optimizer = ev.tune_optimizer(harness, head, config)
+    ref, p0, p1, judge = _batch(refs)
+    harness.train()
+    for _ in range(2):
+        ev.tune_step(harness, head, optimizer, ref, p0, p1, judge)
+        trainer.set_input({"ref": 2 * ref - 1, "p0": 2 * p0 - 1, "p1": 2 * p1 - 1, "judge": judge.view(-1, 1, 1, 1)})
+        trainer.optimize_parameters()
+    ours, theirs = _percept_state(harness, head), _trainer_state(trainer)
+    initial = ev.build_tunable(config)
+    moved = set()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key].to(ours[key].dtype), rtol=1e-7, atol=1e-10, msg=key)
+        if key.startswith("trunk."):
+            before = ev.metric_trunk(initial.metric).body.state_dict()[key[len("trunk.") :]].double()
+            if not torch.equal(ours[key], before):
+                moved.add(key)
+    assert bool(moved) == (mode == "tune")  # tune trains every trunk layer, lin none
+    if mode == "tune":
+        assert len(moved) == 10  # AlexNet's 5 convolutions, weight and bias
+
+
+def _imagenet_affine() -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet normalisation (z - mean) / std as z * a + b, (1, 3, 1, 1) float64 holding float32 constants (as
+    percept stores them)."""
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
+    return (1 / std).float().double(), (-mean / std).float().double()
+
+
+def _plain_dps(trunk: nn.Sequential, taps, lins, x, y, branches):
+    """Sjögren et al.'s DistanceMetric (``analysis.py``/``experiment.py``) written out: ImageNet-normalised
+    inputs, per-branch modifier (sort: each channel's values over positions ascending; mean: the channel means),
+    F.normalize over channels, squared difference, 1x1 linear weights, mean over positions, sum."""
+    a, b = _imagenet_affine()
+
+    def feats(z):
+        out, h = [], z * a + b
+        for i, m in enumerate(trunk):
+            h = m(h)
+            if i in taps:
+                out.append(h)
+        return out
+
+    fx, fy = feats(x), feats(y)
+    total, k = 0, 0
+    for branch in branches:
+        for a, b in zip(fx, fy):
+            if branch == "sort":
+                a, b = a.flatten(2).sort(dim=2).values, b.flatten(2).sort(dim=2).values
+            elif branch == "mean":
+                a, b = a.flatten(2).mean(2, keepdim=True), b.flatten(2).mean(2, keepdim=True)
+            else:
+                a, b = a.flatten(2), b.flatten(2)
+            a, b = nn.functional.normalize(a, dim=1), nn.functional.normalize(b, dim=1)
+            total = total + ((a - b).square() * lins[k].view(1, -1, 1)).sum(1).mean(1)
+            k += 1
+    return total
+
+
+@pytest.mark.parametrize("mode", ["tune", "scratch"])
+def test_dps_tune_and_scratch_steps_equal_a_plain_computation(refs, mode):
+    """DPS spatial+sort on AlexNet with its linear layers (one per branch and layer) and the trunk trained: two
+    steps of percept's tuning equal the same two steps written out with torch (Sjögren et al.'s Adam lr 1e-3,
+    betas (0.5, 0.999), BCE through LPIPS's ranking head, lins clamped to >= 0), float64, dropout off."""
+    import copy
+
+    config = ev.TuneConfig("dps-alex", "rgb", mode=mode, metric_options={"method": "spatial+sort"})
+    assert (config.lr, config.batch_size, config.nepoch, config.nepoch_decay) == (1e-3, 256, 5, 5)
+    assert config.backbone_weights == ("imagenet" if mode == "tune" else "random")
+    harness = ev.build_tunable(config).double()
+    harness.metric.distance.dropout = 0.0
+    assert harness.metric.method == "spatial+sort" and len(ev.lin_layers(harness.metric)) == 10
+    head = ev.RankingHead().double()
+    fx = ev.metric_trunk(harness.metric)
+    trunk = nn.Sequential(*[copy.deepcopy(m) for m in fx.body]).double()
+    trunk.requires_grad_(True)
+    for m in trunk.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+        if type(m).__name__ == "StemConv2d":
+            m.__class__ = nn.Conv2d
+    lins = [conv.weight.detach().clone().view(-1).requires_grad_(True) for conv in ev.lin_layers(harness.metric)]
+    plain_head = copy.deepcopy(head)
+    params = list(trunk.parameters()) + lins + list(plain_head.parameters())
+    plain_opt = torch.optim.Adam(params, lr=1e-3, betas=(0.5, 0.999))
+    optimizer = ev.tune_optimizer(harness, head, config)
+    ref, p0, p1, judge = _batch(refs)
+    harness.train()
+    for _ in range(2):
+        ev.tune_step(harness, head, optimizer, ref, p0, p1, judge)
+        d0 = _plain_dps(trunk, fx.layers, lins, ref, p0, ("spatial", "sort"))
+        d1 = _plain_dps(trunk, fx.layers, lins, ref, p1, ("spatial", "sort"))
+        loss = nn.functional.binary_cross_entropy(plain_head(d0, d1), judge)
+        plain_opt.zero_grad()
+        loss.backward()
+        plain_opt.step()
+        with torch.no_grad():
+            for w in lins:
+                w.clamp_(min=0)
+    for (key, ours), theirs in zip(fx.body.state_dict().items(), trunk.state_dict().values()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-10, msg=key)
+    for conv, w in zip(ev.lin_layers(harness.metric), lins):
+        torch.testing.assert_close(conv.weight.view(-1), w.detach(), rtol=1e-7, atol=1e-10)
+        assert (conv.weight >= 0).all()
+
+
+def test_tuning_modes_are_checked():
+    with pytest.raises(ValueError, match="has none"):
+        ev.TuneConfig("watson-dft", mode="tune")
+    with pytest.raises(ValueError, match="random trunk"):
+        ev.TuneConfig("lpips-alex", mode="scratch", backbone_weights="imagenet")
+    with pytest.raises(ValueError, match="scratch"):
+        ev.TuneConfig("lpips-alex", mode="tune", backbone_weights="random")
+    with pytest.raises(ValueError, match="unknown tuning mode"):
+        ev.TuneConfig("lpips-alex", mode="finetune")
+    assert ev.TuneConfig("lpips-squeeze", mode="scratch").tag == "lpips-squeeze_rgb_scratch"
+    assert ev.TuneConfig("lpips-squeeze").tag == "lpips-squeeze_rgb"  # lin keeps its former names
+    dps = ev.TuneConfig("dps-squeeze", "grey", metric_options={"method": "spatial+mean", "channel_norm": False})
+    assert dps.tag == "dps-squeeze_spatial-mean_nonorm_grey"
+    assert dps.weight_file == "gray_dps_squeeze_spatial-mean_nonorm.pth" and dps.trunk_file is None
+    tuned = ev.TuneConfig("lpips-alex", mode="tune")
+    assert (tuned.weight_file, tuned.trunk_file) == ("rgb_lpips_alex_tune.pth", "rgb_lpips_alex_tune_trunk.pth")
+    assert ev.TuneConfig("lpips-alex").weight_file == "rgb_lpips_alex.pth"
+
+
+def test_scratch_run_writes_a_trunk_that_rebuilds_the_tuned_metric(folder, tmp_path, refs):
+    """tune_2afc in mode scratch: a seeded random SqueezeNet trunk trained with the linear layers; both files load
+    back into LPIPS (``lin_weights`` + ``backbone_weights``) and give the tuned harness's distances."""
+    config = ev.TuneConfig(
+        "lpips-squeeze", "rgb", mode="scratch", nepoch=1, nepoch_decay=0, batch_size=5, train_subsets=("mix",)
+    )
+    start = ev.metric_trunk(ev.build_tunable(config).metric).body.state_dict()
+    again = ev.metric_trunk(ev.build_tunable(config).metric).body.state_dict()
+    imagenet = percept.get_metric("lpips-squeeze").backbone.body.state_dict()
+    assert all(torch.equal(start[k], again[k]) for k in start)  # seeded
+    assert not torch.allclose(start["0.weight"], imagenet["0.weight"])  # random, not ImageNet
+    result = ev.tune_2afc(config, folder, tmp_path, progress=False)
+    assert result["weights"].name == "rgb_lpips_squeeze_scratch.pth"
+    assert result["trunk"].name == "rgb_lpips_squeeze_scratch_trunk.pth"
+    trunk = torch.load(result["trunk"], weights_only=True)
+    assert "features.0.weight" in trunk and "features.12.expand3x3.bias" in trunk
+    assert not torch.equal(trunk["features.0.weight"], start["0.weight"])  # the trunk trained
+    ckpt = torch.load(result["checkpoint"], weights_only=True)
+    assert "metric.distance.backbone.body.0.weight" in ckpt["metric"]  # and it is in the resumable state
+    rebuilt = percept.get_metric(
+        "lpips-squeeze", lin_weights=str(result["weights"]), backbone_weights=str(result["trunk"]), reduction="none"
+    )
+    tuned = ev.build_tunable(config)
+    ev._load_trainable_state(tuned, ckpt["metric"])
+    tuned.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(refs[1:], refs[:-1]), tuned(refs[1:], refs[:-1]))
+
+
+def test_driver_scores_dps_methods_norms_layers_and_networks(refs):
+    run = _driver()
+    args = run.build_parser().parse_args(
+        ["--metrics", "dps-squeeze", "--colorspaces", "rgb", "--dps-methods", "spatial", "sort", "spatial+mean"]
+        + ["--dps-channel-norm", "on", "off", "--dps-layers", "1", "4", "7"]
+    )
+    metrics, details, skipped = run._build_all(args, "cpu", ["dps-squeeze", "l2"], None)
+    assert not skipped
+    labels = sorted(label for label, _ in metrics if label.startswith("dps"))
+    assert len(labels) == 6 and "dps-squeeze+spatial+mean+nonorm+layers-1-4-7" in labels
+    assert "dps-squeeze+layers-1-4-7" in labels  # spatial with channel norm: the paper's defaults, no tag
+    harness = metrics[("dps-squeeze+sort+nonorm+layers-1-4-7", "rgb")]
+    assert harness.metric.method == "sort" and harness.metric.channel_norm is False
+    assert harness.metric.backbone.layers == (1, 4, 7)
+    want = percept.get_metric("dps-squeeze", method="sort", channel_norm=False, layers=(1, 4, 7), reduction="none")
+    with torch.no_grad():
+        torch.testing.assert_close(harness(refs[1:], refs[:-1]), want(refs[1:], refs[:-1]))
+    # any torchvision network: dps-<name>, here a random ResNet-18 on Pihlgren et al.'s layers
+    assert run._canonical("dps-resnet18") == "dps-resnet18" and run._canonical("DPS-Alex") == "dps-alex"
+    with pytest.raises(KeyError):
+        run._canonical("dps-nonet")
+    args = run.build_parser().parse_args(["--colorspaces", "rgb", "--backbone-weights", "random"])
+    metrics, details, skipped = run._build_all(args, "cpu", ["dps-resnet18"], None)
+    (label, _), harness = next(iter(metrics.items()))
+    assert label == "dps-resnet18+random" and harness.metric.backbone.name == "resnet18"
+
+
+def test_driver_tunes_dps_and_lpips_variants_then_scores_them(folder, tmp_path):
+    run = _driver()
+    out = tmp_path / "out"
+    common = ["--train", "--data", str(folder), "--colorspaces", "rgb", "--nepoch", "1", "--nepoch-decay", "0"]
+    common += ["--train-subsets", "mix", "--subsets", "traditional", "--jnd-subsets", "--out", str(out)]
+    common += ["--no-progress", "--workers", "0", "--batch-size", "5"]
+    assert run.main(common + ["--metrics", "dps-squeeze", "--dps-methods", "sort", "--variants", "lin", "tune"]) == 0
+    assert run.main(common + ["--metrics", "lpips-squeeze", "--variants", "scratch"]) == 0
+    weights = sorted(p.name for p in (out / "tuned" / "weights").iterdir())
+    assert weights == [
+        "rgb_dps_squeeze_sort.pth",
+        "rgb_dps_squeeze_sort_tune.pth",
+        "rgb_dps_squeeze_sort_tune_trunk.pth",
+        "rgb_lpips_squeeze_scratch.pth",
+        "rgb_lpips_squeeze_scratch_trunk.pth",
+    ]
+    rows = {line.split(",")[0] for line in (out / "scores.csv").read_text().splitlines()[1:]}
+    assert rows == {"human", "dps-squeeze+sort+tuned", "dps-squeeze+sort+tune", "lpips-squeeze+scratch"}
+    info = json.loads((out / "run.json").read_text())
+    assert set(info["tuning"]["runs"]) == {"lpips-squeeze+scratch/rgb"}
+    assert info["tuning"]["runs"]["lpips-squeeze+scratch/rgb"]["config"]["backbone_weights"] == "random"
+    details = info["evaluation"]["metrics"]["lpips-squeeze+scratch/rgb"]
+    assert details["variant"] == "scratch" and details["backbone_weights"].endswith("_scratch_trunk.pth")

@@ -15,11 +15,26 @@ The LPIPS paper's table rows (lpips_elpips.md A6/A7, C5)::
     python experiments/2afc/run.py --metrics lpips-alex lpips-squeeze --lpips-baseline   # off-the-shelf "net" rows
     python experiments/2afc/run.py --metrics lpips-alex --lpips-baseline --backbone-weights random  # random AlexNet
 
-Tuning (Watson-DCT/DFT, Adaptive and LPIPS/Deeploss linear layers on 2AFC train; czolbe.md §10.3)::
+The deep perceptual similarity (DPS) rows of Sjögren et al. 2022 (dps_analysis.md §2.5-2.6): every network x
+method x channel normalisation; ``dps-<torchvision network>`` (e.g. ``dps-resnet18``) for other loss networks::
+
+    python experiments/2afc/run.py --metrics dps-alex dps-squeeze dps-vgg \
+        --dps-methods spatial mean sort spatial+mean spatial+sort --dps-channel-norm on off --colorspaces rgb
+    python experiments/2afc/run.py --metrics dps-resnet18 --dps-layers 2 4 5 7 --dps-methods spatial+sort
+
+Tuning (Watson-DCT/DFT, Adaptive and LPIPS/Deeploss/DPS linear layers on 2AFC train; czolbe.md §10.3,
+lpips_elpips.md part B; DPS with Sjögren et al.'s schedule: Adam 1e-3, batch 256, 5 + 5 epochs)::
 
     python experiments/2afc/run.py --train --metrics watson-dft --colorspaces rgb grey
     python experiments/2afc/run.py --train --resume   # continue every run from its last epoch
     python experiments/2afc/run.py --weights results/2afc/tuned/weights    # score with the tuned weights
+    python experiments/2afc/run.py --train --metrics lpips-alex --variants lin tune scratch --colorspaces rgb
+    python experiments/2afc/run.py --train --metrics dps-alex --dps-methods spatial+sort --variants lin tune
+
+``--variants`` (LPIPS's lin / tune / scratch, lpips_elpips.md A7): ``lin`` trains the linear layers on the
+frozen ImageNet trunk; ``tune`` trains the trunk with them from ImageNet weights; ``scratch`` trains a random
+trunk with them. The trained trunk is written beside the linear weights (``<weights>_trunk.pth``); rows are
+labelled ``+tuned`` (lin), ``+tune`` and ``+scratch``.
 
 Expected runtime (estimates from per-triplet costs measured on 2 shared CPU cores; see README.md): the
 full validation data are 36.4k triplets + 9.6k JND pairs. Every metric without the VGG-16 ones, rgb and
@@ -32,13 +47,14 @@ epoch: on a GPU with ``--workers 8`` roughly 1-3 min per epoch, i.e. ~1 h for a 
 Outputs in ``--out`` (default ``results/2afc/``): ``scores.csv`` (metric, colorspace, subset, score in
 [0, 1]; metric "human" is the ceiling p^2 + (1 - p)^2), ``jnd.csv`` (metric, colorspace, subset, map),
 ``run.json`` (data, options, machine info, metrics skipped and why). Later runs into the same folder
-replace their own rows and keep the others. Metric labels carry ``+tuned`` (``--weights``),
+replace their own rows and keep the others. Metric labels carry ``+tuned`` / ``+tune`` / ``+scratch`` (``--weights``
+and ``--variants``), the DPS options (``+sort``, ``+spatial+mean``, ``+nonorm``, ``+layers-1-4-7``),
 ``+batchlum`` (``--batch-luminance``), ``+v0.0`` (``--lpips-version 0.0``), ``+baseline``
 (``--lpips-baseline``) and ``+random`` / ``+trunk-<file>`` (``--backbone-weights``). Colour space "lab"
 (RGB patches compared in CIELAB, the paper's default for L2 and SSIM) exists for l2, ssim and ssim-skimage;
 the other metrics are skipped for it. Training writes ``tuned/weights/<original file name>`` (loadable by
-the original LossProvider and by ``--weights``), ``tuned/<metric>_<colorspace>/{history.csv,
-checkpoints/last.pt}``.
+the original LossProvider and by ``--weights``), ``tuned/<metric>_<colorspace>[_<variant>]/{history.csv,
+checkpoints/last.pt}`` (DPS: ``tuned/dps-<net>_<method>[_nonorm]..._<colorspace>...``).
 
 Harness semantics (see :mod:`percept.evaluate`): ``metric(input=p0|p1, target=ref)``, per-image output,
 deterministic; grey = BT.601 luma; similarities (PSNR) negated; patches resized to 64x64 with PIL bilinear
@@ -68,15 +84,18 @@ from percept import registry
 from percept.checks import LAB_METRICS
 from percept.data import DatasetError, bapps
 from percept.evaluate import (
+    TUNE_MODES,
     TuneConfig,
     build_metric,
     evaluate_bapps,
     merge_rows,
     metric_family,
     tune_2afc,
+    tuned_trunk_file,
     tuned_weight_file,
 )
 from percept.guard import RunLock, add_debug_flag, driver_main
+from percept.metrics.deep import METHODS as DPS_METHODS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "results" / "2afc"
@@ -121,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["rgb", "grey", "lab"],
         help=f"lab: RGB compared in CIELAB, only {', '.join(LAB_METRICS)} (the LPIPS paper's L2/SSIM default)",
     )
-    p.add_argument("--batch-size", type=int, default=None, help="evaluation 128 (the original's), training 50")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="evaluation 128 (the original's); training 50 (DPS: 256)"
+    )
     p.add_argument("--out", type=Path, default=None, help=f"output folder (default {DEFAULT_OUT.relative_to(ROOT)})")
     p.add_argument(
         "--quick", action="store_true", help="a ~1 minute run on a few triplets (synthetic data without BAPPS)"
@@ -158,7 +179,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backbone-weights",
         default=None,
-        help="lpips-*/deeploss-*: trunk 'imagenet' (default), 'random' or a checkpoint; also the trunk tuned",
+        help="lpips-*/deeploss-*/dps-*: trunk 'imagenet' (default), 'random' or a checkpoint; also the trunk tuned",
+    )
+    d = p.add_argument_group("DPS (Sjögren et al. 2022): dps-alex, dps-squeeze, dps-vgg or dps-<torchvision network>")
+    d.add_argument(
+        "--dps-methods",
+        nargs="+",
+        default=["spatial"],
+        choices=list(DPS_METHODS),
+        help="comparison methods; each is scored (and tuned) as its own row",
+    )
+    d.add_argument(
+        "--dps-channel-norm",
+        nargs="+",
+        default=["on"],
+        choices=["on", "off"],
+        help="unit-normalise the features along channels (on: the paper's default; 'on off' runs both)",
+    )
+    d.add_argument(
+        "--dps-layers",
+        nargs="+",
+        type=int,
+        default=None,
+        help="tap indices (children of the network's feature trunk; default the LPIPS taps / Pihlgren et al.'s)",
     )
     p.add_argument("--device", default="auto")
     p.add_argument(
@@ -171,7 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--train", action="store_true", help="tune on 2AFC train, then score the tuned metrics on val")
     t.add_argument("--train-subsets", nargs="+", default=list(bapps.SUBSETS_2AFC["train"]))
     t.add_argument(
-        "--lr", type=float, default=None, help="default per family: Watson/Adaptive 2e-4, LPIPS/Deeploss 1e-4"
+        "--variants",
+        nargs="+",
+        default=["lin"],
+        choices=list(TUNE_MODES),
+        help="lin: linear layers on the frozen ImageNet trunk; tune: the trunk trained with them; scratch: a "
+        "random trunk trained with them (LPIPS/Deeploss/DPS). With --weights: which tuned files to score",
+    )
+    t.add_argument(
+        "--lr", type=float, default=None, help="default per family: Watson/Adaptive 2e-4, LPIPS/Deeploss 1e-4, DPS 1e-3"
     )
     t.add_argument("--nepoch", type=int, default=None, help="epochs at constant lr (Watson 10, LPIPS/Deeploss 5)")
     t.add_argument(
@@ -233,72 +284,171 @@ def _check_out(out: Path, synthetic: bool) -> None:
         marker.unlink()
 
 
-def _label(name: str, tuned: bool, batchlum: bool, variant: str = "") -> str:
+TUNED_SUFFIX = {"lin": "+tuned", "tune": "+tune", "scratch": "+scratch"}
+
+
+def _label(name: str, tuned: bool | str, batchlum: bool, variant: str = "") -> str:
+    """Row label: the metric, its variant's options, ``+tuned`` (mode lin) / ``+tune`` / ``+scratch`` for tuned
+    weights (``tuned`` True means mode lin), ``+batchlum``."""
+    mode = "lin" if tuned is True else (tuned or None)
+    family = metric_family(_registry_key(name))
     return (
-        name
-        + variant
-        + ("+tuned" if tuned else "")
-        + ("+batchlum" if batchlum and metric_family(name) == "watson" else "")
+        name + variant + (TUNED_SUFFIX[mode] if mode else "") + ("+batchlum" if batchlum and family == "watson" else "")
     )
 
 
-def _variant(args, name: str) -> tuple[dict, str]:
-    """Constructor options of the LPIPS flags for metric ``name`` and the label suffix that names them."""
-    family = metric_family(name)
-    options, suffix = {}, ""
-    if family == "lpips":
-        if args.lpips_version != "0.1":
-            options["version"] = args.lpips_version
-            suffix += f"+v{args.lpips_version}"
-        if args.lpips_baseline:
-            options["lin"] = False
-            suffix += "+baseline"
+def _canonical(name: str) -> str:
+    """A registry name (aliases resolved), or ``dps-<torchvision network>`` for DPS on any other network."""
+    try:
+        return registry.canonical_name(name)
+    except KeyError:
+        key = str(name).strip().lower()
+        if key.startswith("dps-"):
+            from percept.backbones import canonical_arch
+
+            try:
+                return f"dps-{canonical_arch(key[4:])}"
+            except ValueError as err:
+                raise KeyError(f"{name!r}: {err}") from None
+        raise
+
+
+def _registry_key(name: str) -> str:
+    """The registry entry that builds ``name`` (``dps-resnet18`` is built by ``dps-alex`` with ``net``)."""
+    try:
+        return registry.canonical_name(name)
+    except KeyError:
+        return "dps-alex"
+
+
+def _base_options(name: str) -> dict:
+    key = _registry_key(name)
+    return {"net": name[4:]} if key != name and key == "dps-alex" else {}
+
+
+def _dps_options(args) -> list[tuple[dict, str]]:
+    """(options, label suffix) for each DPS method x channel normalisation (x the tap layers)."""
+    out = []
+    layers = getattr(args, "dps_layers", None)
+    for method in getattr(args, "dps_methods", None) or ["spatial"]:
+        for norm in getattr(args, "dps_channel_norm", None) or ["on"]:
+            options, suffix = {}, ""
+            if method != "spatial":
+                options["method"] = method
+                suffix += f"+{method}"
+            if norm == "off":
+                options["channel_norm"] = False
+                suffix += "+nonorm"
+            if layers:
+                options["layers"] = list(layers)
+                suffix += "+layers-" + "-".join(str(k) for k in layers)
+            out.append((options, suffix))
+    return out
+
+
+def _variants(args, name: str) -> list[tuple[dict, str]]:
+    """Constructor options of the metric flags for metric ``name`` and the label suffix that names them: one
+    entry, or one per DPS method / normalisation. ``options`` include what builds ``dps-<network>``."""
+    family = metric_family(_registry_key(name))
+    base = _base_options(name)
+    if family == "dps":
+        variants = [({**base, **o}, suffix) for o, suffix in _dps_options(args)]
+    else:
+        options, suffix = {}, ""
+        if family == "lpips":
+            if args.lpips_version != "0.1":
+                options["version"] = args.lpips_version
+                suffix += f"+v{args.lpips_version}"
+            if args.lpips_baseline:
+                options["lin"] = False
+                suffix += "+baseline"
+        variants = [(options, suffix)]
     trunk = getattr(args, "backbone_weights", None)
-    if family in ("lpips", "deeploss") and trunk not in (None, "imagenet"):
-        options["backbone_weights"] = trunk
-        suffix += "+random" if trunk == "random" else f"+trunk-{Path(trunk).stem}"
-    return options, suffix
+    if family in ("lpips", "deeploss", "dps") and trunk not in (None, "imagenet"):
+        suffix = "+random" if trunk == "random" else f"+trunk-{Path(trunk).stem}"
+        variants = [({**o, "backbone_weights": trunk}, s + suffix) for o, s in variants]
+    return variants
+
+
+def _variant(args, name: str) -> tuple[dict, str]:
+    """The first of :func:`_variants` (every metric but DPS has exactly one)."""
+    return _variants(args, name)[0]
+
+
+def _tuning_options(options: dict) -> dict:
+    """The variant options that name tuned weights (a trunk override is the tuning's starting point, not a name)."""
+    return {k: v for k, v in options.items() if k not in ("backbone_weights", "lin")}
 
 
 def _build_all(args, device, names: list[str], weights_dir: Path | None) -> tuple[dict, dict, dict]:
     """{(label, colorspace): harness}, {label/colorspace: details}, {label/colorspace: reason skipped}."""
     metrics, details, skipped = {}, {}, {}
+    modes = (getattr(args, "variants", None) or ["lin"]) if weights_dir is not None else [None]
     for name in names:
-        options, variant = _variant(args, name)
-        for cs in args.colorspaces:
-            if cs == "lab" and name not in LAB_METRICS:
-                skipped[f"{name}/{cs}"] = f"no Lab variant (colour space lab: {', '.join(LAB_METRICS)})"
-                continue
-            if weights_dir is not None and options.get("lin") is False and metric_family(name) == "lpips":
-                skipped[f"{name}{variant}/{cs}"] = "--lpips-baseline has no linear layers to load --weights into"
-                continue
-            weights = None
-            if weights_dir is not None:
-                try:
-                    candidate = weights_dir / tuned_weight_file(name, cs)
-                except ValueError as err:
-                    skipped[f"{name}/{cs}"] = str(err)
-                    continue
-                if not candidate.is_file():
-                    skipped[f"{name}/{cs}"] = f"no tuned weights {candidate}"
-                    continue
-                weights = candidate
-            label = _label(name, weights is not None, args.batch_luminance, variant)
-            try:
-                metrics[(label, cs)] = build_metric(
-                    name, cs, weights=weights, batch_luminance=args.batch_luminance, device=device, **options
-                )
-            except Exception as err:  # a metric that cannot run here (missing weights, too small for 64x64, ...)
-                skipped[f"{label}/{cs}"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
-                continue
-            details[f"{label}/{cs}"] = {
-                "metric": name,
-                "colorspace": cs,
-                "weights": str(weights) if weights is not None else "shipped",
-                "batch_luminance": bool(args.batch_luminance and metric_family(name) == "watson"),
-                **{k: str(v) for k, v in options.items()},
-            }
+        key = _registry_key(name)
+        family = metric_family(key)
+        for options, variant in _variants(args, name):
+            for cs in args.colorspaces:
+                for mode in modes:
+                    _build_one(
+                        args,
+                        device,
+                        name,
+                        key,
+                        family,
+                        dict(options),
+                        variant,
+                        cs,
+                        mode,
+                        weights_dir,
+                        metrics,
+                        details,
+                        skipped,
+                    )
     return metrics, details, skipped
+
+
+def _build_one(args, device, name, key, family, options, variant, cs, mode, weights_dir, metrics, details, skipped):
+    where = f"{name}{variant}/{cs}"
+    if cs == "lab" and key not in LAB_METRICS:
+        skipped[where] = f"no Lab variant (colour space lab: {', '.join(LAB_METRICS)})"
+        return
+    if weights_dir is not None and options.get("lin") is False and family == "lpips":
+        skipped[where] = "--lpips-baseline has no linear layers to load --weights into"
+        return
+    weights = None
+    if mode is not None:
+        where = f"{name}{variant}{TUNED_SUFFIX[mode]}/{cs}"
+        try:
+            named = _tuning_options(options)
+            candidate = weights_dir / tuned_weight_file(key, cs, mode=mode, options=named)
+            trunk = weights_dir / tuned_trunk_file(key, cs, mode=mode, options=named) if mode != "lin" else None
+        except ValueError as err:
+            skipped[where] = str(err)
+            return
+        missing = [str(f) for f in (candidate, trunk) if f is not None and not f.is_file()]
+        if missing:
+            skipped[where] = f"no tuned weights {' '.join(missing)}"
+            return
+        weights = candidate
+        if trunk is not None:
+            options["backbone_weights"] = str(trunk)
+    label = _label(name, mode or False, args.batch_luminance, variant)
+    try:
+        metrics[(label, cs)] = build_metric(
+            key, cs, weights=weights, batch_luminance=args.batch_luminance, device=device, **options
+        )
+    except Exception as err:  # a metric that cannot run here (missing weights, too small for 64x64, ...)
+        skipped[f"{label}/{cs}"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+        return
+    details[f"{label}/{cs}"] = {
+        "metric": name,
+        "colorspace": cs,
+        "weights": str(weights) if weights is not None else "shipped",
+        "batch_luminance": bool(args.batch_luminance and family == "watson"),
+        **({"variant": mode} if mode is not None else {}),
+        **{k: str(v) for k, v in options.items()},
+    }
 
 
 def _write_run_json(out: Path, payload: dict) -> None:
@@ -368,55 +518,69 @@ def train(args, root: Path, out: Path, device, names: list[str]) -> tuple[dict, 
     weights_dir = tuned_root / "weights"
     runs, skipped = {}, {}
     for name in names:
-        if metric_family(name) is None:
+        key = _registry_key(name)
+        if metric_family(key) is None:
             skipped[name] = "nothing to tune"
             continue
-        for cs in args.colorspaces:
-            if cs == "lab":
-                skipped[f"{name}/{cs}"] = "no tunable metric has a Lab variant"
-                continue
-            config = TuneConfig(
-                name,
-                cs,
-                lr=args.lr,
-                nepoch=args.nepoch,
-                nepoch_decay=args.nepoch_decay,
-                batch_size=args.batch_size or 50,
-                order=args.order,
-                batch_luminance=args.batch_luminance,
-                backbone_weights=args.backbone_weights or "imagenet",
-                lin_init=args.lin_init,
-                seed=args.seed,
-                train_subsets=tuple(args.train_subsets),
-                resize=args.resize,
-                limit=args.limit,
-            )
-            try:
-                result = tune_2afc(
-                    config,
-                    root,
-                    tuned_root / config.tag,
-                    resume=args.resume,
-                    device=device,
-                    workers=args.workers,
-                    progress=not args.no_progress,
-                    max_batches=args.max_batches,
-                )
-            except (DatasetError, SystemExit):
-                raise
-            except Exception as err:  # e.g. a trunk whose ImageNet weights are not on this machine
-                skipped[f"{name}/{cs}"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
-                log.warning("could not tune %s/%s: %s", name, cs, skipped[f"{name}/{cs}"])
-                continue
-            weights_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(result["weights"], weights_dir / result["weights"].name)
-            last = result["history"][-1] if result["history"] else {}
-            runs[f"{name}/{cs}"] = {
-                "config": result["config"],
-                "weights": str(weights_dir / result["weights"].name),
-                "final_epoch": last,
-            }
-            log.info("tuned %s/%s: %s", name, cs, last)
+        for options, variant in _variants(args, name):
+            for cs in args.colorspaces:
+                for mode in args.variants:
+                    where = f"{name}{variant}{'' if mode == 'lin' else '+' + mode}/{cs}"
+                    if cs == "lab":
+                        skipped[where] = "no tunable metric has a Lab variant"
+                        continue
+                    if options.get("lin") is False:
+                        skipped[where] = "--lpips-baseline has no linear layers to tune"
+                        continue
+                    try:
+                        config = TuneConfig(
+                            key,
+                            cs,
+                            lr=args.lr,
+                            nepoch=args.nepoch,
+                            nepoch_decay=args.nepoch_decay,
+                            batch_size=args.batch_size,
+                            order=args.order,
+                            batch_luminance=args.batch_luminance,
+                            backbone_weights=args.backbone_weights,
+                            lin_init=args.lin_init,
+                            seed=args.seed,
+                            train_subsets=tuple(args.train_subsets),
+                            resize=args.resize,
+                            limit=args.limit,
+                            mode=mode,
+                            metric_options=_tuning_options(options),
+                        )
+                        result = tune_2afc(
+                            config,
+                            root,
+                            tuned_root / config.tag,
+                            resume=args.resume,
+                            device=device,
+                            workers=args.workers,
+                            progress=not args.no_progress,
+                            max_batches=args.max_batches,
+                        )
+                    except (DatasetError, SystemExit):
+                        raise
+                    except Exception as err:  # e.g. a trunk whose ImageNet weights are not on this machine
+                        skipped[where] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+                        log.warning("could not tune %s: %s", where, skipped[where])
+                        continue
+                    weights_dir.mkdir(parents=True, exist_ok=True)
+                    files = [result["weights"]] + ([result["trunk"]] if result.get("trunk") else [])
+                    for f in files:
+                        shutil.copyfile(f, weights_dir / f.name)
+                    last = result["history"][-1] if result["history"] else {}
+                    runs[where] = {
+                        "name": name,
+                        "variant": mode,
+                        "config": result["config"],
+                        "weights": str(weights_dir / result["weights"].name),
+                        **({"trunk": str(weights_dir / result["trunk"].name)} if result.get("trunk") else {}),
+                        "final_epoch": last,
+                    }
+                    log.info("tuned %s: %s", where, last)
     return runs, skipped
 
 
@@ -438,7 +602,7 @@ def _main(argv: list[str]) -> int:
             args.nepoch_decay = 1 if args.nepoch_decay is None else args.nepoch_decay
             args.max_batches = args.max_batches or 2
     try:
-        names = [registry.canonical_name(n) for n in args.metrics] if args.metrics else None
+        names = [_canonical(n) for n in args.metrics] if args.metrics else None
     except KeyError as err:
         print(f"error: {err.args[0]}", file=sys.stderr)
         return 2
@@ -497,7 +661,7 @@ def _run(args, names: list[str], root: Path, synthetic: bool, out: Path) -> int:
     if args.train:
         runs, skipped = train(args, root, out, device, names)
         payload["tuning"] = {"runs": runs, "skipped": skipped, "weights": str(out / "tuned" / "weights")}
-        tuned = sorted({r["config"]["metric"] for r in runs.values()})
+        tuned = sorted({r["name"] for r in runs.values()})
         if tuned and not args.no_eval and _has_bapps(root, train=False):
             payload["evaluation"] = evaluate(args, root, synthetic, out, device, tuned, out / "tuned" / "weights")
     else:

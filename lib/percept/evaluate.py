@@ -150,9 +150,9 @@ ELPIPS_SAMPLES = 50
 
 
 def metric_family(name: str) -> str | None:
-    """ "watson", "lpips", "deeploss", "adaptive" (the families 2AFC tuning knows) or None (by the registry record)."""
+    """ "watson", "lpips", "deeploss", "dps", "adaptive" (the tunable families, by the registry record) or None."""
     rec = registry.record(name)
-    return rec.family if rec.tuned_file is not None else None
+    return rec.family if rec.tuned_file is not None or rec.family == "dps" else None
 
 
 def _space(colorspace: str) -> str:
@@ -161,10 +161,64 @@ def _space(colorspace: str) -> str:
     return normalize_colorspace(colorspace, lab=True)  # "lab": RGB patches, the metric converts (l2, ssim)
 
 
-def tuned_weight_file(name: str, colorspace: str) -> str:
+def tuned_weight_file(name: str, colorspace: str, *, mode: str = "lin", options: Mapping | None = None) -> str:
     """File name of tuned weights: the original's names (``rgb_watson_fft_trial0.pth``,
-    ``gray_pnet_lin_vgg_trial0.pth``, ...); LPIPS gets ``rgb_lpips_alex.pth`` etc. (the registry record's)."""
-    return registry.tuned_file(name, colorspace)
+    ``gray_pnet_lin_vgg_trial0.pth``, ...: the registry record's); LPIPS gets ``rgb_lpips_alex.pth`` etc.; DPS
+    ``rgb_dps_alex_<method>[_nonorm][_layers-1-4][_<option>-<value>].pth``.
+
+    ``mode`` "tune" / "scratch" (a trained trunk, see :class:`TuneConfig`) appends ``_tune`` / ``_scratch``
+    (the trunk goes to :func:`tuned_trunk_file`); ``options`` (the metric constructor options the weights were
+    tuned with, :attr:`TuneConfig.metric_options`) name the variant."""
+    key = registry.canonical_name(name)
+    if mode not in TUNE_MODES:
+        raise ValueError(f"unknown tuning mode {mode!r}: use one of {', '.join(TUNE_MODES)}")
+    family = metric_family(key)
+    options = dict(options or {})
+    tail = "" if mode == "lin" else f"_{mode}"
+    if family != "dps" and not (tail or options):
+        return registry.tuned_file(key, colorspace)  # the default variant; raises for untunable metrics
+    if _space(colorspace) == "lab":
+        raise ValueError(f"metric {name!r}: tuned weights exist for colour spaces rgb and grey only, not lab")
+    cs = "rgb" if _space(colorspace) == "rgb" else "gray"
+    if family == "dps":
+        return f"{cs}_dps_{_dps_variant_name(key, options)}{tail}.pth"
+    extra = "".join(f"_{k}-{_option_text(v)}" for k, v in sorted(options.items()))
+    if family == "deeploss":
+        return f"{cs}_pnet_lin_{key.split('-', 1)[1]}{extra}{tail}_trial0.pth"
+    if family == "lpips":
+        return f"{cs}_lpips_{key.split('-', 1)[1]}{extra}{tail}.pth"
+    if family in ("watson", "adaptive"):
+        raise ValueError(f"metric {name!r}: only its default variant is tunable (mode 'lin', no options)")
+    return registry.tuned_file(key, colorspace)  # raises: no tunable parameters
+
+
+def tuned_trunk_file(name: str, colorspace: str, *, mode: str, options: Mapping | None = None) -> str:
+    """File name of the trained trunk of a "tune" / "scratch" run (a torchvision-layout state dict of the
+    kept layers, ``features.0.weight`` ...; loadable as ``backbone_weights``): the weight file's stem + ``_trunk``."""
+    if mode == "lin":
+        raise ValueError("mode 'lin' keeps the trunk frozen: there is no trained trunk file")
+    return tuned_weight_file(name, colorspace, mode=mode, options=options).removesuffix(".pth") + "_trunk.pth"
+
+
+def _option_text(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "-".join(str(v) for v in value)
+    return str(value)
+
+
+def _dps_variant_name(key: str, options: Mapping) -> str:
+    """``alex_sort``, ``resnet18_spatial-mean_nonorm_layers-2-4``: a DPS metric's network and options."""
+    options = dict(options)
+    net = str(options.pop("net", key.split("-", 1)[1]))
+    net = {"alexnet": "alex", "vgg16": "vgg", "squeezenet1_1": "squeeze"}.get(net, net)
+    parts = [net, str(options.pop("method", "spatial")).replace("+", "-")]
+    if not options.pop("channel_norm", True):
+        parts.append("nonorm")
+    layers = options.pop("layers", None)
+    if layers is not None:
+        parts.append(f"layers-{_option_text(layers)}")
+    parts += [f"{k}-{_option_text(v)}" for k, v in sorted(options.items())]
+    return "_".join(parts)
 
 
 def weight_options(name: str, path: str | Path) -> dict:
@@ -450,13 +504,22 @@ class RankingHead(nn.Module):
 
 
 HEADS: dict[str, type[nn.Module]] = {"weighted-sigmoid": WeightedSigmoidHead, "ranked": RankingHead}
-#: head and schedule (lr, epochs at constant lr, epochs of decay) of each family in the reference code
+#: head and schedule (lr, epochs at constant lr, epochs of decay) of each family in the reference code;
+#: DPS: Sjögren et al.'s ``experiment.py`` (Adam lr 1e-3, constant for 5 epochs, then factors 1.0 .. 0.2)
 FAMILY_DEFAULTS = {
     "watson": ("weighted-sigmoid", 2e-4, 10, 10),
     "adaptive": ("weighted-sigmoid", 2e-4, 10, 10),
     "lpips": ("ranked", 1e-4, 5, 5),
     "deeploss": ("ranked", 1e-4, 5, 5),
+    "dps": ("ranked", 1e-3, 5, 5),
 }
+#: training batch size of each family's reference (the LPIPS trainer: 50; Sjögren et al.: 256)
+FAMILY_BATCH = {"dps": 256}
+#: what is trained (LPIPS's variants, lpips_elpips.md A7): "lin" the linear layers on a frozen ImageNet
+#: trunk; "tune" the trunk too, from ImageNet weights; "scratch" the trunk too, from a random initialisation
+TUNE_MODES = ("lin", "tune", "scratch")
+#: families with a trunk that "tune" / "scratch" can train
+TRUNK_FAMILIES = ("lpips", "deeploss", "dps")
 
 
 def lr_at_epoch(epoch: int, lr: float, nepoch: int, nepoch_decay: int) -> float:
@@ -485,13 +548,14 @@ def tuned_state_dict(metric: nn.Module, name: str) -> dict:
     """The tuned parameters in the format the original LossProvider loads.
 
     Watson: ``original_state_dict()`` (``t_tild``, ``alpha``, ... or ``ly.``/``lcb.``/``lcr.`` keys and
-    ``w_tild`` for RGB); LPIPS / Deeploss: ``lin{i}.model.1.weight`` of shape (1, C, 1, 1); Adaptive:
-    ``.robust_loss.adaptive_lossfun.latent_alpha`` / ``latent_scale`` of shape (1, 3*H*W).
+    ``w_tild`` for RGB); LPIPS / Deeploss / DPS: ``lin{i}.model.1.weight`` of shape (1, C, 1, 1) (DPS: i runs
+    over the branches, then the layers); Adaptive: ``.robust_loss.adaptive_lossfun.latent_alpha`` /
+    ``latent_scale`` of shape (1, 3*H*W). A trained trunk is saved apart (:func:`trunk_state_dict`).
     """
     family = metric_family(name)
     if family == "watson":
         return {k: v.detach().cpu().clone() for k, v in metric.original_state_dict().items()}
-    if family in ("lpips", "deeploss"):
+    if family in ("lpips", "deeploss", "dps"):
         return {f"lin{i}.model.1.weight": c.weight.detach().cpu().clone() for i, c in enumerate(lin_layers(metric))}
     if family == "adaptive":
         if getattr(metric, "layout", "original") != "original":
@@ -504,9 +568,44 @@ def tuned_state_dict(metric: nn.Module, name: str) -> dict:
     raise ValueError(f"metric {name!r} has no tunable parameters")
 
 
+def metric_trunk(metric: nn.Module):
+    """The feature extractor of a deep metric (``metric.distance.backbone``); ValueError for other metrics."""
+    trunk = getattr(getattr(metric, "distance", None), "backbone", None)
+    if trunk is None or not hasattr(trunk, "body"):
+        raise ValueError(f"{type(metric).__name__} has no trunk (a deep-feature backbone) to train")
+    return trunk
+
+
+def unfreeze_trunk_(metric: nn.Module) -> None:
+    """Let the trunk of a deep metric train ("tune" / "scratch"): its parameters require grad and it follows
+    ``.train()`` (batch-norm statistics update, as in the references; AlexNet, VGG and SqueezeNet have none)."""
+    trunk = metric_trunk(metric)
+    trunk.frozen = False
+    trunk.requires_grad_(True)
+
+
+def trunk_state_dict(metric: nn.Module) -> dict:
+    """The trunk's kept layers as a torchvision-layout state dict (``features.0.weight``, ...; the keys of the
+    full model), loadable as ``backbone_weights`` by LPIPS / Deeploss / DPS (and torchvision, non-strictly)."""
+    trunk = metric_trunk(metric)
+    out = {}
+    for key, value in trunk.body.state_dict().items():
+        index, rest = key.split(".", 1)
+        out[f"{trunk.prefixes[int(index)]}.{rest}"] = value.detach().cpu().contiguous().clone()
+    return out
+
+
 @dataclass
 class TuneConfig:
-    """One 2AFC tuning run; ``None`` fields take the reference values of the metric's family."""
+    """One 2AFC tuning run; ``None`` fields take the reference values of the metric's family.
+
+    ``mode`` (:data:`TUNE_MODES`, deep metrics only): "lin" trains the linear layers on a frozen trunk (the
+    default, and the only mode of Watson and Adaptive); "tune" trains the trunk with them, starting from
+    ``backbone_weights`` (default ImageNet; LPIPS ``--train_trunk``); "scratch" trains a randomly initialised
+    trunk with them (LPIPS ``--from_scratch --train_trunk``; Sjögren et al.'s ``scratch`` variant).
+    ``metric_options``: further constructor options of the metric, e.g. a DPS ``method``, ``channel_norm``,
+    ``layers`` or ``net`` (any torchvision network); they name the output files.
+    """
 
     metric: str
     colorspace: str = "rgb"
@@ -514,16 +613,18 @@ class TuneConfig:
     lr: float | None = None
     nepoch: int | None = None
     nepoch_decay: int | None = None
-    batch_size: int = 50
+    batch_size: int | None = None
     beta1: float = 0.5
     order: str = "original"
     batch_luminance: bool = False
-    backbone_weights: str = "imagenet"
+    backbone_weights: str | None = None
     lin_init: str = "default"
     seed: int = 0
     train_subsets: tuple[str, ...] = SUBSETS_2AFC["train"]
     resize: str = "pil-bilinear"
     limit: int | None = None
+    mode: str = "lin"
+    metric_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.metric = registry.canonical_name(self.metric)
@@ -532,14 +633,33 @@ class TuneConfig:
         if family is None:
             raise ValueError(
                 f"metric {self.metric!r} has nothing to tune; tunable: watson-dct, watson-dft, adaptive, lpips-*, "
-                "deeploss-*"
+                "deeploss-*, dps-*"
             )
         head, lr, nepoch, decay = FAMILY_DEFAULTS[family]
         self.head = self.head or head
         self.lr = lr if self.lr is None else float(self.lr)
         self.nepoch = nepoch if self.nepoch is None else int(self.nepoch)
         self.nepoch_decay = decay if self.nepoch_decay is None else int(self.nepoch_decay)
+        self.batch_size = FAMILY_BATCH.get(family, 50) if self.batch_size is None else int(self.batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         self.train_subsets = tuple(self.train_subsets)
+        if self.mode not in TUNE_MODES:
+            raise ValueError(f"unknown tuning mode {self.mode!r}: use one of {', '.join(TUNE_MODES)}")
+        if self.mode != "lin" and family not in TRUNK_FAMILIES:
+            raise ValueError(
+                f"mode {self.mode!r} trains a deep metric's trunk; {self.metric} has none (use mode 'lin')"
+            )
+        if self.backbone_weights is None:
+            self.backbone_weights = "random" if self.mode == "scratch" else "imagenet"
+        self.backbone_weights = str(self.backbone_weights)
+        if self.mode == "scratch" and self.backbone_weights != "random":
+            raise ValueError(
+                f"mode 'scratch' starts from a random trunk; got backbone_weights={self.backbone_weights!r}"
+            )
+        if self.mode == "tune" and self.backbone_weights == "random":
+            raise ValueError("mode 'tune' fine-tunes a trained trunk; a random trunk trained is mode 'scratch'")
+        self.metric_options = _plain_options(self.metric_options)
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}: use one of {', '.join(HEADS)}")
         if self.order not in ("original", "eval"):
@@ -553,15 +673,48 @@ class TuneConfig:
 
     @property
     def tag(self) -> str:
-        return f"{self.metric}_{self.colorspace}"
+        """Folder name of the run: ``<metric>_<colorspace>``, plus the variant's options and the mode (not "lin")."""
+        name = self.metric
+        if metric_family(self.metric) == "dps":
+            name = f"dps-{_dps_variant_name(self.metric, self.metric_options)}"
+        elif self.metric_options:
+            name += "".join(f"_{k}-{_option_text(v)}" for k, v in sorted(self.metric_options.items()))
+        return f"{name}_{self.colorspace}" + ("" if self.mode == "lin" else f"_{self.mode}")
+
+    @property
+    def weight_file(self) -> str:
+        return tuned_weight_file(self.metric, self.colorspace, mode=self.mode, options=self.metric_options)
+
+    @property
+    def trunk_file(self) -> str | None:
+        if self.mode == "lin":
+            return None
+        return tuned_trunk_file(self.metric, self.colorspace, mode=self.mode, options=self.metric_options)
+
+
+def _plain_options(options: Mapping) -> dict:
+    """Metric options as JSON-like values (tuples to lists), so that they compare equal after a checkpoint."""
+    out = {}
+    for k, v in dict(options or {}).items():
+        if isinstance(v, tuple):
+            v = list(v)
+        if not isinstance(v, (str, int, float, bool, list, type(None))):
+            raise ValueError(f"metric option {k}={v!r}: only plain values (str, number, bool, list) can be recorded")
+        out[str(k)] = v
+    return out
 
 
 CHECKPOINT_FORMAT = "percept-2afc-tuning/1"
+#: configuration fields added after the first checkpoints were written, with the value those runs had
+_CONFIG_ADDED = {"mode": "lin", "metric_options": {}}
 
 
 def build_tunable(config: TuneConfig, device: torch.device | str = "cpu") -> HarnessMetric:
     """The metric of ``config`` with trainable parameters at their initial values (reference init)."""
     torch.manual_seed(config.seed)
+    options = dict(config.metric_options)
+    if metric_family(config.metric) == "dps":
+        options["lin"] = True  # DPS is uncalibrated unless asked for its linear layers
     harness = build_metric(
         config.metric,
         config.colorspace,
@@ -571,10 +724,13 @@ def build_tunable(config: TuneConfig, device: torch.device | str = "cpu") -> Har
         backbone_weights=config.backbone_weights,
         device=device,
         probe_size=None,
+        **options,
     )
     if config.lin_init == "default":
         for conv in lin_layers(harness.metric):
             conv.reset_parameters()  # PyTorch's default (signed) init, as the reference; clamped after a step
+    if config.mode != "lin":
+        unfreeze_trunk_(harness.metric)
     if not any(p.requires_grad for p in harness.parameters()):
         raise ValueError(f"{config.metric} has no trainable parameters with trainable=True")
     return harness
@@ -603,6 +759,42 @@ def _write_history(path: Path, history: list[dict]) -> None:
         writer.writerows(history)
 
 
+def tune_optimizer(harness: nn.Module, head: nn.Module, config: TuneConfig) -> torch.optim.Adam:
+    """Adam (betas (beta1, 0.999), lr ``config.lr``) over every parameter that requires grad: the metric's
+    (linear layers; with mode "tune" / "scratch" the trunk too) and the head's, as the references' optimisers."""
+    params = [p for p in harness.parameters() if p.requires_grad] + list(head.parameters())
+    return torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, 0.999))
+
+
+def tune_step(
+    harness: nn.Module,
+    head: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ref: torch.Tensor,
+    p0: torch.Tensor,
+    p1: torch.Tensor,
+    judge: torch.Tensor,
+    *,
+    order: str = "original",
+) -> tuple[float, float]:
+    """One training step on a batch of triplets (each (N, 3, H, W) in [0, 1]; judge (N,) in [0, 1]):
+    BCE(head(d0, d1), judge), an optimiser step, then the linear weights clamped to >= 0 (only those, as
+    Sjögren et al. and the spec's faithful LPIPS re-trainer). Returns (summed loss, summed training accuracy)
+    over the batch; the accuracy is the reference's: a tie counts as choosing p0."""
+    if order == "original":
+        d0, d1 = harness(ref, p0), harness(ref, p1)
+    else:
+        d0, d1 = harness(p0, ref), harness(p1, ref)
+    loss = nn.functional.binary_cross_entropy(head(d0, d1), judge)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    clamp_lin_weights_(harness.metric)
+    with torch.no_grad():
+        acc = torch.where(d1 < d0, judge, 1 - judge).sum().item()
+    return loss.item() * judge.shape[0], acc
+
+
 def tune_2afc(
     config: TuneConfig,
     root: str | Path | None,
@@ -618,7 +810,8 @@ def tune_2afc(
     """Tune a metric's parameters on the 2AFC training sets (see the module docstring).
 
     Writes ``out_dir/checkpoints/last.pt`` (every epoch), ``out_dir/history.csv`` and the tuned weights
-    ``out_dir/<tuned_weight_file>`` (every epoch; the latest is the result, as in the reference).
+    ``out_dir/<tuned_weight_file>`` (every epoch; the latest is the result, as in the reference); modes
+    "tune" and "scratch" also the trained trunk, ``out_dir/<tuned_trunk_file>``.
 
     Args:
         root: BAPPS root (with ``2afc/train/<subset>``).
@@ -626,20 +819,20 @@ def tune_2afc(
         max_batches: stop each epoch after this many batches (quick runs and tests).
         until_epoch: stop after this epoch (as if interrupted; ``resume=True`` continues).
 
-    Returns ``{"weights": path, "checkpoint": path, "history": [...], "config": {...}}``.
+    Returns ``{"weights": path, "trunk": path or None, "checkpoint": path, "history": [...], "config": {...}}``.
     """
     from percept.data.bapps import twoafc_train_set
     from percept.runinfo import atomic_save, get_rng_state, set_rng_state
 
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoints" / "last.pt"
-    weights_path = out_dir / tuned_weight_file(config.metric, config.colorspace)
+    weights_path = out_dir / config.weight_file
+    trunk_path = out_dir / config.trunk_file if config.trunk_file else None
     device = torch.device(device)
 
     harness = build_tunable(config, device)
     head = HEADS[config.head]().to(device)
-    params = [p for p in harness.parameters() if p.requires_grad] + list(head.parameters())
-    optimizer = torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, 0.999))
+    optimizer = tune_optimizer(harness, head, config)
     loader_gen = torch.Generator().manual_seed(config.seed)
     history: list[dict] = []
     start = 1
@@ -648,7 +841,11 @@ def tune_2afc(
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{ckpt_path} is not a 2AFC tuning checkpoint ({CHECKPOINT_FORMAT})")
         saved, now = state["config"], _config_dict(config)
-        diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+        diff = {
+            k: (saved.get(k, _CONFIG_ADDED.get(k)), v)
+            for k, v in now.items()
+            if saved.get(k, _CONFIG_ADDED.get(k)) != v
+        }
         if diff:
             raise ValueError(
                 f"{ckpt_path} was written with a different configuration {diff} (saved, now); resume with the same "
@@ -666,7 +863,6 @@ def tune_2afc(
 
     data = twoafc_train_set(root, config.train_subsets, resize=config.resize, limit=config.limit)
     loader = make_loader(data, config.batch_size, shuffle=True, workers=workers, generator=loader_gen, device=device)
-    bce = nn.BCELoss()
     last = config.epochs if until_epoch is None else min(config.epochs, until_epoch)
     for epoch in range(start, last + 1):
         lr = lr_at_epoch(epoch, config.lr, config.nepoch, config.nepoch_decay)
@@ -681,21 +877,10 @@ def tune_2afc(
                 break
             ref, p0, p1 = _to(batch, ("ref", "p0", "p1"), device)
             judge = batch["judge"].to(device).float().reshape(-1)
-            if config.order == "original":
-                d0, d1 = harness(ref, p0), harness(ref, p1)
-            else:
-                d0, d1 = harness(p0, ref), harness(p1, ref)
-            loss = bce(head(d0, d1), judge)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            clamp_lin_weights_(harness.metric)
-            n = judge.shape[0]
-            with torch.no_grad():  # the reference's training accuracy: a tie counts as choosing p0
-                acc = torch.where(d1 < d0, judge, 1 - judge).sum().item()
-            total_loss += loss.item() * n
+            loss, acc = tune_step(harness, head, optimizer, ref, p0, p1, judge, order=config.order)
+            total_loss += loss
             total_acc += acc
-            seen += n
+            seen += judge.shape[0]
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{total_acc / seen:.3f}")
         if seen == 0:
             raise ValueError("the training set is empty")
@@ -704,6 +889,8 @@ def tune_2afc(
         history.append({"epoch": epoch, "lr": lr, "loss": total_loss / seen, "acc": total_acc / seen, "triplets": seen})
         harness.eval()
         atomic_save(tuned_state_dict(harness.metric, config.metric), weights_path)
+        if trunk_path is not None:
+            atomic_save(trunk_state_dict(harness.metric), trunk_path)
         atomic_save(
             {
                 "format": CHECKPOINT_FORMAT,
@@ -720,12 +907,21 @@ def tune_2afc(
         _write_history(out_dir / "history.csv", history)
     if not weights_path.is_file():  # resumed a finished run: write the result again
         atomic_save(tuned_state_dict(harness.metric, config.metric), weights_path)
-    return {"weights": weights_path, "checkpoint": ckpt_path, "history": history, "config": _config_dict(config)}
+    if trunk_path is not None and not trunk_path.is_file():
+        atomic_save(trunk_state_dict(harness.metric), trunk_path)
+    return {
+        "weights": weights_path,
+        "trunk": trunk_path,
+        "checkpoint": ckpt_path,
+        "history": history,
+        "config": _config_dict(config),
+    }
 
 
 def _config_dict(config: TuneConfig) -> dict:
     d = asdict(config)
     d["train_subsets"] = list(d["train_subsets"])
+    d["metric_options"] = dict(d["metric_options"])
     return d
 
 
@@ -740,6 +936,7 @@ __all__ = [
     "jnd_map",
     "metric_family",
     "tuned_weight_file",
+    "tuned_trunk_file",
     "weight_options",
     "HarnessMetric",
     "build_metric",
@@ -752,11 +949,18 @@ __all__ = [
     "RankingHead",
     "HEADS",
     "FAMILY_DEFAULTS",
+    "FAMILY_BATCH",
+    "TUNE_MODES",
     "lr_at_epoch",
     "lin_layers",
     "clamp_lin_weights_",
     "tuned_state_dict",
+    "metric_trunk",
+    "unfreeze_trunk_",
+    "trunk_state_dict",
     "TuneConfig",
     "build_tunable",
+    "tune_optimizer",
+    "tune_step",
     "tune_2afc",
 ]

@@ -860,6 +860,13 @@ class DPS(_DeepMetric):
             Pihlgren et al.'s four layers for their other networks.
         spatial: return the (N, 1, H, W) distance map (method "spatial" only).
         pretrained: ImageNet backbone (False: random). backbone_weights overrides it.
+        lin: learned non-negative per-channel weights (one 1x1 conv per layer and per branch, branch-major,
+            as the (a) code's ``DistanceMetric(weights=True)``) instead of the plain channel sum; they start
+            at 1 (equal to the channel sum) unless ``lin_weights`` gives them. Implied by ``lin_weights``.
+        trainable: the linear weights require grad and dropout (p = 0.5, on the squared differences) is
+            active in training mode (2AFC tuning, :mod:`percept.evaluate`).
+        lin_weights: a checkpoint path or state dict in the LPIPS key layout (``lin{k}.model.1.weight``,
+            k over branches then layers), as :func:`percept.evaluate.tune_2afc` writes them.
         cache_target, colorspace, reduction: as :class:`LPIPS`.
 
     Input scaling is ImageNet normalisation (as LPIPS v0.1).
@@ -879,6 +886,9 @@ class DPS(_DeepMetric):
         reduction: str = "mean",
         pretrained: bool = True,
         backbone_weights: str | os.PathLike | Mapping | None = None,
+        lin: bool = False,
+        trainable: bool = False,
+        lin_weights: str | os.PathLike | Mapping | None = None,
         cache_target: bool = False,
     ):
         super().__init__()
@@ -898,12 +908,17 @@ class DPS(_DeepMetric):
             scaling="lpips",
             branches=tuple(method.split("+")),
             channel_norm=channel_norm,
+            lin=lin or lin_weights is not None,
+            trainable=trainable,
             cache_target=cache_target,
         )
+        self.lin = self.distance.lins is not None
+        if lin_weights is not None:
+            self.distance.load_lin_weights(lin_weights)
         self.eval()
 
     def extra_repr(self) -> str:
         return (
-            f"method={self.method!r}, channel_norm={self.channel_norm}, spatial={self.spatial}, "
+            f"method={self.method!r}, channel_norm={self.channel_norm}, lin={self.lin}, spatial={self.spatial}, "
             f"colorspace={self.colorspace!r}, reduction={self.reduction!r}"
         )
