@@ -241,6 +241,24 @@ def test_deterministic_squeeze_equals_percept_lpips(examples, size, torchvision_
         torch.testing.assert_close(ours(x, y), ref(x, y), rtol=1e-5, atol=1e-7)
 
 
+def test_functional_elpips(examples):
+    """percept.functional.elpips: deterministic, LPIPS-squeeze with the E-LPIPS weights (as above); random,
+    zero at identity and reproducible through its generator."""
+    from percept.functional import elpips
+
+    x = torch.cat([examples["p0"], examples["p1"]])
+    y = examples["ref"].expand(2, -1, -1, -1)
+    ref = LPIPS(net="squeeze", reduction="none", lin_weights=elpips_lin_state("squeeze"))
+    with torch.no_grad():
+        want = ref(x, y)
+        torch.testing.assert_close(elpips(x, y, "squeeze", deterministic=True, reduction="none"), want, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(elpips(x, y, "squeeze", deterministic=True), want.mean(), rtol=1e-5, atol=1e-7)
+        a = elpips(x, y, "squeeze", n=3, generator=torch.Generator().manual_seed(0), reduction="none")
+        b = elpips(x, y, "squeeze", n=3, generator=torch.Generator().manual_seed(0), reduction="none")
+        assert torch.equal(a, b) and a.shape == (2,) and (a > 0).all()
+        assert torch.equal(elpips(x, x, "squeeze", n=2, reduction="sum"), torch.tensor(0.0))
+
+
 def test_lpips_squeeze_reproduces_the_reference_readme(assets_dir):
     """The reference's README: LPIPS-SqueezeNet (its weights) on the adversarial example gives d(anchor, ref)
     = 0.02187 and d(adversarial, ref) = 0.02114, i.e. it is fooled; E-LPIPS is not."""
