@@ -186,6 +186,15 @@ def test_network_dropout_masks_are_shared_and_keep_99_percent():
     assert not torch.equal(a[0], a[1])  # but not the images of a batch
     assert all(v == 0 or abs(v - 1 / 0.99) < 1e-6 for v in torch.unique(out).tolist())
     assert abs((a == 0).float().mean().item() - 0.01) < 0.003
+    # inside the metric's passes (transformations off): every draw differs, identical images stay at 0;
+    # outside them the backbone is the plain network
+    m = ELPIPS(net="squeeze", pretrained=False, transforms=False, reduction="none")
+    y, z = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        d = m.sample_distances((y, z), z, n=4, generator=torch.Generator().manual_seed(0))
+        assert (d[:, 0].std(dim=0) > 0).all() and torch.equal(d[:, 1], torch.zeros_like(d[:, 1]))
+        first, again = m.backbone(y), m.backbone(y)
+    assert all(torch.equal(u, v) for u, v in zip(first, again))
 
 
 # ------------------------------------------------------------------------------------- weights, configs
