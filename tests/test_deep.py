@@ -502,7 +502,8 @@ def test_watson_vgg_pretrained_loads_the_published_file_as_an_asset(tmp_path, mo
 # ------------------------------------------------------------------------------------ one feature core
 def test_watson_vgg_and_elpips_features_are_deep_distance_features():
     """Watson-VGG and E-LPIPS run their backbones through the same feature core as LPIPS: for the same trunk
-    they give exactly DeepDistance's features (E-LPIPS's network dropout stays inside its own passes)."""
+    (E-LPIPS: in NCHW, as it runs) they give exactly DeepDistance's features (E-LPIPS's network dropout stays
+    inside its own passes)."""
     from percept.metrics.elpips import ELPIPS
 
     vgg, squeeze = _random_state("vgg"), _random_state("squeeze")
@@ -511,12 +512,14 @@ def test_watson_vgg_and_elpips_features_are_deep_distance_features():
         (WatsonVGG(pretrained=False, backbone_weights=vgg), DeepDistance(build_backbone("vgg", weights=vgg), scaling="czolbe")),
         (
             ELPIPS(net="squeeze", deterministic=True, torchvision_pooling=True, pretrained=False, backbone_weights=squeeze),
-            DeepDistance(build_backbone("squeeze", weights=squeeze), scaling="lpips"),
+            DeepDistance(build_backbone("squeeze", weights=squeeze, channels_last=False), scaling="lpips"),
         ),
         (  # E-LPIPS's own layout, random (transformations and dropout on): the input as tap -1, floor pooling
             ELPIPS(net="squeeze", pretrained=False, backbone_weights=squeeze),
             DeepDistance(
-                build_backbone("squeeze", (-1, 1, 3, 4, 6, 7, 9, 10, 11, 12), weights=squeeze, pooling="floor"),
+                build_backbone(
+                    "squeeze", (-1, 1, 3, 4, 6, 7, 9, 10, 11, 12), weights=squeeze, pooling="floor", channels_last=False
+                ),
                 scaling="lpips",
             ),
         ),

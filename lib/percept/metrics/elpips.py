@@ -494,7 +494,9 @@ class ELPIPS(DeepFeatures):
             raise ValueError(f"config must be 'elpips' or 'lpips', got {config!r}")
         cfg = CONFIGS[(net, config)]
         pooling = "avg" if cfg.avg_pool else ("torchvision" if torchvision_pooling else "floor")
-        super().__init__(backbone_for(cfg.arch, backbone_weights, pretrained, cfg.layers, pooling=pooling))
+        # NCHW throughout: with a dropout mask on every convolution's input, channels-last was 6 % slower on CPU
+        backbone = backbone_for(cfg.arch, backbone_weights, pretrained, cfg.layers, pooling=pooling, channels_last=False)
+        super().__init__(backbone)
         for m in self.backbone.modules():  # the network dropout, active only inside this metric's passes
             if isinstance(m, nn.Conv2d):
                 m.register_forward_pre_hook(_drop_conv_input)
