@@ -66,6 +66,8 @@ __all__ = [
     "squared_difference_mean",
     "modify_features",
     "read_lin_weights",
+    "backbone_for",
+    "prepare_pair",
     "DeepFeatures",
     "DeepDistance",
     "LPIPS",

@@ -492,6 +492,17 @@ class ELPIPS(DeepFeatures):
         config = config if config is not None else ("lpips" if deterministic else "elpips")
         if config not in ("elpips", "lpips"):
             raise ValueError(f"config must be 'elpips' or 'lpips', got {config!r}")
+        colorspace, reduction = checks.normalize_colorspace(colorspace), checks.check_reduction(reduction)
+        if deterministic and (transforms not in (None, False) or net_dropout):
+            raise ValueError("deterministic=True excludes transforms and net_dropout")
+        transforms = frozenset() if deterministic else _names(transforms)
+        if not 0 < dropout_keep <= 1:
+            raise ValueError(f"dropout_keep must be in (0, 1], got {dropout_keep}")
+        if int(scale_levels) < 1:
+            raise ValueError(f"scale_levels must be >= 1, got {scale_levels}")
+        if color_mode not in ("color", "brightness"):
+            raise ValueError(f"color_mode must be 'color' or 'brightness', got {color_mode!r}")
+        n = self._check_n(n)
         cfg = CONFIGS[(net, config)]
         pooling = "avg" if cfg.avg_pool else ("torchvision" if torchvision_pooling else "floor")
         # NCHW throughout: with a dropout mask on every convolution's input, channels-last was 6 % slower on CPU
@@ -500,24 +511,14 @@ class ELPIPS(DeepFeatures):
         for m in self.backbone.modules():  # the network dropout, active only inside this metric's passes
             if isinstance(m, nn.Conv2d):
                 m.register_forward_pre_hook(_drop_conv_input)
-        self.colorspace = checks.normalize_colorspace(colorspace)
-        self.reduction = checks.check_reduction(reduction)
-        self.net, self.config = net, config
+        self.colorspace, self.reduction, self.net, self.config = colorspace, reduction, net, config
         self.deterministic = bool(deterministic)
-        if deterministic and (transforms not in (None, False) or net_dropout):
-            raise ValueError("deterministic=True excludes transforms and net_dropout")
-        self.transforms = frozenset() if deterministic else _names(transforms)
+        self.transforms = transforms
         self.net_dropout = (not deterministic) if net_dropout is None else bool(net_dropout)
-        if not 0 < dropout_keep <= 1:
-            raise ValueError(f"dropout_keep must be in (0, 1], got {dropout_keep}")
         self.dropout_keep = float(dropout_keep)
-        if int(scale_levels) < 1:
-            raise ValueError(f"scale_levels must be >= 1, got {scale_levels}")
         self.scale_levels = int(scale_levels)
-        if color_mode not in ("color", "brightness"):
-            raise ValueError(f"color_mode must be 'color' or 'brightness', got {color_mode!r}")
         self.color_mode = color_mode
-        self.n = self._check_n(n)
+        self.n = n
         self.trainable = bool(trainable)
         self.generator = generator
         self.max_batch_pixels = int(max_batch_pixels)
