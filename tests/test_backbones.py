@@ -193,10 +193,11 @@ def test_bad_arguments():
 def test_stem_conv_gradients(k, s, p, size):
     torch.manual_seed(0)
     ref = nn.Conv2d(3, 5, k, stride=s, padding=p).double()
-    stem = nn.Conv2d(3, 5, k, stride=s, padding=p).double()
-    stem.load_state_dict(ref.state_dict())
-    B._use_stem_convs(stem)
+    conv = nn.Conv2d(3, 5, k, stride=s, padding=p).double()
+    conv.load_state_dict(ref.state_dict())
+    stem = B.with_stem_convs(conv)
     assert isinstance(stem, B.StemConv2d) and set(stem.state_dict()) == {"weight", "bias"}
+    assert stem.weight is conv.weight and type(conv) is nn.Conv2d  # a new module on the same parameters
     x = torch.randn(1, 3, *size, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(stem, (x,))
     g = torch.randn_like(ref(x))
@@ -210,3 +211,27 @@ def test_stem_conv_used_for_first_layers():
     assert isinstance(B.build_backbone("alex", weights="random").body[0], B.StemConv2d)
     assert isinstance(B.build_backbone("squeeze", weights="random").body[0], B.StemConv2d)
     assert type(B.build_backbone("vgg", weights="random").body[0]) is nn.Conv2d  # stride 1: unchanged
+
+
+def _state_layout(module: nn.Module) -> tuple:
+    """Every submodule's name and class, and every state-dict tensor's name, shape, strides and storage."""
+    classes = [(name, type(m)) for name, m in module.named_modules()]
+    tensors = [(k, tuple(v.shape), v.stride(), v.data_ptr()) for k, v in module.state_dict(keep_vars=True).items()]
+    return classes, tensors
+
+
+@pytest.mark.parametrize("net", ["alex", "squeeze", "resnet18"])
+def test_forward_changes_no_state(net):
+    """A forward pass, with and without autograd, on maps above and below the channels-last threshold, leaves the
+    modules, their classes and every parameter's and buffer's memory format and storage as built (contiguous):
+    state that DDP or torch.compile captured is never rewritten under them."""
+    torch.manual_seed(0)
+    fx = B.build_backbone(net, weights="random")
+    before = _state_layout(fx)
+    assert all(v.is_contiguous() for v in fx.state_dict().values())
+    for size in (40, 224):
+        x = torch.rand(2, 3, size, size, requires_grad=True)
+        fx(x)[-1].sum().backward()
+        with torch.no_grad():
+            fx(x.detach())
+        assert _state_layout(fx) == before, size

@@ -11,6 +11,7 @@ import csv
 import importlib.util
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,13 @@ def _mse(a: Path, b: Path) -> float:
     x = np.asarray(Image.open(a), dtype=np.float64) / 255
     y = np.asarray(Image.open(b), dtype=np.float64) / 255
     return float(((x - y) ** 2).mean())
+
+
+def _tensor(path: Path):
+    import torch
+
+    array = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
 @pytest.fixture
@@ -205,15 +213,31 @@ def test_compare_stochastic_has_error_bar(capsys, images):
     assert again == out  # seeded
 
 
-def test_compare_elpips_falls_back_when_missing(capsys, images, monkeypatch):
-    """Until percept.elpips lands, an E-LPIPS-like stochastic metric still works through shared seeds."""
+def test_compare_stochastic_without_shared_draws_uses_shared_seeds(capsys, images, monkeypatch):
+    """A stochastic metric without E-LPIPS's sample_distances is compared under shared seeds: sample k
+    evaluates both images after seeding with --seed + k, as an independent loop does here."""
+    import torch
+
+    from percept.metrics.watson import WatsonDFT
+
     monkeypatch.setitem(registry.METRICS, "elpips-test",
                         registry.MetricRecord("elpips-test", "percept.metrics.watson:WatsonDFT", "elpips", "stand-in",
                                               fixed={"deterministic": False}, stochastic=True))
-    monkeypatch.setattr(cli, "_module_compare", lambda name: None)
     code, out, err = run(capsys, "compare", images["ref"], images["near"], images["far"], "-m", "elpips-test",
-                         "--samples", "3")
-    assert code == 0 and "3 shared samples" in out and "not available" in err
+                         "--samples", "3", "--seed", "5")
+    assert code == 0 and "3 shared samples" in out and err == ""
+    metric = WatsonDFT(deterministic=False, reduction="none").eval()
+    ref, near, far = (_tensor(images[k]) for k in ("ref", "near", "far"))
+    diffs = []
+    for k in range(3):
+        pair = []
+        for img in (near, far):
+            metric.generator = torch.Generator().manual_seed(5 + k)
+            with torch.no_grad():
+                pair.append(float(metric(img, ref)))
+        diffs.append(pair[0] - pair[1])
+    shown = float(re.search(r"d\(REF, A\) - d\(REF, B\) = (\S+) ±", out)[1])
+    assert shown == pytest.approx(sum(diffs) / 3, rel=1e-6)
 
 
 def test_list(capsys):

@@ -17,8 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from percept import cli
-from percept import elpips as elpips_helpers
+from percept import cli, estimation
 from percept.metrics.elpips import ELPIPS
 
 
@@ -87,7 +86,7 @@ def test_dist_defaults_to_200_draws(capsys, files, monkeypatch):
 
 def test_dist_standard_error_matches_the_metric_draws(capsys, files, squeeze):
     n, seed = 20, 5
-    assert n <= elpips_helpers._DISTANCE_CHUNK  # the CLI draws them in one call with a generator seeded by --seed
+    assert n <= estimation._DISTANCE_CHUNK  # the CLI draws them in one call with a generator seeded by --seed
     code, out, err = run(capsys, "dist", files["ref"], files["p0"], "-m", "elpips-squeeze", "-n", n, "--seed", seed)
     assert code == 0, err
     mean, se, count = _parse_dist(out)

@@ -499,6 +499,69 @@ def test_watson_vgg_pretrained_loads_the_published_file_as_an_asset(tmp_path, mo
         assert torch.equal(metric(x, y), direct(x, y))
 
 
+# ------------------------------------------------------------------------------------ one feature core
+def test_watson_vgg_and_elpips_features_are_deep_distance_features():
+    """Watson-VGG and E-LPIPS run their backbones through the same feature core as LPIPS: for the same trunk
+    (E-LPIPS: in NCHW, as it runs) they give exactly DeepDistance's features (E-LPIPS's network dropout stays
+    inside its own passes)."""
+    from percept.metrics.elpips import ELPIPS
+
+    vgg, squeeze = _random_state("vgg"), _random_state("squeeze")
+    x = torch.rand(2, 3, 40, 40)
+    pairs = [
+        (WatsonVGG(pretrained=False, backbone_weights=vgg), DeepDistance(build_backbone("vgg", weights=vgg), scaling="czolbe")),
+        (
+            ELPIPS(net="squeeze", deterministic=True, torchvision_pooling=True, pretrained=False, backbone_weights=squeeze),
+            DeepDistance(build_backbone("squeeze", weights=squeeze, channels_last=False), scaling="lpips"),
+        ),
+        (  # E-LPIPS's own layout, random (transformations and dropout on): the input as tap -1, floor pooling
+            ELPIPS(net="squeeze", pretrained=False, backbone_weights=squeeze),
+            DeepDistance(
+                build_backbone(
+                    "squeeze", (-1, 1, 3, 4, 6, 7, 9, 10, 11, 12), weights=squeeze, pooling="floor", channels_last=False
+                ),
+                scaling="lpips",
+            ),
+        ),
+    ]
+    with torch.no_grad():
+        for metric, core in pairs:
+            got, want = metric.features(x), core.features(x)
+            assert len(got) == len(want) == 1 and len(got[0]) == len(want[0]) == len(core.backbone.layers)
+            for a, b in zip(got[0], want[0]):
+                assert torch.equal(a, b)
+    # tap -1 is the scaled image itself
+    scaled = deep.scale_input(x, "lpips")
+    torch.testing.assert_close(want[0][0], scaled / scaled.norm(dim=1, keepdim=True))
+
+
+def _layout(module: nn.Module) -> tuple:
+    classes = [(name, type(m)) for name, m in module.named_modules()]
+    tensors = [(k, v.stride(), v.data_ptr()) for k, v in module.state_dict(keep_vars=True).items()]
+    return classes, tensors
+
+
+def test_metric_forward_changes_no_state():
+    """LPIPS, Watson-VGG and E-LPIPS as training losses: the forward and backward passes leave every module,
+    parameter and buffer (memory format included) as built."""
+    from percept.metrics.elpips import ELPIPS
+
+    torch.manual_seed(0)
+    metrics = [
+        LPIPS(net="alex", pretrained=False),
+        WatsonVGG(pretrained=False),
+        ELPIPS(net="squeeze", pretrained=False, n=2),
+    ]
+    y = torch.rand(2, 3, 48, 48)
+    for metric in metrics:
+        before = _layout(metric)
+        x = torch.rand(2, 3, 48, 48, requires_grad=True)
+        metric(x, y).backward()
+        with torch.no_grad():
+            metric(x, y)
+        assert _layout(metric) == before, type(metric).__name__
+
+
 # --------------------------------------------------------------------------------------------- bad input
 def test_bad_input():
     metric = LPIPS(net="alex", pretrained=False)

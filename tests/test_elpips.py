@@ -14,10 +14,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import percept
-from percept import assets, elpips
+from percept import assets, estimation
 from percept.backbones import build_backbone
 from percept.io import read_image
-from percept.metrics.deep import LPIPS
+from percept.metrics.deep import LPIPS, read_lin_weights
 from percept.metrics.elpips import (
     COLOR_MIN,
     ELPIPS,
@@ -27,10 +27,10 @@ from percept.metrics.elpips import (
     apply_transform,
     elpips_lin_state,
     merge_transforms,
-    read_lin_weights,
     sample_transform,
     scale_levels_for,
     scale_probabilities,
+    shared_dropout,
 )
 
 
@@ -179,14 +179,22 @@ def test_partial_transform_sets_and_merging():
 
 
 def test_network_dropout_masks_are_shared_and_keep_99_percent():
-    m = ELPIPS(net="squeeze", pretrained=False, n=1)
     x = torch.ones(2 * 4, 16, 32, 32)
-    out = m._drop(x, 2, torch.Generator().manual_seed(0))
+    out = shared_dropout(x, 2, 0.99, torch.Generator().manual_seed(0))
     a, b = out[:4], out[4:]
     assert torch.equal(a, b)  # the compared images share the mask
     assert not torch.equal(a[0], a[1])  # but not the images of a batch
     assert all(v == 0 or abs(v - 1 / 0.99) < 1e-6 for v in torch.unique(out).tolist())
     assert abs((a == 0).float().mean().item() - 0.01) < 0.003
+    # inside the metric's passes (transformations off): every draw differs, identical images stay at 0;
+    # outside them the backbone is the plain network
+    m = ELPIPS(net="squeeze", pretrained=False, transforms=False, reduction="none")
+    y, z = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        d = m.sample_distances((y, z), z, n=4, generator=torch.Generator().manual_seed(0))
+        assert (d[:, 0].std(dim=0) > 0).all() and torch.equal(d[:, 1], torch.zeros_like(d[:, 1]))
+        first, again = m.backbone(y), m.backbone(y)
+    assert all(torch.equal(u, v) for u, v in zip(first, again))
 
 
 # ------------------------------------------------------------------------------------- weights, configs
@@ -241,6 +249,24 @@ def test_deterministic_squeeze_equals_percept_lpips(examples, size, torchvision_
     ref = LPIPS(net="squeeze", reduction="none", lin_weights=elpips_lin_state("squeeze"))
     with torch.no_grad():
         torch.testing.assert_close(ours(x, y), ref(x, y), rtol=1e-5, atol=1e-7)
+
+
+def test_functional_elpips(examples):
+    """percept.functional.elpips: deterministic, LPIPS-squeeze with the E-LPIPS weights (as above); random,
+    zero at identity and reproducible through its generator."""
+    from percept.functional import elpips
+
+    x = torch.cat([examples["p0"], examples["p1"]])
+    y = examples["ref"].expand(2, -1, -1, -1)
+    ref = LPIPS(net="squeeze", reduction="none", lin_weights=elpips_lin_state("squeeze"))
+    with torch.no_grad():
+        want = ref(x, y)
+        torch.testing.assert_close(elpips(x, y, "squeeze", deterministic=True, reduction="none"), want, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(elpips(x, y, "squeeze", deterministic=True), want.mean(), rtol=1e-5, atol=1e-7)
+        a = elpips(x, y, "squeeze", n=3, generator=torch.Generator().manual_seed(0), reduction="none")
+        b = elpips(x, y, "squeeze", n=3, generator=torch.Generator().manual_seed(0), reduction="none")
+        assert torch.equal(a, b) and a.shape == (2,) and (a > 0).all()
+        assert torch.equal(elpips(x, x, "squeeze", n=2, reduction="sum"), torch.tensor(0.0))
 
 
 def test_lpips_squeeze_reproduces_the_reference_readme(assets_dir):
@@ -394,7 +420,7 @@ def test_compare_shares_draws_and_has_lower_variance(squeeze_metric, examples):
     """The difference d(ref, a) - d(ref, b) under shared draws varies less than the difference of two
     independent estimates (fixed seeds; an F ratio of 2 is significant at about 5 % for 24 + 24 samples)."""
     ref, a, b = examples["cat"], examples["cat_noise"], examples["cat_blur"]
-    r = elpips.compare(ref, a, b, metric=squeeze_metric, samples=24, seed=0)
+    r = estimation.compare(ref, a, b, metric=squeeze_metric, samples=24, seed=0)
     assert r.n == 24 and r.samples.shape == (24, 2, 1)
     shared = r.samples[:, 0, 0] - r.samples[:, 1, 0]
     with torch.no_grad():
@@ -406,14 +432,14 @@ def test_compare_shares_draws_and_has_lower_variance(squeeze_metric, examples):
     assert r.stderr == pytest.approx(float(shared.std() / math.sqrt(24)))
     d_a, d_b, diff, stderr = r
     assert d_a > d_b and r.closer == "b" and diff > 2 * stderr
-    again = elpips.compare(ref, a, b, metric=squeeze_metric, samples=24, seed=0)
+    again = estimation.compare(ref, a, b, metric=squeeze_metric, samples=24, seed=0)
     assert again.diff == r.diff  # the seed reproduces the draws
 
 
 def test_compare_on_batches_returns_tensors(squeeze_metric, examples):
     ref = examples["ref"].expand(2, -1, -1, -1)
     a, b = torch.cat([examples["p0"], examples["p1"]]), torch.cat([examples["p1"], examples["p0"]])
-    r = elpips.compare(ref, a, b, metric=squeeze_metric, samples=3, seed=1)
+    r = estimation.compare(ref, a, b, metric=squeeze_metric, samples=3, seed=1)
     assert r.d_a.shape == (2,) and r.stderr.shape == (2,) and r.samples.shape == (3, 2, 2)
     torch.testing.assert_close(r.diff, r.d_a - r.d_b)
     assert r.diff[0] * r.diff[1] < 0  # swapped pairs
@@ -422,18 +448,18 @@ def test_compare_on_batches_returns_tensors(squeeze_metric, examples):
 
 def test_estimate_stops_when_both_bounds_are_met(squeeze_metric, examples):
     x, y = examples["cat_noise"][0], examples["cat"][0]
-    loose = elpips.estimate(x, y, metric=squeeze_metric, abs_err=0.05, rel_err=0.5, seed=0, progress=False)
+    loose = estimation.estimate(x, y, metric=squeeze_metric, abs_err=0.05, rel_err=0.5, seed=0, progress=False)
     assert loose.converged and loose.n == 10
     assert 1.96 * loose.stderr < 0.05 and 1.96 * loose.stderr < 0.5 * loose.mean
     mean, stderr, n = loose
     assert n == 10 and mean == pytest.approx(float(loose.samples.mean()))
-    tight = elpips.estimate(x, y, metric=squeeze_metric, abs_err=1e-9, rel_err=0.5, max_samples=25, seed=0,
+    tight = estimation.estimate(x, y, metric=squeeze_metric, abs_err=1e-9, rel_err=0.5, max_samples=25, seed=0,
                             progress=False)
     assert not tight.converged and tight.n == 25
-    zero = elpips.estimate(x, x, metric=squeeze_metric, progress=False)
+    zero = estimation.estimate(x, x, metric=squeeze_metric, progress=False)
     assert zero.converged and zero.mean == 0 and zero.n == 10
     with pytest.raises(ValueError, match="one image pair"):
-        elpips.estimate(examples["ref"].expand(2, -1, -1, -1), examples["ref"].expand(2, -1, -1, -1),
+        estimation.estimate(examples["ref"].expand(2, -1, -1, -1), examples["ref"].expand(2, -1, -1, -1),
                         metric=squeeze_metric, progress=False)
 
 
@@ -465,7 +491,7 @@ def test_estimate_applies_the_stopping_rule(abs_err, rel_err):
     g = np.random.default_rng(0)
     values = list(np.abs(1.0 + 0.5 * g.standard_normal(400)))
     x = torch.rand(3, 16, 16)
-    got = elpips.estimate(x, x, metric=_Scripted(values), abs_err=abs_err, rel_err=rel_err, max_samples=400,
+    got = estimation.estimate(x, x, metric=_Scripted(values), abs_err=abs_err, rel_err=rel_err, max_samples=400,
                           batch=5, progress=False)
     stop = _first_stop(values, abs_err, rel_err, batch=5, min_samples=10)
     assert got.converged == (stop is not None)

@@ -224,3 +224,35 @@ def test_dps_alex_sort_and_mean_ignore_where_features_are(alex_state, pairs):
                 assert (b - a).abs().max() > 0.05, k
             else:  # nothing to see for sort and mean
                 torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
+# -------------------------------------------------------------------------------------------- functional
+def test_functional_lpips_and_dps_equal_the_lpips_package(alex_state, pairs):
+    """percept.functional.lpips / dps on the real AlexNet against the lpips package (lin and no-lin), with
+    their reductions and gradients; repeated calls reuse one cached module, left unchanged by the calls."""
+    from percept.functional import deep as fd
+    from percept.functional import dps, lpips
+
+    x, y = pairs["celeba"]
+    ref = _lpips_package(alex_state)
+    base = _lpips_package(alex_state, lpips=False)
+    with torch.no_grad():
+        want = ref(x, y, normalize=True).flatten()
+        torch.testing.assert_close(lpips(x, y, reduction="none"), want, atol=2e-6, rtol=2e-5)
+        torch.testing.assert_close(lpips(x, y), want.mean(), atol=2e-6, rtol=2e-5)
+        torch.testing.assert_close(lpips(x, y, "alex", "0.1", reduction="sum"), want.sum(), atol=2e-5, rtol=2e-5)
+        spatial = _lpips_package(alex_state, spatial=True)(x, y, normalize=True)
+        torch.testing.assert_close(lpips(x, y, spatial=True), spatial, atol=2e-6, rtol=2e-5)
+        torch.testing.assert_close(dps(x, y, "alex", reduction="none"), base(x, y, normalize=True).flatten(),
+                                   atol=2e-6, rtol=2e-5)
+    xa, xb = x[:2].clone().requires_grad_(True), x[:2].clone().requires_grad_(True)
+    ref(xa, y[:2], normalize=True).sum().backward()
+    lpips(xb, y[:2], reduction="sum").backward()
+    torch.testing.assert_close(xb.grad, xa.grad, atol=1e-6, rtol=1e-4)
+    module = fd._metric("lpips", x, {"net": "alex", "version": "0.1"})
+    assert module is fd._metric("lpips", x, {"version": "0.1", "net": "alex"})  # built once
+    assert not any(p.requires_grad for p in module.parameters())
+    with pytest.raises(ValueError, match="reduction"):
+        lpips(x, y, reduction="max")
+    with pytest.raises(TypeError, match="hashable"):
+        lpips(x, y, backbone_weights=alex_state)

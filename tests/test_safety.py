@@ -69,7 +69,7 @@ def _malicious_npy(path: Path, marker: Path, *, inside_dict: bool) -> Path:
 @pytest.mark.parametrize("inside_dict", [False, True])
 def test_a_crafted_npy_cannot_run_code(tmp_path, inside_dict):
     from percept.assets import UnsafeFileError, read_npy_dict
-    from percept.metrics.elpips import read_lin_weights
+    from percept.metrics.deep import read_lin_weights
 
     marker = tmp_path / "pwned"
     bad = _malicious_npy(tmp_path / "lin.npy", marker, inside_dict=inside_dict)

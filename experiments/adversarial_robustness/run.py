@@ -18,7 +18,7 @@ reference than an honestly distorted copy of the reference? For each metric A in
 - transfer: every adversarial image (crafted on A) is judged by every metric B: the ratio
   d_B(x, r) / d_B(h, r) and fooled = ratio < 1. The unattacked sources are judged too (row "source").
 - stochastic judges (E-LPIPS): d(x, r) and d(h, r) are estimated with paired draws
-  (``percept.elpips.compare``: the same random transformations and dropout masks for both), adding draws until 1.96 SE < ``--elpips-rel-err`` x mean and
+  (``percept.estimation.compare``: the same random transformations and dropout masks for both), adding draws until 1.96 SE < ``--elpips-rel-err`` x mean and
   < ``--elpips-abs-err`` for every image (spec D4's rule) or ``--elpips-max-samples``; fooled = mean paired
   difference < 0; the 95 % half-widths are in the ``*_ci`` columns.
 - barycenter demo (spec D6): the "average" of two photographs (cat and dog) under L2, LPIPS-squeeze and
@@ -318,7 +318,7 @@ def _batched(metric: Metric, x: torch.Tensor, ref: torch.Tensor, batch: int) -> 
 def judge(metric: Metric, xs: torch.Tensor, honest: torch.Tensor, refs: torch.Tensor, args) -> dict[str, np.ndarray]:
     """d(xs, refs) and d(honest, refs) per row (N,), with 95 % half-widths for a stochastic metric.
 
-    Stochastic: paired draws (``percept.elpips.compare``: both distances of a row under the same
+    Stochastic: paired draws (``percept.estimation.compare``: both distances of a row under the same
     transformations and dropout masks), added 10 at a time until every row's mean has 1.96 SE below rel_err x mean
     and below abs_err (spec D4's rule), at least 10 draws and at most ``--elpips-max-samples``.
     """
@@ -329,7 +329,7 @@ def judge(metric: Metric, xs: torch.Tensor, honest: torch.Tensor, refs: torch.Te
         zero = np.zeros(n)
         return {"d_adv": d_x, "d_honest": d_h, "ci_adv": zero, "ci_honest": zero, "ci_diff": zero,
                 "diff": d_x - d_h, "samples": np.ones(n, dtype=int)}
-    from percept.elpips import compare
+    from percept.estimation import compare
 
     draws = []  # (k, 2, N): index 0 d(xs, refs), 1 d(honest, refs) under the same draws
     chunk = 10

@@ -29,6 +29,12 @@ Weights (``weights=``):
 Every parameter is frozen (``requires_grad=False``) and the module stays in eval mode even when a parent
 calls ``.train()`` (batch-norm statistics never move), unless built with ``frozen=False``.
 
+Everything about the network is settled when it is built: the layers kept, the pooling
+(``pooling="floor"``/``"avg"`` for E-LPIPS), the first-layer convolutions with a faster input gradient
+(new :class:`StemConv2d` modules sharing the torchvision convolutions' parameters; no class is changed in
+place) and the weights' memory format (contiguous). A forward pass changes no parameter, buffer or module; on CPU it only chooses the layout of
+each child's *input* from its size (:meth:`FeatureExtractor.memory_format_for`).
+
 Inputs are whatever the network expects (ImageNet-normalised images); scaling is the metric's job.
 """
 
@@ -52,6 +58,7 @@ __all__ = [
     "LPIPS_LAYERS",
     "LPIPS_CHANNELS",
     "PIHLGREN_LAYERS",
+    "POOLINGS",
     "FeatureExtractor",
     "StemConv2d",
     "build_backbone",
@@ -59,6 +66,8 @@ __all__ = [
     "flatten_children",
     "imagenet_checkpoint",
     "load_checkpoint",
+    "lpips_net",
+    "with_stem_convs",
 ]
 
 #: LPIPS's short network names -> torchvision architecture
@@ -112,6 +121,15 @@ _BUILD_KWARGS = {
 # their blocks are not a sequence of (N, C, H, W) feature maps
 _TRANSFORMERS = ("vit_", "swin_", "swin3d", "maxvit")
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
+
+
+def lpips_net(net: str, allowed: Sequence[str] = ("alex", "vgg", "squeeze"), *, metric: str = "LPIPS") -> str:
+    """The LPIPS short name ("alex", "vgg" or "squeeze") of any spelling :func:`canonical_arch` accepts for
+    AlexNet, VGG-16 or SqueezeNet 1.1; ``allowed`` limits the networks ``metric`` exists for."""
+    short = {arch: name for name, arch in LPIPS_NETS.items() if name != "vgg16"}.get(canonical_arch(net))
+    if short not in allowed:
+        raise ValueError(f"{metric} exists for net {' or '.join(map(repr, allowed))}, got {net!r}")
+    return short
 
 
 def canonical_arch(name: str) -> str:
@@ -240,27 +258,64 @@ class _StemConvFunction(torch.autograd.Function):
 
 
 class StemConv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose input gradient uses :class:`_StemConvFunction` (same values, same state dict)."""
+    """``nn.Conv2d`` whose input gradient uses :class:`_StemConvFunction` on CPU (same values, same state dict).
+
+    Built by :meth:`from_conv` around an existing convolution's parameters (see :func:`with_stem_convs`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad and x.device.type == "cpu":  # measured on CPU only
             return _StemConvFunction.apply(x, self.weight, self.bias, self.stride[0], self.padding)
         return super().forward(x)
 
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> StemConv2d:
+        """A StemConv2d with ``conv``'s options that shares its weight and bias (nothing is copied)."""
+        with torch.device("meta"):  # the placeholders are replaced at once
+            stem = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                       padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                       bias=conv.bias is not None, padding_mode=conv.padding_mode)
+        stem.weight, stem.bias = conv.weight, conv.bias
+        return stem.train(conv.training)
 
-def _use_stem_convs(body: nn.Module) -> None:
-    """Switch strided convolutions on few channels (image-facing first layers) to :class:`StemConv2d`."""
-    for m in body.modules():
-        if (
-            type(m) is nn.Conv2d
-            and m.in_channels <= 4
-            and m.groups == 1
-            and m.dilation == (1, 1)
-            and m.stride[0] == m.stride[1] > 1
-            and m.padding_mode == "zeros"
-            and isinstance(m.padding, tuple)
-        ):
-            m.__class__ = StemConv2d
+
+def _is_stem(m: nn.Module) -> bool:
+    """A strided convolution on few channels (an image-facing first layer) that :class:`StemConv2d` speeds up."""
+    return (
+        type(m) is nn.Conv2d
+        and m.in_channels <= 4
+        and m.groups == 1
+        and m.dilation == (1, 1)
+        and m.stride[0] == m.stride[1] > 1
+        and m.padding_mode == "zeros"
+        and isinstance(m.padding, tuple)
+    )
+
+
+def with_stem_convs(module: nn.Module) -> nn.Module:
+    """``module`` with every stem convolution (see :class:`StemConv2d`) replaced by a StemConv2d sharing its
+    parameters; the children are replaced in place, a stem ``module`` itself is returned replaced."""
+    if _is_stem(module):
+        return StemConv2d.from_conv(module)
+    for name, child in module.named_children():
+        new = with_stem_convs(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
+#: ``pooling`` options of :class:`FeatureExtractor`
+POOLINGS = ("torchvision", "floor", "avg")
+
+
+def _with_pooling(module: nn.Module, pooling: str) -> None:
+    """Replace every max pooling below ``module``: "floor" rounds the output size down ('VALID', as TensorFlow;
+    torchvision's SqueezeNet rounds up), "avg" averages over the same window (rounding down)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.MaxPool2d):
+            k, s, p = child.kernel_size, child.stride, child.padding
+            setattr(module, name, nn.AvgPool2d(k, s, p) if pooling == "avg" else nn.MaxPool2d(k, s, p, child.dilation))
+        else:
+            _with_pooling(child, pooling)
 
 
 class FeatureExtractor(nn.Module):
@@ -268,18 +323,28 @@ class FeatureExtractor(nn.Module):
 
     Args:
         children: ``(state-dict prefix, module)`` pairs in execution order (:func:`flatten_children`).
-        layers: increasing child indices to tap.
+        layers: increasing child indices to tap; -1 taps the input itself (as E-LPIPS does).
         name: architecture name, for messages.
         frozen: freeze parameters and keep eval mode (default).
-        channels_last: run children with inputs of at least ``CL_MIN_POSITIONS`` positions in channels-last
-            memory format (see the property; outputs are the same up to float rounding).
+        channels_last: on CPU, run children whose input has at least ``CL_MIN_POSITIONS`` positions in
+            channels-last memory format (outputs are the same up to float rounding).
+        pooling: "torchvision" (the pooling as built), "floor" (max pooling rounding its output size down,
+            as TensorFlow's 'VALID') or "avg" (average pooling over the same windows, rounding down).
 
     Attributes:
         layers, channels (per tap), layer_names (per tap), min_size (smallest H and W that give every
         tap at least one position).
 
-    ``forward(x)`` takes (N, 3, H, W) and returns a list of (N, C_l, H_l, W_l) tensors.
+    ``forward(x)`` takes (N, 3, H, W) and returns a list of (N, C_l, H_l, W_l) tensors. It changes no state:
+    the modules, the parameters and their (contiguous) memory format are fixed when the extractor is built.
     """
+
+    #: on CPU, channels-last is used for inputs of at least this many positions (H*W). Measured with oneDNN
+    #: on 2 cores: max pooling and convolutions on larger maps are faster in channels-last, convolutions on
+    #: 3x3 and 4x4 maps (AlexNet conv3-5, VGG block 5) faster in NCHW. oneDNN runs a convolution in the
+    #: layout of its input (the weights stay contiguous: converting them per child was not measurably faster).
+    #: Other devices run NCHW (not measured).
+    CL_MIN_POSITIONS = 25
 
     def __init__(
         self,
@@ -289,6 +354,7 @@ class FeatureExtractor(nn.Module):
         name: str = "backbone",
         frozen: bool = True,
         channels_last: bool = True,
+        pooling: str = "torchvision",
     ):
         super().__init__()
         layers = tuple(int(k) for k in layers)
@@ -296,19 +362,23 @@ class FeatureExtractor(nn.Module):
             raise ValueError(f"{name}: no layers to tap")
         if list(layers) != sorted(set(layers)):
             raise ValueError(f"{name}: layers must be strictly increasing, got {layers}")
-        if layers[0] < 0 or layers[-1] >= len(children):
-            raise ValueError(f"{name}: layer indices must be in [0, {len(children) - 1}], got {layers}")
+        if layers[0] < -1 or layers[-1] >= len(children):
+            raise ValueError(f"{name}: layer indices must be in [-1, {len(children) - 1}], got {layers}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"{name}: unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
         kept = list(children[: layers[-1] + 1])
         self.name = name
         self.layers = layers
+        self.pooling = pooling
         self.prefixes = tuple(p for p, _ in kept)  # full-model state-dict prefix of each kept child
-        self.layer_names = tuple(f"{kept[k][0]} ({type(kept[k][1]).__name__})" for k in layers)
+        self.layer_names = tuple("input" if k < 0 else f"{kept[k][0]} ({type(kept[k][1]).__name__})" for k in layers)
         self.body = nn.Sequential(OrderedDict((str(i), m) for i, (_, m) in enumerate(kept)))
         self.frozen = frozen
-        self._channels_last = False
-        self.channels_last = channels_last
+        self.channels_last = bool(channels_last)
         self._disable_inplace_after_taps()
-        _use_stem_convs(self.body)
+        with_stem_convs(self.body)
+        if pooling != "torchvision":
+            _with_pooling(self.body, pooling)
         if frozen:
             self.requires_grad_(False)
             super().train(False)
@@ -326,57 +396,23 @@ class FeatureExtractor(nn.Module):
                     if m is not None and getattr(m, "inplace", False):
                         m.inplace = False
 
-    #: on CPU, channels-last is used for inputs of at least this many positions (H*W). Measured with oneDNN
-    #: on 2 cores: max pooling and convolutions on larger maps are faster in channels-last, convolutions on
-    #: 3x3 and 4x4 maps (AlexNet conv3-5, VGG block 5) faster in NCHW. Other devices run NCHW (not measured).
-    CL_MIN_POSITIONS = 25
-
-    @property
-    def channels_last(self) -> bool:
-        """On CPU, run each child in channels-last memory format when its input has at least
-        ``CL_MIN_POSITIONS`` positions, in NCHW otherwise; the child's convolution weights follow (converted
-        when the choice changes, not on every call). False, or a non-CPU device: NCHW throughout. After
-        replacing children of ``body``, assign the property again (``fx.channels_last = fx.channels_last``)
-        so the new weights are converted once."""
-        return self._channels_last
-
-    @channels_last.setter
-    def channels_last(self, value: bool) -> None:
-        self._channels_last = bool(value)
-        self._format_weights()
-
-    def _format_weights(self) -> None:
-        """Forget the per-child formats; the next forward converts the weights as needed."""
-        self._child_cl: list[bool | None] = [None] * len(self.body)
-
-    def _format_child(self, i: int, cl: bool) -> None:
-        fmt = torch.channels_last if cl else torch.contiguous_format
-        with torch.no_grad():
-            for p in self.body[i].parameters():
-                if p.dim() == 4:
-                    p.data = p.data.contiguous(memory_format=fmt)
-        self._child_cl[i] = cl
+    def memory_format_for(self, x: torch.Tensor) -> torch.memory_format:
+        """The layout a child runs the (N, C, H, W) input ``x`` in: channels-last on CPU when ``channels_last``
+        and H*W >= ``CL_MIN_POSITIONS``, else NCHW (contiguous)."""
+        cl = self.channels_last and x.device.type == "cpu" and x.shape[-2] * x.shape[-1] >= self.CL_MIN_POSITIONS
+        return torch.channels_last if cl else torch.contiguous_format
 
     def train(self, mode: bool = True) -> FeatureExtractor:
         return super().train(mode and not self.frozen)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out = []
-        taps = iter(self.layers)
-        nxt = next(taps)
-        cpu = x.device.type == "cpu"
-        if len(self._child_cl) != len(self.body):  # children were added or removed after construction
-            self._format_weights()
+        out = [x] if self.layers[0] == -1 else []
         for i, module in enumerate(self.body):
-            if x.dim() == 4 and x.device.type != "meta":
-                cl = self._channels_last and cpu and x.shape[-2] * x.shape[-1] >= self.CL_MIN_POSITIONS
-                if self._child_cl[i] is not cl:
-                    self._format_child(i, cl)
-                x = x.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+            if x.dim() == 4:
+                x = x.contiguous(memory_format=self.memory_format_for(x))
             x = module(x)
-            if i == nxt:
+            if i in self.layers:
                 out.append(x)
-                nxt = next(taps, -1)
         return out
 
     # ----------------------------------------------------------------- shapes, probed on the meta device
@@ -397,7 +433,7 @@ class FeatureExtractor(nn.Module):
         """Smallest square input size (pixels) for which every tap has at least one position."""
         if self._min_size is None:
             known = _LPIPS_MIN_SIZE.get(self.name)
-            if known is not None and LPIPS_LAYERS.get(self.name) == self.layers:
+            if known is not None and LPIPS_LAYERS.get(self.name) == self.layers and self.pooling == "torchvision":
                 self._min_size = known
             else:
                 lo, hi = 1, 1024
@@ -427,7 +463,10 @@ class FeatureExtractor(nn.Module):
         return self._channels
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, layers={self.layers}, frozen={self.frozen}, channels_last={self.channels_last}"
+        return (
+            f"name={self.name!r}, layers={self.layers}, frozen={self.frozen}, channels_last={self.channels_last}, "
+            f"pooling={self.pooling!r}"
+        )
 
 
 # --------------------------------------------------------------------------------------------- weights
@@ -527,13 +566,12 @@ def _load_into(extractor: FeatureExtractor, skeleton_keys: set[str], state: Mapp
             raise RuntimeError(
                 f"{where}: {full} has shape {tuple(value.shape)}, expected {tuple(target[key].shape)} for {arch}"
             )
-        mapped[key] = value
+        mapped[key] = value.contiguous()  # the weights' memory format is settled here, never in forward
     if missing:
         raise RuntimeError(
             f"{where} lacks {len(missing)} tensors of {arch}'s kept layers: {missing[:5]}{' ...' if len(missing) > 5 else ''}"
         )
     extractor.body.load_state_dict(mapped, strict=True, assign=True)
-    extractor._format_weights()
 
 
 def build_backbone(
@@ -545,6 +583,7 @@ def build_backbone(
     allow_download: bool = False,
     frozen: bool = True,
     channels_last: bool = True,
+    pooling: str = "torchvision",
 ) -> FeatureExtractor:
     """Build a frozen :class:`FeatureExtractor`.
 
@@ -556,18 +595,17 @@ def build_backbone(
         weights: ``"imagenet"``, ``"random"``, a checkpoint path, or a state dict (see module docstring).
         sha256: expected digest of a checkpoint file given as ``weights``.
         allow_download: let torchvision download ImageNet weights into its hub cache if missing.
-        frozen, channels_last: see :class:`FeatureExtractor`.
+        frozen, channels_last, pooling: see :class:`FeatureExtractor`.
     """
     arch = canonical_arch(arch)
     if layers is None:
         layers = LPIPS_LAYERS.get(arch) or PIHLGREN_LAYERS.get(arch)
         if layers is None:
             raise ValueError(f"{arch}: no default layers; pass layers=(...) (indices into flatten_children)")
+    options = {"name": arch, "frozen": frozen, "channels_last": channels_last, "pooling": pooling}
     if isinstance(weights, str) and weights == "random":
         model = _construct_random(arch)
-        extractor = FeatureExtractor(
-            flatten_children(model, arch), layers, name=arch, frozen=frozen, channels_last=channels_last
-        )
+        extractor = FeatureExtractor(flatten_children(model, arch), layers, **options)
     else:
         if isinstance(weights, str) and weights == "imagenet":
             path = imagenet_checkpoint(arch, allow_download=allow_download)
@@ -579,9 +617,7 @@ def build_backbone(
             raise TypeError(f"weights must be 'imagenet', 'random', a path or a state dict, got {type(weights)}")
         model = _construct(arch, meta=True)
         skeleton = set(model.state_dict())
-        extractor = FeatureExtractor(
-            flatten_children(model, arch), layers, name=arch, frozen=frozen, channels_last=channels_last
-        )
+        extractor = FeatureExtractor(flatten_children(model, arch), layers, **options)
         _load_into(extractor, skeleton, state, arch, where)
         if frozen:
             extractor.requires_grad_(False)

@@ -29,9 +29,6 @@ import argparse
 import ast
 import contextlib
 import csv
-import importlib
-import inspect
-import math
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -320,32 +317,16 @@ def _read(path: Path, args):
     return read_image(path, colorspace=_space(args), alpha=args.alpha, resize=args.resize, max_pixels=args.max_pixels)
 
 
-def _seed(metric, seed: int) -> None:
-    """Seed torch's RNG and the metric's own generator (if it has one) for reproducible random transforms."""
-    import torch
-
-    torch.manual_seed(seed)
-    if hasattr(metric, "generator"):
-        device = next((t.device for t in metric.parameters()), torch.device("cpu"))
-        try:
-            metric.generator = torch.Generator(device=device).manual_seed(seed)
-        except (RuntimeError, TypeError):
-            metric.generator = torch.Generator().manual_seed(seed)
-
-
 def _evaluate(metric, name: str, inputs, targets, paths: str, seed: int):
-    """metric(inputs, targets) as a list of floats; a ValueError from the metric becomes a CLIError naming files."""
+    """metric(inputs, targets) as a list of floats (seeded: :func:`percept.estimation.seed_metric`); a
+    ValueError from the metric becomes a CLIError naming files."""
     import torch
 
-    _seed(metric, seed)
-    try:
-        with torch.no_grad():
-            d = metric(inputs, targets)
-    except ValueError as err:
-        message = str(err)
-        if any(word in message for word in ("multiple", "too small", "at least", "image_size", "crop")):
-            message += "; --resize HxW resamples the images"
-        raise CLIError(f"{paths}: {message}") from err
+    from percept.estimation import seed_metric
+
+    seed_metric(metric, seed)
+    with _input_errors(paths), torch.no_grad():
+        d = metric(inputs, targets)
     d = d.detach().float().reshape(-1).cpu()
     if d.numel() != inputs.shape[0]:
         raise CLIError(f"metric {name!r} returned {d.numel()} values for {inputs.shape[0]} image pair(s)")
@@ -488,7 +469,7 @@ def _input_errors(paths: str):
         yield
     except ValueError as err:
         message = str(err)
-        if "too small" in message or "at least" in message:
+        if any(word in message for word in ("multiple", "too small", "at least", "image_size", "crop")):
             message += "; --resize HxW resamples the images"
         raise CLIError(f"{paths}: {message}") from err
 
@@ -501,11 +482,11 @@ def cmd_dist(args) -> int:
     name, metric = _prepare(args)
     ref, img = ref.to(args.device_obj), img.to(args.device_obj)
     if _samples_elpips(metric):
-        from percept import elpips
+        from percept import estimation
 
         samples = args.samples if args.samples is not None else DEFAULT_DIST_SAMPLES
         with _input_errors(f"{args.ref} vs {args.img}"):
-            est = elpips.distance(img, ref, samples=samples, metric=metric, seed=args.seed, progress=None)
+            est = estimation.distance(img, ref, samples=samples, metric=metric, seed=args.seed, progress=None)
         print(f"{_fmt(est.mean)} ± {est.stderr:.4g} (standard error over {est.n} draws, seed {args.seed})")
         return 0
     if args.samples is not None:
@@ -528,13 +509,13 @@ def cmd_estimate(args) -> int:
     name, metric = _prepare(args)
     if not _samples_elpips(metric):
         raise UsageError(f"estimate samples a random E-LPIPS metric; {name} is deterministic here (use `percept dist`)")
-    from percept import elpips
+    from percept import estimation
 
     ref, img = ref.to(args.device_obj), img.to(args.device_obj)
     with _input_errors(f"{args.ref} vs {args.img}"):
-        est = elpips.estimate(img, ref, abs_err=args.abs_err, rel_err=args.rel_err, max_samples=args.max_samples,
-                              min_samples=args.min_samples, batch=args.batch_size, metric=metric, seed=args.seed,
-                              progress=None)
+        est = estimation.estimate(img, ref, abs_err=args.abs_err, rel_err=args.rel_err,
+                                  max_samples=args.max_samples, min_samples=args.min_samples, batch=args.batch_size,
+                                  metric=metric, seed=args.seed, progress=None)
     absolute = 1.96 * est.stderr
     relative = absolute / (1e-12 + est.mean)  # as the original reports it
     print(f"distance ({name}): {_fmt(est.mean)}")
@@ -623,71 +604,9 @@ def cmd_pairs(args) -> int:
     return 1 if skipped else 0
 
 
-def _module_compare(name: str):
-    """``compare`` from the E-LPIPS module, if it has landed; else None."""
-    for module in ("percept.elpips", "percept.metrics.elpips"):
-        try:
-            found = importlib.import_module(module)
-        except ImportError:
-            continue
-        if callable(getattr(found, "compare", None)):
-            return found.compare
-    return None
-
-
-def _read_compare_result(result) -> dict | None:
-    """Interpret what an E-LPIPS ``compare`` returned: {d_a, d_b, diff, stderr (of diff) [, se_a, se_b, n]}."""
-    get = result.get if isinstance(result, dict) else (lambda k, default=None: getattr(result, k, default))
-    names = {
-        "d_a": ("d_a", "da", "d0", "distance_a", "dist_a", "mean_a"),
-        "d_b": ("d_b", "db", "d1", "distance_b", "dist_b", "mean_b"),
-        "diff": ("diff", "difference", "mean_diff", "d_diff"),
-        "stderr": ("stderr", "std_err", "diff_stderr", "se", "se_diff", "error"),
-        "se_a": ("se_a", "stderr_a"),
-        "se_b": ("se_b", "stderr_b"),
-        "n": ("n", "samples", "n_samples"),
-    }
-    out = {}
-    for key, candidates in names.items():
-        for c in candidates:
-            value = get(c, None)
-            if value is not None:
-                out[key] = float(value)
-                break
-    if "d_a" not in out or "d_b" not in out:
-        if isinstance(result, tuple) and len(result) >= 2:
-            out = {"d_a": float(result[0]), "d_b": float(result[1])}
-            if len(result) >= 4:
-                out.update(diff=float(result[2]), stderr=float(result[3]))
-        else:
-            return None
-    out.setdefault("diff", out["d_a"] - out["d_b"])
-    return out
-
-
-def _shared_samples(metric, name, ref, a, b, args, samples: int) -> dict:
-    """Average d(ref, a) and d(ref, b) over ``samples`` seeds; both distances of a sample use the same seed,
-    so the same random transformations (shared sampling), and the difference has a small error bar."""
-    import torch
-
-    label = f"{args.ref} vs {args.a} / {args.b}"
-    da, db = [], []
-    for k in _progress(range(samples), samples, name) if samples > 1 else range(samples):
-        seed = args.seed + k
-        da += _evaluate(metric, name, a, ref, label, seed)
-        db += _evaluate(metric, name, b, ref, label, seed)
-    ta, tb = torch.tensor(da, dtype=torch.float64), torch.tensor(db, dtype=torch.float64)
-
-    def se(t):
-        return float(t.std(unbiased=True) / math.sqrt(len(t))) if len(t) > 1 else 0.0
-
-    return {"d_a": float(ta.mean()), "d_b": float(tb.mean()), "diff": float((ta - tb).mean()),
-            "stderr": se(ta - tb), "se_a": se(ta), "se_b": se(tb), "n": samples}
-
-
 def cmd_compare(args) -> int:
     from percept.io import ImageReadError, ImageSizeError, check_same_size
-    from percept.registry import is_stochastic, metric_class, record
+    from percept.registry import is_stochastic, metric_class
 
     name = _canonical(args.metric)
     stochastic = is_stochastic(name, dict(args.options))
@@ -702,49 +621,28 @@ def cmd_compare(args) -> int:
         raise CLIError(str(err)) from err
     name, metric = _prepare(args)
     ref, a, b = (t.to(args.device_obj) for t in (ref, a, b))
+    from percept import estimation
 
-    result, note = None, None
-    if record(name).family == "elpips":
-        compare = _module_compare(name)
-        if compare is None:
-            note = "percept.elpips.compare is not available; averaged the metric over shared seeds instead"
-        else:
-            kwargs = {}
-            params = inspect.signature(compare).parameters
-            for key, value in (("metric", metric), ("net", name.split("-", 1)[1]), ("samples", samples),
-                               ("n_samples", samples), ("seed", args.seed), ("device", args.device_obj)):
-                if key in params:
-                    kwargs[key] = value
-            import torch
-
-            torch.manual_seed(args.seed)
-            with torch.no_grad():
-                result = _read_compare_result(compare(ref, a, b, **kwargs))
-            if result is None:
-                note = "could not read percept.elpips.compare's result; averaged over shared seeds instead"
-    if result is None:
-        result = _shared_samples(metric, name, ref, a, b, args, samples)
-    if note:
-        _warn(note)
+    # E-LPIPS: shared draws (sample_distances); any other metric: shared seeds, one sample when deterministic
+    with _input_errors(f"{args.ref} vs {args.a} / {args.b}"):
+        result = estimation.compare(ref, a, b, metric=metric, samples=samples, seed=args.seed)
 
     higher_is_better = bool(getattr(metric_class(name), "higher_is_better", False))
-    n = int(result.get("n", samples))
-    err = result.get("stderr")
-    if n > 1 and err is not None:
-        sa, sb = result.get("se_a"), result.get("se_b")
-        print(f"d(REF, A) = {_fmt(result['d_a'])}" + (f" ± {sa:.2g}" if sa is not None else "") + f"    A = {args.a}")
-        print(f"d(REF, B) = {_fmt(result['d_b'])}" + (f" ± {sb:.2g}" if sb is not None else "") + f"    B = {args.b}")
-        print(f"d(REF, A) - d(REF, B) = {_fmt(result['diff'])} ± {err:.2g} (standard error over {n} shared samples)")
+    n, err = result.n, result.stderr
+    if n > 1:
+        print(f"d(REF, A) = {_fmt(result.d_a)} ± {result.se_a:.2g}    A = {args.a}")
+        print(f"d(REF, B) = {_fmt(result.d_b)} ± {result.se_b:.2g}    B = {args.b}")
+        print(f"d(REF, A) - d(REF, B) = {_fmt(result.diff)} ± {err:.2g} (standard error over {n} shared samples)")
     else:
-        print(f"d(REF, A) = {_fmt(result['d_a'])}    A = {args.a}")
-        print(f"d(REF, B) = {_fmt(result['d_b'])}    B = {args.b}")
-    diff = result["diff"]
+        print(f"d(REF, A) = {_fmt(result.d_a)}    A = {args.a}")
+        print(f"d(REF, B) = {_fmt(result.d_b)}    B = {args.b}")
+    diff = result.diff
     closer_a = diff > 0 if higher_is_better else diff < 0
     if diff == 0:
         verdict = f"A and B are equally close to REF ({args.ref})"
     else:
         verdict = f"{'A' if closer_a else 'B'} is closer to REF ({args.ref})"
-        if n > 1 and err is not None and abs(diff) < 2 * err:
+        if n > 1 and abs(diff) < 2 * err:
             verdict += f", but within 2 standard errors: not significant; try more --samples than {n}"
     if higher_is_better:
         verdict += f" [{name} is a similarity: higher means closer]"

@@ -1,7 +1,9 @@
 """Deep-feature metrics: LPIPS, Deeploss, Watson-VGG and the deep perceptual similarity (DPS) methods.
 
 One mechanism (:class:`DeepDistance`) gives LPIPS (Zhang et al. 2018), Czolbe et al.'s Deeploss and the
-five DPS methods of Sjögren et al. 2022:
+five DPS methods of Sjögren et al. 2022; its feature half (:class:`DeepFeatures`: scaling, backbone taps,
+modifiers, channel normalisation, the batched pair pass and the target cache) is also the one path that
+Watson-VGG and E-LPIPS (:mod:`percept.metrics.elpips`) run their backbones through:
 
     input scaling -> backbone taps -> [modify: spatial / sort / mean] -> [channel normalisation]
     -> squared difference -> [learned non-negative per-channel weights | channel sum]
@@ -32,7 +34,7 @@ Speed: both images go through the backbone in one batched pass when both or neit
 when only ``input`` does (a training loss), the target pass runs without autograd. With
 ``cache_target=True`` the target's features are kept between calls and reused while the same target
 tensor object (unmodified) is passed again. On CPU the backbone runs in channels-last memory format where
-that is faster and computes the first layer's input gradient in space-to-depth form
+that is faster (chosen per input size; no forward pass changes the module's state) and computes the first layer's input gradient in space-to-depth form
 (:class:`percept.backbones.StemConv2d`); the channel normalisation and the weighted squared difference have
 fused backward passes (first derivatives only: double backward raises).
 """
@@ -43,13 +45,15 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from percept import assets, checks
-from percept.backbones import FeatureExtractor, build_backbone, canonical_arch, load_checkpoint
+from percept.backbones import FeatureExtractor, build_backbone, canonical_arch, load_checkpoint, lpips_net
+from percept.metrics.watson import smooth_max
 
 __all__ = [
     "EPS",
@@ -61,7 +65,10 @@ __all__ = [
     "normalize_channels",
     "squared_difference_mean",
     "modify_features",
-    "lin_weights_from_state",
+    "read_lin_weights",
+    "backbone_for",
+    "prepare_pair",
+    "DeepFeatures",
     "DeepDistance",
     "LPIPS",
     "Deeploss",
@@ -226,29 +233,50 @@ def modify_features(f: torch.Tensor, how: str) -> torch.Tensor:
     raise ValueError(f"unknown modifier {how!r}: use spatial, sort or mean")
 
 
-def lin_weights_from_state(state: Mapping, channels: Sequence[int], *, where: str = "checkpoint") -> list[torch.Tensor]:
-    """Strictly extract per-layer linear weights, each (1, C_l, 1, 1), from an LPIPS-format state dict.
+_LIN_LAYOUTS = ("lin{k}.model.1.weight", "lin{k}.model.0.weight", "lins.{k}.weight", "lins.{k}")
 
-    Accepted key layouts: ``lin{k}.model.1.weight`` (LPIPS / Czolbe files, dropout at index 0),
-    ``lin{k}.model.0.weight`` (saved with ``use_dropout=False``) or ``lins.{k}.weight`` (this module).
-    Every layer must be present exactly once with the right shape and no other key may appear, so a
-    wrong or partial checkpoint is an error instead of silently random weights.
+
+def read_lin_weights(
+    source: str | os.PathLike | Mapping, channels: Sequence[int], *, where: str | None = None
+) -> list[torch.Tensor]:
+    """Strictly read per-layer linear weights, each (C_l,) float32: the one reader of LPIPS, Deeploss, DPS and
+    E-LPIPS weights.
+
+    ``source``: a state dict, a ``torch.save`` checkpoint or an E-LPIPS ``.npy`` file (a pickled dict parsed by
+    :func:`percept.assets.read_npy_dict` without unpickling, so a crafted file cannot run code). Key layouts:
+    ``lin{k}.model.1.weight`` (LPIPS / Czolbe / E-LPIPS files, dropout at index 0), ``lin{k}.model.0.weight``
+    (saved with ``use_dropout=False``), ``lins.{k}.weight`` (:class:`DeepDistance`) or ``lins.{k}``
+    (:class:`percept.metrics.elpips.ELPIPS`); shapes (1, C, 1, 1), TensorFlow's (1, 1, C, 1) or (C,).
+
+    Every layer must be present exactly once with C_l weights, no other key may appear, and the weights must
+    be finite and non-negative; anything else raises (never silently random weights).
     """
-    layouts = ("lin{k}.model.1.weight", "lin{k}.model.0.weight", "lins.{k}.weight")
+    where = where or (str(source) if not isinstance(source, Mapping) else "state dict")
+    if isinstance(source, Mapping):
+        state = dict(source)
+    elif str(source).endswith(".npy"):
+        state = assets.read_npy_dict(source)
+    else:
+        state = load_checkpoint(source)
     out, used, missing = [], set(), []
     for k, c in enumerate(channels):
-        found = [layout.format(k=k) for layout in layouts if layout.format(k=k) in state]
+        found = [key.format(k=k) for key in _LIN_LAYOUTS if key.format(k=k) in state]
         if not found:
             missing.append(f"lin{k}")
             continue
         if len(found) > 1:
             raise RuntimeError(f"{where}: layer {k} appears under several keys: {found}")
-        w = state[found[0]]
-        if tuple(w.shape) != (1, c, 1, 1):
-            raise RuntimeError(f"{where}: {found[0]} has shape {tuple(w.shape)}, expected (1, {c}, 1, 1)")
+        value = state[found[0]]
+        value = value if torch.is_tensor(value) else torch.as_tensor(np.asarray(value))
+        shape = tuple(value.shape)
+        if shape not in ((1, c, 1, 1), (1, 1, c, 1), (c,)):
+            raise RuntimeError(f"{where}: {found[0]} has shape {shape}, expected (1, {c}, 1, 1), (1, 1, {c}, 1) or ({c},)")
+        value = value.detach().reshape(c).float().clone()
+        if not torch.isfinite(value).all() or (value < 0).any():
+            raise ValueError(f"{where}: {found[0]} has negative or non-finite weights")
         used.add(found[0])
-        out.append(w.detach().float().clone())
-    foreign = sorted(k for k in state if k not in used)
+        out.append(value)
+    foreign = sorted(str(key) for key in state if key not in used)
     if missing or foreign:
         raise RuntimeError(
             f"{where} does not hold exactly {len(channels)} linear layers for channels {tuple(channels)}: "
@@ -258,24 +286,21 @@ def lin_weights_from_state(state: Mapping, channels: Sequence[int], *, where: st
 
 
 # ------------------------------------------------------------------------------------------- mechanism
-class DeepDistance(nn.Module):
-    """The shared mechanism: backbone taps -> [modifier] -> [channel norm] -> squared difference ->
-    [linear weights] -> pooling, summed over layers and branches.
+class DeepFeatures(nn.Module):
+    """The shared feature core: [0, 1] images -> input scaling -> backbone taps -> [modifier] -> [channel norm].
+
+    Every deep metric runs its backbone through this module (:class:`DeepDistance`, :class:`WatsonVGG` and
+    :class:`percept.metrics.elpips.ELPIPS` are subclasses), so the scaling, the channels-last input buffer,
+    the batched pair pass and the target cache exist once.
 
     Args:
         backbone: a :class:`percept.backbones.FeatureExtractor`.
         scaling: input scaling (:func:`scale_input`): "lpips", "raw" or "czolbe".
-        branches: modifiers compared and summed with weight 1, e.g. ("spatial",) for LPIPS,
-            ("spatial", "sort") for DPS spatial+sort.
+        branches: modifiers (:func:`modify_features`), e.g. ("spatial",) for LPIPS, ("spatial", "sort") for
+            DPS spatial+sort.
         channel_norm: unit-normalise along channels after the modifier.
-        lin: learned non-negative per-channel weights per layer and branch (1x1 convs without bias,
-            ``lins``, ordered branch-major); initialised to 1 (the channel sum) until loaded.
-        trainable: linear weights require grad, and dropout (``dropout``, on the squared differences)
-            is active in training mode.
-        cache_target: keep the target's features between calls (see module docstring).
-
-    ``forward(input, target, spatial=False)`` takes backbone-ready 3-channel batches in [0, 1] (no checks:
-    the metric classes validate) and returns (N,) distances, or the (N, 1, H, W) map with ``spatial``.
+        eps: the channel normalisation's epsilon.
+        cache_target: keep the target's features between calls (see the module docstring).
     """
 
     def __init__(
@@ -285,9 +310,6 @@ class DeepDistance(nn.Module):
         scaling: str = "lpips",
         branches: Sequence[str] = ("spatial",),
         channel_norm: bool = True,
-        lin: bool = False,
-        trainable: bool = False,
-        dropout: float = 0.5,
         eps: float = EPS,
         cache_target: bool = False,
     ):
@@ -302,35 +324,12 @@ class DeepDistance(nn.Module):
         self.scale = InputScaling(scaling)
         self.branches = tuple(branches)
         self.channel_norm = channel_norm
-        self.trainable = trainable
-        self.dropout = dropout
         self.eps = eps
         self.cache_target = cache_target
         self._cache: tuple | None = None
-        if lin:
-            convs = [nn.Conv2d(c, 1, 1, bias=False) for _ in self.branches for c in backbone.channels]
-            for conv in convs:
-                nn.init.ones_(conv.weight)
-                conv.weight.requires_grad_(trainable)
-            self.lins = nn.ModuleList(convs)
-        else:
-            self.lins = None
 
-    # -------------------------------------------------------------------------------------- weights
-    def load_lin_weights(self, state: Mapping | str | os.PathLike, *, where: str | None = None) -> None:
-        """Strictly load linear weights (see :func:`lin_weights_from_state`) from a state dict or file."""
-        if self.lins is None:
-            raise RuntimeError("this distance has no linear layers (lin=False)")
-        where = where or (str(state) if not isinstance(state, Mapping) else "state dict")
-        if not isinstance(state, Mapping):
-            state = load_checkpoint(state)
-        weights = lin_weights_from_state(state, [c for _ in self.branches for c in self.backbone.channels], where=where)
-        with torch.no_grad():
-            for conv, w in zip(self.lins, weights):
-                conv.weight.copy_(w)
-
-    # -------------------------------------------------------------------------------------- features
     def clear_cache(self) -> None:
+        """Forget cached target features (``cache_target=True``)."""
         self._cache = None
 
     def _apply(self, fn, recurse=True):
@@ -350,14 +349,9 @@ class DeepDistance(nn.Module):
             x = images[0] if len(images) == 1 else torch.cat(images)
             return self.scale(x)
         first = images[0]
-        h, w = first.shape[-2:]
-        cl = self.backbone.channels_last and first.device.type == "cpu" and h * w >= self.backbone.CL_MIN_POSITIONS
         shape = (sum(x.shape[0] for x in images), *first.shape[1:])
         out = torch.empty(
-            shape,
-            dtype=first.dtype,
-            device=first.device,
-            memory_format=torch.channels_last if cl else torch.contiguous_format,
+            shape, dtype=first.dtype, device=first.device, memory_format=self.backbone.memory_format_for(first)
         )
         a, b = self.scale.a.to(first.dtype), self.scale.b.to(first.dtype)
         start = 0
@@ -403,6 +397,53 @@ class DeepDistance(nn.Module):
         with torch.no_grad() if not tg_grad else torch.enable_grad():
             ft = self.features(target)
         return self.features(input), ft
+
+    def extra_repr(self) -> str:
+        return (
+            f"scaling={self.scaling!r}, branches={self.branches}, channel_norm={self.channel_norm}, "
+            f"cache_target={self.cache_target}"
+        )
+
+
+class DeepDistance(DeepFeatures):
+    """The shared mechanism: backbone taps -> [modifier] -> [channel norm] -> squared difference ->
+    [linear weights] -> pooling, summed over layers and branches.
+
+    Args:
+        backbone: a :class:`percept.backbones.FeatureExtractor`.
+        options: ``scaling``, ``branches``, ``channel_norm``, ``eps``, ``cache_target`` of :class:`DeepFeatures`.
+        lin: learned non-negative per-channel weights per layer and branch (1x1 convs without bias,
+            ``lins``, ordered branch-major); initialised to 1 (the channel sum) until loaded.
+        trainable: linear weights require grad, and dropout (``dropout``, on the squared differences)
+            is active in training mode.
+
+    ``forward(input, target, spatial=False)`` takes backbone-ready 3-channel batches in [0, 1] (no checks:
+    the metric classes validate) and returns (N,) distances, or the (N, 1, H, W) map with ``spatial``.
+    """
+
+    def __init__(
+        self, backbone: FeatureExtractor, *, lin: bool = False, trainable: bool = False, dropout: float = 0.5, **options
+    ):
+        super().__init__(backbone, **options)
+        self.trainable = trainable
+        self.dropout = dropout
+        if lin:
+            convs = [nn.Conv2d(c, 1, 1, bias=False) for _ in self.branches for c in backbone.channels]
+            for conv in convs:
+                nn.init.ones_(conv.weight)
+                conv.weight.requires_grad_(trainable)
+            self.lins = nn.ModuleList(convs)
+        else:
+            self.lins = None
+
+    def load_lin_weights(self, state: Mapping | str | os.PathLike, *, where: str | None = None) -> None:
+        """Strictly load linear weights (see :func:`read_lin_weights`) from a state dict or file."""
+        if self.lins is None:
+            raise RuntimeError("this distance has no linear layers (lin=False)")
+        weights = read_lin_weights(state, [c for _ in self.branches for c in self.backbone.channels], where=where)
+        with torch.no_grad():
+            for conv, w in zip(self.lins, weights):
+                conv.weight.copy_(w.view(1, -1, 1, 1))
 
     # -------------------------------------------------------------------------------------- compare
     def _drop(self, d: torch.Tensor) -> torch.Tensor:
@@ -451,29 +492,31 @@ class DeepDistance(nn.Module):
         return torch.stack(self.layer_distances(input, target), dim=0).sum(dim=0)
 
     def extra_repr(self) -> str:
-        return (
-            f"scaling={self.scaling!r}, branches={self.branches}, channel_norm={self.channel_norm}, "
-            f"lin={self.lins is not None}, trainable={self.trainable}, cache_target={self.cache_target}"
-        )
+        return f"{super().extra_repr()}, lin={self.lins is not None}, trainable={self.trainable}"
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _to_rgb(x: torch.Tensor, colorspace: str) -> torch.Tensor:
-    return x.expand(-1, 3, -1, -1) if colorspace == "grey" else x
-
-
-def _backbone(net: str, backbone_weights, pretrained: bool, layers=None, channels_last: bool = True):
+def backbone_for(
+    net: str, backbone_weights: str | os.PathLike | Mapping | None, pretrained: bool, layers=None, **options
+) -> FeatureExtractor:
+    """:func:`percept.backbones.build_backbone` with ``backbone_weights``, or by default ImageNet weights
+    (``pretrained``) or a random network."""
     if backbone_weights is None:
         backbone_weights = "imagenet" if pretrained else "random"
-    return build_backbone(net, layers, weights=backbone_weights, channels_last=channels_last)
+    return build_backbone(net, layers, weights=backbone_weights, **options)
 
 
-def _short_net(net: str) -> str:
-    arch = canonical_arch(net)
-    names = {"alexnet": "alex", "vgg16": "vgg", "squeezenet1_1": "squeeze"}
-    if arch not in names:
-        raise ValueError(f"net must be 'alex', 'vgg' or 'squeeze', got {net!r}")
-    return names[arch]
+def prepare_pair(
+    metric: nn.Module, input: torch.Tensor, target: torch.Tensor, min_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input side of every deep metric: check (N, C, H, W) [0, 1] batches against ``metric.colorspace``
+    (C = 3, or 1 for grey) and ``min_size``, cast them to the backbone's dtype and replicate grey to 3 channels."""
+    channels = checks.channels_of(metric.colorspace)
+    checks.check_pair(input, target, channels=channels, min_size=min_size, name=metric.name)
+    input, target = checks.to_compute_dtype(metric.backbone, input, target)
+    if metric.colorspace == "grey":
+        return input.expand(-1, 3, -1, -1), target.expand(-1, 3, -1, -1)
+    return input, target
 
 
 class _DeepMetric(nn.Module):
@@ -494,12 +537,13 @@ class _DeepMetric(nn.Module):
         """Forget cached target features (``cache_target=True``)."""
         self.distance.clear_cache()
 
-    def _check(self, input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        checks.check_pair(
-            input, target, channels=checks.channels_of(self.colorspace), min_size=self.backbone.min_size, name=self.name
-        )
-        input, target = checks.to_compute_dtype(self.backbone, input, target)
-        return _to_rgb(input, self.colorspace), _to_rgb(target, self.colorspace)
+    def _build(self, backbone: FeatureExtractor, lin_weights=None, **options) -> None:
+        """``self.distance``: a :class:`DeepDistance` on ``backbone`` with ``options``, its linear weights loaded
+        from ``lin_weights`` when given; then eval mode."""
+        self.distance = DeepDistance(backbone, **options)
+        if lin_weights is not None:
+            self.distance.load_lin_weights(lin_weights)
+        self.eval()
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """input, target: (N, C, H, W) in [0, 1], C = 3 (rgb) or 1 (grey), H, W >= ``backbone.min_size``.
@@ -507,7 +551,7 @@ class _DeepMetric(nn.Module):
         Returns a scalar ("sum", "mean"), shape (N,) ("none"), or the (N, 1, H, W) map when built with
         ``spatial=True``.
         """
-        input, target = self._check(input, target)
+        input, target = prepare_pair(self, input, target, self.backbone.min_size)
         if getattr(self, "spatial", False):
             return self.distance(input, target, spatial=True)
         return checks.reduce(self.distance(input, target), self.reduction)
@@ -557,7 +601,7 @@ class LPIPS(_DeepMetric):
     ):
         super().__init__()
         self._setup(colorspace, reduction)
-        self.net = _short_net(net)
+        self.net = lpips_net(net)
         self.version = str(version).lstrip("v")
         if self.version not in ("0.1", "0.0"):
             raise ValueError(f"unknown LPIPS version {version!r}: use '0.1' or '0.0'")
@@ -566,17 +610,14 @@ class LPIPS(_DeepMetric):
         self.lin = lin
         if lin_weights is None and lin and pretrained:
             lin_weights = assets.locate(f"weights/lpips/v{self.version}/{self.net}.pth")
-        backbone = _backbone(self.net, backbone_weights, pretrained)
-        self.distance = DeepDistance(
-            backbone,
+        self._build(
+            backbone_for(self.net, backbone_weights, pretrained),
+            lin_weights if lin else None,
             scaling="lpips" if self.version == "0.1" else "raw",
             lin=lin,
             trainable=trainable,
             cache_target=cache_target,
         )
-        if lin and lin_weights is not None:
-            self.distance.load_lin_weights(lin_weights)
-        self.eval()
 
     def extra_repr(self) -> str:
         return (
@@ -615,20 +656,19 @@ class Deeploss(_DeepMetric):
     ):
         super().__init__()
         self._setup(colorspace, reduction)
-        self.net = _short_net(net)
-        if self.net not in ("vgg", "squeeze"):
-            raise ValueError(f"Deeploss exists for net 'vgg' and 'squeeze', got {net!r}")
+        self.net = lpips_net(net, ("vgg", "squeeze"), metric="Deeploss")
         self.name = f"deeploss-{self.net}"
         if lin_weights is None and pretrained:
             space = "rgb" if self.colorspace == "rgb" else "gray"
             lin_weights = assets.locate(f"weights/czolbe/{space}_pnet_lin_{self.net}_trial0.pth")
-        backbone = _backbone(self.net, backbone_weights, pretrained)
-        self.distance = DeepDistance(
-            backbone, scaling="czolbe", lin=True, trainable=trainable, cache_target=cache_target
+        self._build(
+            backbone_for(self.net, backbone_weights, pretrained),
+            lin_weights,
+            scaling="czolbe",
+            lin=True,
+            trainable=trainable,
+            cache_target=cache_target,
         )
-        if lin_weights is not None:
-            self.distance.load_lin_weights(lin_weights)
-        self.eval()
 
     def extra_repr(self) -> str:
         return f"net={self.net!r}, colorspace={self.colorspace!r}, reduction={self.reduction!r}"
@@ -669,13 +709,7 @@ def original_deeploss(net: str, colorspace: str, reduction: str, *, pretrained: 
 
 
 # ---------------------------------------------------------------------------------------- Watson-VGG
-def _smooth_max(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a * s_a + b * s_b with (s_a, s_b) = softmax(a, b), elementwise."""
-    s = torch.sigmoid(a - b)  # softmax over two entries
-    return a * s + b * (1 - s)
-
-
-class WatsonVGG(nn.Module):
+class WatsonVGG(DeepFeatures):
     """Watson-style contrast masking on channel-normalised VGG-16 features (Czolbe et al., "Watson-VGG";
     explored during their development, not the paper's metric).
 
@@ -686,7 +720,9 @@ class WatsonVGG(nn.Module):
         D = ( sum_l 1/(H_l W_l) sum_{c,h,w} [ (|c0 - c1| / S_l + eps)^beta + eps ] )^(1/beta).
 
     Initial values: t = 1, w = 0.2, beta = 1. Dropout (p = 0.5) on the pooled terms when ``trainable`` in
-    train mode. Input scaling as Deeploss (LPIPS shift/scale on [0, 1]); grey input replicated to 3.
+    train mode. Input scaling as Deeploss (LPIPS shift/scale on [0, 1]); grey input replicated to 3. The
+    features c0, c1 come from the shared feature core (:class:`DeepFeatures`, as LPIPS: one batched pass,
+    ``cache_target``); smax is :func:`percept.metrics.watson.smooth_max`.
 
     **Trained weights**: Czolbe et al. published ``{rgb,gray}_watson_vgg_trial0.pth`` (2019, their
     repository's ``src/loss/weights/``; not retrained in the December 2020 fix). ``pretrained=True`` loads the
@@ -706,25 +742,20 @@ class WatsonVGG(nn.Module):
     def __init__(
         self,
         *,
-        colorspace: str = "rgb",
-        reduction: str = "mean",
+        weights: str | os.PathLike | Mapping | None = None,
+        backbone_weights: str | os.PathLike | Mapping | None = None,
         pretrained: bool = True,
         trainable: bool = False,
-        backbone_weights: str | os.PathLike | Mapping | None = None,
-        weights: str | os.PathLike | Mapping | None = None,
+        colorspace: str = "rgb",
+        reduction: str = "mean",
         cache_target: bool = False,
     ):
-        super().__init__()
-        self.colorspace = checks.normalize_colorspace(colorspace)
-        self.reduction = checks.check_reduction(reduction)
-        self.trainable = trainable
-        self.cache_target = cache_target
-        self._cache: tuple | None = None
+        colorspace, reduction = checks.normalize_colorspace(colorspace), checks.check_reduction(reduction)
         state = None
         if weights is not None:
             state = load_checkpoint(weights)
         elif pretrained:
-            space = "rgb" if self.colorspace == "rgb" else "gray"
+            space = "rgb" if colorspace == "rgb" else "gray"
             try:
                 state = load_checkpoint(assets.locate(f"weights/czolbe/{space}_watson_vgg_trial0.pth"))
             except assets.MissingAssetError as err:
@@ -736,10 +767,9 @@ class WatsonVGG(nn.Module):
         trunk = {k: v for k, v in (state or {}).items() if k.startswith(("vgg.", "backbone."))}
         if backbone_weights is None and trunk:
             backbone_weights = self._trunk_state(trunk)
-        elif backbone_weights is None:
-            backbone_weights = "imagenet" if pretrained else "random"
-        self.backbone = build_backbone("vgg16", weights=backbone_weights)
-        self.scale = InputScaling("czolbe")
+        backbone = backbone_for("vgg16", backbone_weights, pretrained)
+        super().__init__(backbone, scaling="czolbe", cache_target=cache_target)
+        self.colorspace, self.reduction, self.trainable = colorspace, reduction, trainable
         channels = self.backbone.channels
         logit = math.log(0.2 / 0.8)
         self.t_tild = nn.ParameterList([nn.Parameter(torch.zeros(c), requires_grad=trainable) for c in channels])
@@ -786,41 +816,14 @@ class WatsonVGG(nn.Module):
             self.w_tild.copy_(mapped["w_tild"].reshape(self.w_tild.shape))
             self.beta.copy_(mapped["beta"].reshape(()))
 
-    def clear_cache(self) -> None:
-        self._cache = None
-
-    def _apply(self, fn, recurse=True):
-        self._cache = None
-        return super()._apply(fn, recurse)
-
-    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [normalize_channels(f) for f in self.backbone(self.scale(x))]
-
-    def _pair(self, input: torch.Tensor, target: torch.Tensor):
-        grad = torch.is_grad_enabled()
-        if self.cache_target and not (grad and target.requires_grad):
-            c = self._cache
-            if c is None or c[0] is not target or c[1] != target._version:
-                with torch.no_grad():
-                    c = (target, target._version, self._features(target))
-                self._cache = c
-            return self._features(input), c[2]
-        if (grad and input.requires_grad) == (grad and target.requires_grad):
-            n = input.shape[0]
-            both = self._features(torch.cat([input, target]))
-            return [f[:n] for f in both], [f[n:] for f in both]
-        with torch.no_grad() if not target.requires_grad else torch.enable_grad():
-            ft = self._features(target)
-        return self._features(input), ft
-
     def per_image(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(N,) distances of 3-channel [0, 1] batches (no checks)."""
-        c1s, c0s = self._pair(input, target)
+        (c1s,), (c0s,) = self.pair_features(input, target)  # one branch: the channel-normalised taps
         w = torch.sigmoid(self.w_tild)
         total = 0
         for k, (c0, c1) in enumerate(zip(c0s, c1s)):
             t = torch.exp(self.t_tild[k]).view(1, -1, 1, 1).to(c0.dtype)
-            s = _smooth_max(t, (c0.abs() + EPS) ** w[k] * t ** (1 - w[k]))
+            s = smooth_max(t, (c0.abs() + EPS) ** w[k] * t ** (1 - w[k]))
             term = ((c0 - c1).abs() / s + EPS) ** self.beta
             if self.trainable and self.training:
                 term = F.dropout(term, 0.5, training=True)
@@ -829,11 +832,7 @@ class WatsonVGG(nn.Module):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """input, target: (N, C, H, W) in [0, 1]; returns a scalar or (N,) per ``reduction``."""
-        checks.check_pair(
-            input, target, channels=checks.channels_of(self.colorspace), min_size=self.backbone.min_size, name=self.name
-        )
-        input, target = checks.to_compute_dtype(self.backbone, input, target)
-        input, target = _to_rgb(input, self.colorspace), _to_rgb(target, self.colorspace)
+        input, target = prepare_pair(self, input, target, self.backbone.min_size)
         return checks.reduce(self.per_image(input, target), self.reduction)
 
     def extra_repr(self) -> str:
@@ -902,9 +901,8 @@ class DPS(_DeepMetric):
         self.spatial = spatial
         arch = canonical_arch(net)
         self.name = f"dps-{arch}"
-        backbone = _backbone(arch, backbone_weights, pretrained, layers)
-        self.distance = DeepDistance(
-            backbone,
+        self._build(
+            backbone_for(arch, backbone_weights, pretrained, layers),
             scaling="lpips",
             branches=tuple(method.split("+")),
             channel_norm=channel_norm,

@@ -25,9 +25,12 @@ The ensemble, as the reference implementation (``mkettune/elpips``, TensorFlow) 
 
 then x -> 2x - 1 and LPIPS's shift/scale. In the network, every convolution's input (VGG conv1_1 on the
 image included; each SqueezeNet squeeze, expand1x1 and expand3x3 conv) is multiplied by a Bernoulli(0.99)
-mask / 0.99, drawn per convolution and per image and shared by the compared images. Each tap is unit-
-normalised over channels, the squared differences are weighted by the linear weights, averaged over
-positions and summed over taps.
+mask / 0.99, drawn per convolution and per image and shared by the compared images (:func:`shared_dropout`,
+applied by forward pre-hooks on the backbone's convolutions that act only inside the metric's own passes, so
+``metric.backbone`` alone is the plain network). The backbone runs through the feature core of the deep
+metrics (:class:`percept.metrics.deep.DeepFeatures`): the scaled input is tap -1, the pooling is chosen
+when the backbone is built. Each tap is unit-normalised over channels, the squared differences are weighted
+by the linear weights, averaged over positions and summed over taps.
 
 Configurations (``config``):
 
@@ -61,9 +64,11 @@ ImageNet network (not retrained for average pooling, as in the original).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,8 +77,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from percept import assets, checks
-from percept.backbones import LPIPS_LAYERS, FeatureExtractor, build_backbone, canonical_arch, load_checkpoint
-from percept.metrics.deep import InputScaling, normalize_channels, squared_difference_mean
+from percept.backbones import LPIPS_LAYERS, lpips_net
+from percept.metrics.deep import DeepFeatures, backbone_for, prepare_pair, read_lin_weights, squared_difference_mean
 
 __all__ = [
     "SCALE_LEVELS",
@@ -89,7 +94,7 @@ __all__ = [
     "sample_transform",
     "merge_transforms",
     "apply_transform",
-    "read_lin_weights",
+    "shared_dropout",
     "elpips_lin_state",
     "ELPIPS",
 ]
@@ -125,8 +130,7 @@ _PERMUTATIONS = torch.tensor(list(itertools.permutations(range(3))), dtype=torch
 @dataclass(frozen=True)
 class _NetConfig:
     arch: str
-    layers: tuple[int, ...]  # backbone taps (indices into ``features``)
-    input_tap: bool  # the scaled input image is the first tap
+    layers: tuple[int, ...]  # backbone taps (indices into ``features``; -1: the scaled input image)
     avg_pool: bool  # max pooling replaced by average pooling
     lin_file: str  # asset path of the linear weights
 
@@ -134,15 +138,13 @@ class _NetConfig:
 #: (net, config) -> network layout; taps are torchvision ``features`` indices
 CONFIGS: dict[tuple[str, str], _NetConfig] = {
     ("vgg", "elpips"): _NetConfig(
-        "vgg16", (1, 3, 6, 8, 11, 13, 15, 18, 20, 22, 25, 27, 29), True, True, "weights/elpips/vgg_full_avg.npy"
+        "vgg16", (-1, 1, 3, 6, 8, 11, 13, 15, 18, 20, 22, 25, 27, 29), True, "weights/elpips/vgg_full_avg.npy"
     ),
     ("squeeze", "elpips"): _NetConfig(
-        "squeezenet1_1", (1, 3, 4, 6, 7, 9, 10, 11, 12), True, False, "weights/elpips/squeeze_full_maxpool.npy"
+        "squeezenet1_1", (-1, 1, 3, 4, 6, 7, 9, 10, 11, 12), False, "weights/elpips/squeeze_full_maxpool.npy"
     ),
-    ("vgg", "lpips"): _NetConfig("vgg16", LPIPS_LAYERS["vgg16"], False, False, "weights/elpips/vgg_maxpool.npy"),
-    ("squeeze", "lpips"): _NetConfig(
-        "squeezenet1_1", LPIPS_LAYERS["squeezenet1_1"], False, False, "weights/elpips/squeeze.npy"
-    ),
+    ("vgg", "lpips"): _NetConfig("vgg16", LPIPS_LAYERS["vgg16"], False, "weights/elpips/vgg_maxpool.npy"),
+    ("squeeze", "lpips"): _NetConfig("squeezenet1_1", LPIPS_LAYERS["squeezenet1_1"], False, "weights/elpips/squeeze.npy"),
 }
 
 
@@ -373,58 +375,10 @@ def apply_transform(x: torch.Tensor, t: Transform | None) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------- linear weights
-_LIN_LAYOUTS = ("lin{k}.model.1.weight", "lin{k}.model.0.weight", "lins.{k}")
-
-
-def read_lin_weights(
-    source: str | os.PathLike | Mapping, channels: Sequence[int], *, where: str | None = None
-) -> list[torch.Tensor]:
-    """Strictly read per-tap linear weights, each (C_l,) float32, from an E-LPIPS ``.npy`` file (a pickled
-    dict with keys ``lin{k}.model.1.weight`` of shape (1, 1, C, 1), TF layout, parsed by
-    :func:`percept.assets.read_npy_dict` without unpickling, so a crafted file cannot run code), an
-    LPIPS-layout checkpoint ((1, C, 1, 1)), this module's state dict (``lins.{k}``, (C,)) or such a mapping.
-
-    Every tap must be present exactly once with C_l weights, no other key may appear, and the weights must be
-    finite and non-negative; anything else raises (never silently random weights)."""
-    where = where or (str(source) if not isinstance(source, Mapping) else "state dict")
-    if isinstance(source, Mapping):
-        state = dict(source)
-    elif str(source).endswith(".npy"):
-        state = assets.read_npy_dict(source)  # parsed without unpickling: a crafted file cannot run code
-    else:
-        state = load_checkpoint(source)
-    out, used, missing = [], set(), []
-    for k, c in enumerate(channels):
-        found = [key.format(k=k) for key in _LIN_LAYOUTS if key.format(k=k) in state]
-        if not found:
-            missing.append(f"lin{k}")
-            continue
-        if len(found) > 1:
-            raise RuntimeError(f"{where}: tap {k} appears under several keys: {found}")
-        value = torch.as_tensor(
-            np.asarray(state[found[0]]) if not torch.is_tensor(state[found[0]]) else state[found[0]]
-        )
-        shape = tuple(value.shape)
-        if shape not in ((1, 1, c, 1), (1, c, 1, 1), (c,)):
-            raise RuntimeError(f"{where}: {found[0]} has shape {shape}, expected (1, 1, {c}, 1) or (1, {c}, 1, 1)")
-        value = value.detach().reshape(c).float().clone()
-        if not torch.isfinite(value).all() or (value < 0).any():
-            raise ValueError(f"{where}: {found[0]} has negative or non-finite weights")
-        used.add(found[0])
-        out.append(value)
-    foreign = sorted(str(key) for key in state if key not in used)
-    if missing or foreign:
-        raise RuntimeError(
-            f"{where} does not hold exactly {len(channels)} linear layers for channels {tuple(channels)}: "
-            f"missing {missing or 'none'}, unexpected or duplicate {foreign[:6] or 'none'}"
-        )
-    return out
-
-
 def elpips_lin_state(net: str = "vgg", config: str = "lpips") -> dict[str, torch.Tensor]:
     """The E-LPIPS package's linear weights of (net, config) in the LPIPS layout (``lin{k}.model.1.weight``,
     (1, C, 1, 1)), e.g. for :class:`percept.metrics.deep.LPIPS` ``(lin_weights=...)`` (config "lpips")."""
-    cfg = CONFIGS[(_short_net(net), config)]
+    cfg = CONFIGS[(lpips_net(net, ("vgg", "squeeze"), metric="E-LPIPS"), config)]
     path = assets.locate(cfg.lin_file)
     state = assets.read_npy_dict(path)
     channels = [int(np.asarray(state[f"lin{k}.model.1.weight"]).shape[2]) for k in range(len(state))]
@@ -432,15 +386,37 @@ def elpips_lin_state(net: str = "vgg", config: str = "lpips") -> dict[str, torch
     return {f"lin{k}.model.1.weight": w.view(1, -1, 1, 1) for k, w in enumerate(weights)}
 
 
+# ------------------------------------------------------------------------------------ network dropout
+def shared_dropout(x: torch.Tensor, copies: int, keep: float, generator: torch.Generator | None) -> torch.Tensor:
+    """``x * Bernoulli(keep) / keep`` for ``copies`` stacked batches (copies * B, ...): one mask per image of a
+    batch, shared by the copies (the compared images)."""
+    b = x.shape[0] // copies
+    mask = torch.empty((b, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    mask.bernoulli_(keep, generator=generator).div_(keep)
+    return (x.reshape(copies, b, *x.shape[1:]) * mask).reshape(x.shape)
+
+
+#: (copies, keep, generator) of the network dropout of the backbone pass under way, None outside one
+_NET_DROPOUT: ContextVar[tuple[int, float, torch.Generator | None] | None] = ContextVar("elpips_net_dropout", default=None)
+
+
+@contextlib.contextmanager
+def _network_dropout(copies: int, keep: float, generator: torch.Generator | None) -> Iterator[None]:
+    """Within the block, every convolution of an E-LPIPS backbone drops its input (:func:`shared_dropout`)."""
+    token = _NET_DROPOUT.set((copies, keep, generator))
+    try:
+        yield
+    finally:
+        _NET_DROPOUT.reset(token)
+
+
+def _drop_conv_input(conv: nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook of the backbone's convolutions: the network dropout, inside :func:`_network_dropout`."""
+    drop = _NET_DROPOUT.get()
+    return None if drop is None else (shared_dropout(args[0], *drop),)
+
+
 # --------------------------------------------------------------------------------------------- metric
-def _short_net(net: str) -> str:
-    arch = canonical_arch(net)
-    names = {"vgg16": "vgg", "squeezenet1_1": "squeeze"}
-    if arch not in names:
-        raise ValueError(f"E-LPIPS exists for net 'vgg' (VGG-16) and 'squeeze' (SqueezeNet 1.1), got {net!r}")
-    return names[arch]
-
-
 def _device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
     """A generator on ``device``: ``generator`` itself if it lives there, else one seeded from it."""
     if generator is None or generator.device.type == device.type:
@@ -449,7 +425,7 @@ def _device_generator(generator: torch.Generator | None, device: torch.device) -
     return torch.Generator(device=device).manual_seed(seed)
 
 
-class ELPIPS(nn.Module):
+class ELPIPS(DeepFeatures):
     """E-LPIPS-VGG / E-LPIPS-SqueezeNet (see the module docstring) for NCHW images in [0, 1].
 
     Args:
@@ -477,7 +453,8 @@ class ELPIPS(nn.Module):
         color_mode: "color" or "brightness".
         torchvision_pooling: pool as torchvision's modules do (SqueezeNet with ``ceil_mode=True``, as the
             ``lpips`` package and :class:`percept.metrics.deep.LPIPS`) instead of 'VALID' (floor) as the
-            reference, whose SqueezeNet weights were trained that way (VGG-16 is the same either way).
+            reference, whose SqueezeNet weights were trained that way (VGG-16 is the same either way). Fixed
+            when the metric is built (the backbone's ``pooling``).
         max_batch_pixels: draws with the same scale level and transposition are evaluated together, as
             long as their transformed images (all compared images included) hold at most this many pixels.
 
@@ -512,43 +489,42 @@ class ELPIPS(nn.Module):
         torchvision_pooling: bool = False,
         max_batch_pixels: int = 1 << 22,
     ):
-        super().__init__()
-        self.colorspace = checks.normalize_colorspace(colorspace)
-        self.reduction = checks.check_reduction(reduction)
-        self.net = _short_net(net)
-        self.config = config
-        if self.config not in ("elpips", "lpips"):
+        net = lpips_net(net, ("vgg", "squeeze"), metric="E-LPIPS")
+        if config not in ("elpips", "lpips"):
             raise ValueError(f"config must be 'elpips' or 'lpips', got {config!r}")
-        self.deterministic = bool(deterministic)
+        colorspace, reduction = checks.normalize_colorspace(colorspace), checks.check_reduction(reduction)
         if deterministic and (transforms not in (None, False) or net_dropout):
             raise ValueError("deterministic=True excludes transforms and net_dropout")
-        self.transforms = frozenset() if deterministic else _names(transforms)
-        self.net_dropout = (not deterministic) if net_dropout is None else bool(net_dropout)
+        transforms = frozenset() if deterministic else _names(transforms)
         if not 0 < dropout_keep <= 1:
             raise ValueError(f"dropout_keep must be in (0, 1], got {dropout_keep}")
-        self.dropout_keep = float(dropout_keep)
         if int(scale_levels) < 1:
             raise ValueError(f"scale_levels must be >= 1, got {scale_levels}")
-        self.scale_levels = int(scale_levels)
         if color_mode not in ("color", "brightness"):
             raise ValueError(f"color_mode must be 'color' or 'brightness', got {color_mode!r}")
+        n = self._check_n(n)
+        cfg = CONFIGS[(net, config)]
+        pooling = "avg" if cfg.avg_pool else ("torchvision" if torchvision_pooling else "floor")
+        # NCHW throughout: with a dropout mask on every convolution's input, channels-last was 6 % slower on CPU
+        backbone = backbone_for(cfg.arch, backbone_weights, pretrained, cfg.layers, pooling=pooling, channels_last=False)
+        super().__init__(backbone)
+        for m in self.backbone.modules():  # the network dropout, active only inside this metric's passes
+            if isinstance(m, nn.Conv2d):
+                m.register_forward_pre_hook(_drop_conv_input)
+        self.colorspace, self.reduction, self.net, self.config = colorspace, reduction, net, config
+        self.deterministic = bool(deterministic)
+        self.transforms = transforms
+        self.net_dropout = (not deterministic) if net_dropout is None else bool(net_dropout)
+        self.dropout_keep = float(dropout_keep)
+        self.scale_levels = int(scale_levels)
         self.color_mode = color_mode
-        self.n = self._check_n(n)
+        self.n = n
         self.trainable = bool(trainable)
         self.generator = generator
         self.max_batch_pixels = int(max_batch_pixels)
         self.torchvision_pooling = bool(torchvision_pooling)
         self.name = f"elpips-{self.net}" if self.config == "elpips" else f"elpips-{self.net} (lpips config)"
-
-        cfg = CONFIGS[(self.net, self.config)]
-        self._cfg = cfg
-        if backbone_weights is None:
-            backbone_weights = "imagenet" if pretrained else "random"
-        self.backbone: FeatureExtractor = build_backbone(cfg.arch, cfg.layers, weights=backbone_weights)
-        self.backbone.requires_grad_(False)
-        self.scale = InputScaling("lpips")
-        channels = ((3,) if cfg.input_tap else ()) + tuple(self.backbone.channels)
-        self.channels = channels
+        channels = self.channels = self.backbone.channels
         if lin_weights is None and pretrained:
             lin_weights = assets.locate(cfg.lin_file)
         weights = read_lin_weights(lin_weights, channels) if lin_weights is not None else None
@@ -558,7 +534,6 @@ class ELPIPS(nn.Module):
                 for k, c in enumerate(channels)
             ]
         )
-        self._tap_set = frozenset(cfg.layers)
         self.eval()
 
     # ----------------------------------------------------------------------------------------- options
@@ -577,43 +552,9 @@ class ELPIPS(nn.Module):
     def min_size(self) -> int:
         """Smallest H and W accepted: every tap must have a position for the network input (the image grown
         by the shifts' padding when "shift" is on), and the shifts' reflect padding needs 8 px."""
-        grow = OFFSET_MAX if "shift" in self.transforms else 0
-        key = (grow, self.torchvision_pooling)
-        if getattr(self, "_min_size", (None,))[0] != key:
-            size = OFFSET_MAX + 1 if grow else 1
-            while not self._network_fits(size + grow):
-                size += 1
-            self._min_size = (key, size)
-        return self._min_size[1]
-
-    def _network_fits(self, size: int) -> bool:
-        """Whether a size x size network input gives every tap at least one position (shape arithmetic)."""
-
-        def out(length: int, k: int, s: int, p: int, d: int = 1, ceil: bool | None = None) -> int:
-            span = length + 2 * p - d * (k - 1) - 1  # PyTorch's output-size arithmetic
-            if ceil is None:  # a convolution: the kernel must fit
-                return span // s + 1 if span >= 0 else 0
-            o = (-(-span // s) if ceil else span // s) + 1
-            if ceil and (o - 1) * s >= length + p:  # the last window must start inside the input
-                o -= 1
-            return o
-
-        def pair(v) -> tuple[int, int]:
-            return (v, v) if isinstance(v, int) else tuple(v)
-
-        length = size
-        for m in self.backbone.body:
-            convs = [m] if isinstance(m, nn.Conv2d) else []
-            if hasattr(m, "expand3x3"):  # Fire: the 1x1 convs keep the size, expand3x3 is padded
-                convs = [m.squeeze, m.expand3x3]
-            for c in convs:
-                length = out(length, pair(c.kernel_size)[0], pair(c.stride)[0], pair(c.padding)[0], pair(c.dilation)[0])
-            if isinstance(m, nn.MaxPool2d):
-                k, s, p = pair(m.kernel_size)[0], pair(m.stride or m.kernel_size)[0], pair(m.padding)[0]
-                length = out(length, k, s, p, ceil=self.torchvision_pooling and m.ceil_mode)
-            if length < 1:
-                return False
-        return True
+        if "shift" in self.transforms:
+            return max(OFFSET_MAX + 1, self.backbone.min_size - OFFSET_MAX)
+        return self.backbone.min_size
 
     def scale_levels_for(self, height: int, width: int) -> int:
         """S actually used for H x W images (1, i.e. no downscaling, when "scale" is off)."""
@@ -630,58 +571,25 @@ class ELPIPS(nn.Module):
         )
 
     # ----------------------------------------------------------------------------------------- network
-    def _drop(self, x: torch.Tensor, copies: int, gen: torch.Generator | None) -> torch.Tensor:
-        """Multiply by a Bernoulli(keep) / keep mask drawn per image and shared by the ``copies`` stacked
-        batches (the compared images)."""
-        if not self.net_dropout or self.dropout_keep >= 1:
-            return x
-        b = x.shape[0] // copies
-        mask = torch.empty((b, *x.shape[1:]), dtype=x.dtype, device=x.device)
-        mask.bernoulli_(self.dropout_keep, generator=gen).div_(self.dropout_keep)
-        return (x.reshape(copies, b, *x.shape[1:]) * mask).reshape(x.shape)
-
-    def _conv(self, conv: nn.Module, x: torch.Tensor, copies: int, gen) -> torch.Tensor:
-        return F.relu(conv(self._drop(x, copies, gen)))
-
-    def taps(self, x: torch.Tensor, copies: int = 1, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        """Tapped activations of backbone-ready (scaled) images x, (copies * B, 3, H, W); the dropout masks
-        are shared by the ``copies`` stacked batches of B images."""
-        out = [x] if self._cfg.input_tap else []
-        for i, m in enumerate(self.backbone.body):
-            if isinstance(m, nn.Conv2d):
-                x = m(self._drop(x, copies, generator))
-            elif isinstance(m, nn.ReLU):
-                x = F.relu(x)
-            elif isinstance(m, nn.MaxPool2d):
-                pool = F.avg_pool2d if self._cfg.avg_pool else F.max_pool2d
-                x = pool(x, m.kernel_size, m.stride, m.padding, ceil_mode=self.torchvision_pooling and m.ceil_mode)
-            elif hasattr(m, "squeeze") and hasattr(m, "expand1x1") and hasattr(m, "expand3x3"):  # Fire
-                s = self._conv(m.squeeze, x, copies, generator)
-                x = torch.cat(
-                    [self._conv(m.expand1x1, s, copies, generator), self._conv(m.expand3x3, s, copies, generator)], 1
-                )
-            else:
-                raise TypeError(f"E-LPIPS cannot run backbone module {type(m).__name__}")
-            if i in self._tap_set:
-                out.append(x)
-        return out
-
     def _pass(
         self, images: Sequence[torch.Tensor], reference: torch.Tensor, t: Transform | None, groups: int, gen
     ) -> torch.Tensor:
         """Distances (K, groups * N) of K images to the reference under draw ``t`` (of batch groups * N)."""
         k = len(images)
         stack = torch.cat([im.repeat(groups, 1, 1, 1) if groups > 1 else im for im in (*images, reference)])
-        x = self.scale(apply_transform(stack, t))
+        x = apply_transform(stack, t)
         b = x.shape[0] // (k + 1)
         gen = _device_generator(gen, x.device) if self.stochastic else None
+        keep = self.dropout_keep if self.net_dropout else 1.0
+        with _network_dropout(k + 1, keep, gen) if keep < 1 else contextlib.nullcontext():
+            (feats,) = self.features(x)  # scaled, tapped, channel-normalised: one branch
         lpips_dropout = self.trainable and self.training
         total = [0.0] * k
-        for f, w in zip(self.taps(x, k + 1, gen), self.lins):
-            u = normalize_channels(f).reshape(k + 1, b, *f.shape[1:])
+        for f, w in zip(feats, self.lins):
+            u = f.reshape(k + 1, b, *f.shape[1:])
             mask = None
             if lpips_dropout:
-                mask = torch.empty_like(u[0]).bernoulli_(0.5, generator=gen).mul_(2.0)
+                mask = torch.empty(u.shape[1:], dtype=u.dtype, device=u.device).bernoulli_(0.5, generator=gen).mul_(2.0)
             for j in range(k):
                 if mask is None:
                     d = squared_difference_mean(u[j], u[k], w)
@@ -691,15 +599,6 @@ class ELPIPS(nn.Module):
         return torch.stack(total)
 
     # -------------------------------------------------------------------------------------- distances
-    def _check(self, input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        checks.check_pair(
-            input, target, channels=checks.channels_of(self.colorspace), min_size=self.min_size, name=self.name
-        )
-        input, target = checks.to_compute_dtype(self.backbone, input, target)
-        if self.colorspace == "grey":
-            return input.expand(-1, 3, -1, -1), target.expand(-1, 3, -1, -1)
-        return input, target
-
     def sample_distances(
         self,
         images: torch.Tensor | Sequence[torch.Tensor],
@@ -719,7 +618,7 @@ class ELPIPS(nn.Module):
         if not images:
             raise ValueError(f"{self.name}: no images to compare")
         for j, im in enumerate(images):
-            images[j], ref = self._check(im, reference)
+            images[j], ref = prepare_pair(self, im, reference, self.min_size)
         reference = ref
         n = self.n if n is None else self._check_n(n)
         gen = generator if generator is not None else self.generator

@@ -1,55 +1,46 @@
-"""E-LPIPS as a measurement: shared-sample comparisons and error-controlled estimates.
+"""Stochastic metrics as measurements: shared-sample comparisons and error-controlled estimates.
 
 E-LPIPS (:class:`percept.metrics.elpips.ELPIPS`, ``percept.get_metric("elpips-vgg")``) is an expectation over
 random transformations; one call averages ``n`` random draws. The helpers here turn draws into numbers with
 error bars, as the reference implementation's example scripts do (``lpips_elpips.md`` D4):
 
->>> from percept import elpips
->>> r = elpips.compare(ref, a, b, samples=30, seed=0)   # which of a and b is closer to ref?
->>> r.d_a, r.d_b, r.diff, r.stderr                     # diff = d(ref, a) - d(ref, b) and its standard error
->>> est = elpips.estimate(x, y)                        # sample until 1.96 SE < 0.01 and < 2.5 % of the mean
+>>> from percept import estimation
+>>> r = estimation.compare(ref, a, b, samples=30, seed=0)   # which of a and b is closer to ref?
+>>> r.d_a, r.d_b, r.diff, r.stderr                         # diff = d(ref, a) - d(ref, b) and its standard error
+>>> est = estimation.estimate(x, y)                        # sample until 1.96 SE < 0.01 and < 2.5 % of the mean
 >>> mean, stderr, n = est
->>> mean, stderr, n = elpips.distance(x, y, samples=200, seed=0)   # a fixed number of independent draws
+>>> mean, stderr, n = estimation.distance(x, y, samples=200, seed=0)   # a fixed number of independent draws
 
 :func:`compare` evaluates both images under the *same* draw (transformation and dropout masks) per sample,
 so the noise of the two distances is correlated and their difference is far more precise than the
-difference of two independent estimates. Both helpers take one image (C, H, W) or a batch (N, C, H, W) in
-[0, 1]; :func:`estimate` takes a single pair. They run without autograd.
+difference of two independent estimates. Any other metric (a Watson loss with random shifts, a deterministic
+metric) is compared under shared seeds instead (:func:`shared_seed_samples`, :func:`seed_metric`). The
+helpers take one image (C, H, W) or a batch (N, C, H, W) in [0, 1]; :func:`estimate` and :func:`distance`
+take a single pair. They run without autograd.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 import torch.nn as nn
 
-from percept.metrics.elpips import (
-    ELPIPS,
-    Transform,
-    apply_transform,
-    elpips_lin_state,
-    sample_transform,
-    scale_levels_for,
-)
+from percept.metrics.elpips import ELPIPS
 
 __all__ = [
-    "ELPIPS",
     "Comparison",
     "Estimate",
     "compare",
     "estimate",
     "distance",
     "build",
-    "Transform",
-    "sample_transform",
-    "apply_transform",
-    "scale_levels_for",
-    "elpips_lin_state",
+    "seed_metric",
+    "shared_seed_samples",
 ]
 
 #: draws per ``sample_distances`` call in :func:`compare` (one progress-bar step)
@@ -122,8 +113,8 @@ def _cached_metric(net: str, device: str) -> ELPIPS:
 
 
 def build(net: str = "vgg", *, device: torch.device | str | None = None, **options) -> ELPIPS:
-    """An :class:`ELPIPS` metric (``reduction="none"``) for the helpers. Without options the metric is
-    cached per (net, device), so repeated calls do not reload the backbone."""
+    """An :class:`ELPIPS` metric (``reduction="none"``) for the helpers. Without options the metric is cached
+    per (net, device), so repeated calls do not reload the backbone."""
     device = str(torch.device(device)) if device is not None else "cpu"
     if not options:
         return _cached_metric(net, device)
@@ -167,16 +158,26 @@ def _progress(total: int, desc: str, progress: bool | None):
                 disable=None if progress is None else not progress)
 
 
-def _shared_seed_samples(metric: nn.Module, images, reference, n: int, seed: int | None) -> torch.Tensor:
-    """(n, K, N) distances of a generic stochastic metric: each sample evaluates every image with the same seed."""
+def seed_metric(metric: nn.Module, seed: int) -> None:
+    """Seed torch's global RNG and, if the metric has one, its own ``generator`` (a CPU generator: the
+    Watson losses draw their shifts on the CPU, E-LPIPS derives a generator for its device from it)."""
+    torch.manual_seed(int(seed))
+    if hasattr(metric, "generator"):
+        metric.generator = torch.Generator().manual_seed(int(seed))
+
+
+def shared_seed_samples(
+    metric: nn.Module, images: Sequence[torch.Tensor], reference: torch.Tensor, n: int, seed: int | None
+) -> torch.Tensor:
+    """(n, K, N) distances ``metric(image, reference)`` of K image batches, for any metric: sample i evaluates
+    every image after :func:`seed_metric` with ``seed + i``, so a random metric draws the same randomness for
+    all of them (a deterministic metric gives n equal rows). ``seed=None`` picks a random base seed."""
     base = int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, ()))
     out = []
     for i in range(n):
         row = []
         for im in images:
-            torch.manual_seed(base + i)
-            if hasattr(metric, "generator"):
-                metric.generator = torch.Generator().manual_seed(base + i)
+            seed_metric(metric, base + i)
             row.append(metric(im, reference).reshape(-1))
         out.append(torch.stack(row))
     return torch.stack(out)
@@ -241,7 +242,7 @@ def compare(
     gen = _generator(seed)
     chunks = []
     with torch.no_grad():
-        if isinstance(metric, ELPIPS) or hasattr(metric, "sample_distances"):
+        if hasattr(metric, "sample_distances"):
             with _progress(samples, "E-LPIPS compare", progress) as bar:
                 done = 0
                 while done < samples:
@@ -250,7 +251,7 @@ def compare(
                     done += k
                     bar.update(k)
         else:
-            chunks.append(_shared_seed_samples(metric, (a, b), ref, samples, seed).double().cpu())
+            chunks.append(shared_seed_samples(metric, (a, b), ref, samples, seed).double().cpu())
     values = torch.cat(chunks)  # (n, 2, N)
     diff = values[:, 0] - values[:, 1]
     fields = {
@@ -369,11 +370,11 @@ def estimate(
         while len(values) < max_samples:
             k = min(batch, max_samples - len(values))
             xt, yt = x.expand(k, -1, -1, -1), y.expand(k, -1, -1, -1)
-            if isinstance(metric, ELPIPS) or hasattr(metric, "sample_distances"):
+            if hasattr(metric, "sample_distances"):
                 d = metric.sample_distances(xt, yt, n=1, generator=gen)[0, 0]
             else:
                 if seed is not None and not values:
-                    torch.manual_seed(int(seed))
+                    seed_metric(metric, seed)
                 d = metric(xt, yt).reshape(-1)
             values.extend(d.double().cpu().tolist())
             bar.update(k)
