@@ -314,16 +314,16 @@ def _canonical(name: str) -> str:
 
 
 def _registry_key(name: str) -> str:
-    """The registry entry that builds ``name`` (``dps-resnet18`` is built by ``dps-alex`` with ``net``)."""
+    """The registry entry that builds ``name`` (``dps-resnet18`` is built by ``dps`` with ``net``)."""
     try:
         return registry.canonical_name(name)
     except KeyError:
-        return "dps-alex"
+        return "dps"
 
 
 def _base_options(name: str) -> dict:
     key = _registry_key(name)
-    return {"net": name[4:]} if key != name and key == "dps-alex" else {}
+    return {"net": name[4:]} if key != name and key == "dps" else {}
 
 
 def _dps_options(args) -> list[tuple[dict, str]]:

@@ -194,6 +194,9 @@ METRICS: dict[str, MetricRecord] = _records(
                  "Watson-style masking on VGG-16 features (experimental; Czolbe et al.'s trained weights: an asset "
                  "to fetch; pretrained=False: initial values)", original=("Watson-vgg", "watson-deep"),
                  weights_option="weights", identical=None),
+    MetricRecord("dps", "percept.metrics.deep:DPS", "dps",
+                 "Sjögren et al.'s spatial / sort / mean variants on any torchvision network (net=..., default "
+                 "AlexNet; Pihlgren et al.'s layers for other networks)", weights_option="lin_weights"),
     MetricRecord("dps-alex", "percept.metrics.deep:DPS", "dps", _DPS_DOC.format("AlexNet"), fixed={"net": "alex"},
                  weights_option="lin_weights"),
     MetricRecord("dps-vgg", "percept.metrics.deep:DPS", "dps", _DPS_DOC.format("VGG-16"), fixed={"net": "vgg"},
