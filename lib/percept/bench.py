@@ -284,7 +284,7 @@ def _mp_context():
 
             _CONTEXT = mp.get_context("forkserver")
             # imported once by the server instead of by every child (torchvision alone takes seconds)
-            _CONTEXT.set_forkserver_preload(["percept.bench", "torchvision", "PIL.Image", "percept.provider"])
+            _CONTEXT.set_forkserver_preload(["percept.bench", "torchvision", "PIL.Image", "percept.compat"])
             # each child re-runs the parent's main module as __mp_main__; under ``python -m percept.bench`` runpy
             # warns that the (preloaded) module is already imported: harmless, silenced in the server
             old = os.environ.get("PYTHONWARNINGS")
@@ -504,7 +504,7 @@ def _load_features(net: nn.Module, state: dict) -> None:
 
 def _provider_build(name: str) -> Callable[..., Built]:
     def build(colorspace: str, reduction: str, size: tuple[int, int], device: torch.device) -> Built:
-        from percept.provider import LossProvider
+        from percept.compat import LossProvider
 
         space = "RGB" if colorspace == "rgb" else "LA"
         kwargs = {"image_size": (3, *size)} if name == "Adaptive" else {}
