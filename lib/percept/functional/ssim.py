@@ -36,7 +36,7 @@ joined by pooling and the weighted product (autograd). How the batch goes throug
   On 2 CPU cores a forward and backward pass on 128x3x64x64 is about 3.5x faster than pytorch-msssim
   (grey: 9x) and needs about 1.5x the input batch of extra memory (pytorch-msssim: about 35x).
 - "batched" (the default on GPUs): the whole batch is one chunk whose terms are kept for the backward, so a
-  training step is a fixed number of large operations (about 40 for SSIM, pytorch-msssim about 90; see
+  training step is a fixed number of large operations (35 for an SSIM training step, pytorch-msssim 91; see
   ``tests/test_opcount_ssim.py``), whatever the batch size.
 
 Everything is evaluated in the input dtype, at least float32: float16/bfloat16 inputs (and autocast) are
