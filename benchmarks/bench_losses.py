@@ -162,7 +162,7 @@ def _load_features(net: nn.Module, state: dict) -> None:
 
 def _provider_build(name: str) -> Callable[..., Built]:
     def build(colorspace: str, reduction: str, size: tuple[int, int], device: torch.device) -> Built:
-        from percept.provider import LossProvider
+        from percept.compat import LossProvider
 
         space = "RGB" if colorspace == "rgb" else "LA"
         kwargs = {"image_size": (3, *size)} if name == "Adaptive" else {}

@@ -12,8 +12,9 @@ import torch.nn as nn
 import percept
 from percept import assets
 from percept.backbones import FeatureExtractor, build_backbone
+from percept.compat import original_deeploss
 from percept.metrics import deep
-from percept.metrics.deep import DPS, LPIPS, METHODS, DeepDistance, Deeploss, WatsonVGG, original_deeploss
+from percept.metrics.deep import DPS, LPIPS, METHODS, DeepDistance, Deeploss, WatsonVGG
 
 lpips_pkg = pytest.importorskip("lpips")
 

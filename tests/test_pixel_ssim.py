@@ -1,7 +1,10 @@
 """L1, L2, PSNR, SSIM and MS-SSIM against references: torch.nn.functional, the golden outputs of the original
-Czolbe et al. code, pytorch-msssim and torchmetrics."""
+Czolbe et al. code, pytorch-msssim and torchmetrics; the functions of percept.functional and the modules over
+them; double backward; and a deliberately wrong constant that the references catch."""
 
 from __future__ import annotations
+
+import importlib
 
 import pytest
 import pytorch_msssim
@@ -10,9 +13,14 @@ import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 import percept
-from percept.metrics import pixel, ssim
+from percept import functional
+from percept.compat import OriginalSSIM
+from percept.functional import pixel
 from percept.metrics.pixel import L1, L2, PSNR
-from percept.metrics.ssim import MSSSIM, SSIM, original_ssim
+from percept.metrics.ssim import MSSSIM, SSIM
+
+#: the module percept.functional.ssim (the attribute of that name is the function ssim)
+ssim = importlib.import_module("percept.functional.ssim")
 
 KEYS = {"rgb": "RGB", "grey": "LA"}
 #: how the batch goes through the formula: both must give the peers' values and gradients
@@ -94,7 +102,7 @@ def test_original_ssim_reproduces_golden(golden, golden_pairs, space):
     ref = golden["czolbe"][f"SSIM/{KEYS[space]}"]
     x, y = golden_pairs[space]
     x = x.clone().requires_grad_()
-    loss = original_ssim("sum")(x, y)
+    loss = OriginalSSIM("sum")(x, y)
     assert loss.dim() == 0
     assert abs(loss.item() / ref["sum"].item() - 1) < 1e-4
     loss.backward()
@@ -105,10 +113,10 @@ def test_original_ssim_reproduces_golden(golden, golden_pairs, space):
     assert _rel(x.grad, ref["grad_of_sum"]) < 3e-4
     torch.testing.assert_close(x.grad, ref["grad_of_sum"], rtol=1e-3, atol=5e-7)
     # 'mean' behaves like the original's 'sum' (a mean); 'none' gives 1 - the per-image mean
-    per_image = original_ssim("none")(x.detach(), y)
+    per_image = OriginalSSIM("none")(x.detach(), y)
     assert per_image.shape == (x.shape[0],)
     torch.testing.assert_close(per_image.mean(), loss.detach())
-    torch.testing.assert_close(original_ssim("mean")(x.detach(), y), loss.detach())
+    torch.testing.assert_close(OriginalSSIM("mean")(x.detach(), y), loss.detach())
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -167,9 +175,9 @@ def test_chunks_match_pytorch_msssim_gradients_float64(golden_pairs, monkeypatch
 def test_original_ssim_ignores_colorspace_and_size():
     x, y = _rand_pair((2, 2, 8, 9))  # two channels, smaller than the window: the original accepts both
     ref = 1 - _pm_ssim(F.pad(x, (5,) * 4), F.pad(y, (5,) * 4))
-    torch.testing.assert_close(original_ssim("none")(x, y), ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(OriginalSSIM("none")(x, y), ref, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="reduction"):
-        original_ssim("elementwise")
+        OriginalSSIM("elementwise")
 
 
 # ---------------------------------------------------------------------------------------------- SSIM, valid / reflect
@@ -260,7 +268,7 @@ def test_ms_ssim_matches_pytorch_msssim(golden_pairs, space, size, strategy):
     ref = pytorch_msssim.ms_ssim(x, y, data_range=1, size_average=False)
     metric = MSSSIM(colorspace=space, reduction="none", strategy=strategy)
     torch.testing.assert_close(metric(x, y), 1 - ref, rtol=0, atol=1e-5)
-    torch.testing.assert_close(ssim.ms_ssim(x, y, strategy=strategy), ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ssim.ms_ssim(x, y, strategy=strategy, reduction="none"), ref, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -309,12 +317,45 @@ def test_ssim_gradcheck_target_only(padding):
     assert torch.autograd.gradcheck(lambda b: ssim._ssim_per_image(x, b, padding, "matmul"), (y.requires_grad_(),))
 
 
-@pytest.mark.parametrize("cls", [L1, L2, PSNR])
-def test_pixel_gradcheck(cls):
+@pytest.mark.parametrize("fn", [functional.l1, functional.l2, functional.psnr])
+def test_pixel_gradcheck_and_gradgradcheck(fn):
+    """First and second derivatives, w.r.t. input and target (the closed form recomputed differentiably)."""
     x, y = _rand_pair((2, 3, 4, 4), seed=5, dtype=torch.float64, noise=0.2)
-    y = y + 0.01 * (x == y)  # L1 is not differentiable where input == target
-    metric = cls(reduction="none")
-    assert torch.autograd.gradcheck(lambda a: metric.per_image(a, y), (x.requires_grad_(),))
+    y = (y + 0.01 * (x == y)).clamp(0, 1)  # L1 is not differentiable where input == target
+    x, y = x.requires_grad_(), y.requires_grad_()
+    per_image = lambda a, b: fn(a, b, reduction="none")  # noqa: E731
+    assert torch.autograd.gradcheck(per_image, (x, y))
+    assert torch.autograd.gradgradcheck(per_image, (x, y))
+    assert torch.autograd.gradgradcheck(lambda a: fn(a, y.detach(), reduction="sum"), (x,))
+
+
+@pytest.mark.parametrize("padding", ssim.PADDINGS)
+@pytest.mark.parametrize("method", ["matmul", "conv"])
+def test_ssim_gradgradcheck(padding, method):
+    """Double backward through the fused SSIM (the same formula through autograd), float64, small."""
+    x, y = _rand_pair((2, 1, 12, 13), seed=12, dtype=torch.float64, noise=0.2)
+    x, y = x.requires_grad_(), y.requires_grad_()
+    per_image = lambda a, b: ssim._ssim_per_image(a, b, padding, method, "batched")  # noqa: E731
+    assert torch.autograd.gradgradcheck(per_image, (x, y), fast_mode=True)
+
+
+def test_ms_ssim_gradgradcheck_fast_mode():
+    x, y = _rand_pair((1, 1, 161, 161), seed=13, dtype=torch.float64, noise=0.05)
+    assert torch.autograd.gradgradcheck(lambda a: ssim._ms_ssim_per_image(a, y), (x.requires_grad_(),), fast_mode=True)
+
+
+def test_second_derivative_of_ssim_matches_autograd_through_pytorch_msssim():
+    """A Hessian-vector product of SSIM (double backward, as gradient penalties use it) against autograd through
+    pytorch-msssim's code on the same images."""
+    x, y = _rand_pair((2, 3, 16, 16), seed=14, dtype=torch.float64, noise=0.2)
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(15), dtype=torch.float64)
+    hvps = []
+    for fn in (lambda a: ssim._ssim_per_image(a, y, "valid"), lambda a: _pm_ssim(a, y, win=_pm_window(a))):
+        a = x.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(fn(a).sum(), a, create_graph=True)
+        (hvp,) = torch.autograd.grad((grad * v).sum(), a)
+        hvps.append(hvp)
+    assert _rel(*hvps) < 1e-9
 
 
 def test_ms_ssim_gradcheck_fast_mode():
@@ -325,7 +366,7 @@ def test_ms_ssim_gradcheck_fast_mode():
 
 @pytest.mark.parametrize(
     "metric",
-    [L1(), L2(), PSNR(), SSIM(), SSIM(padding="zeros"), SSIM(padding="reflect"), MSSSIM(), original_ssim("sum")],
+    [L1(), L2(), PSNR(), SSIM(), SSIM(padding="zeros"), SSIM(padding="reflect"), MSSSIM(), OriginalSSIM("sum")],
     ids=lambda m: f"{type(m).__name__}-{getattr(m, 'padding', '')}",
 )
 def test_gradients_finite_at_identity(metric):
@@ -440,16 +481,107 @@ def test_registry_builds_the_metrics():
         percept.get_metric("l1", padding="zeros")
 
 
-@pytest.mark.parametrize("cls", [L1, L2])
-def test_l1_l2_closed_form_gradient_equals_autograd(cls, autograd_then_closed_form, backward_twice):
+@pytest.mark.parametrize(
+    "cls, plain",
+    [(L1, lambda a, b: (a - b).abs().mean(dim=(1, 2, 3))), (L2, lambda a, b: ((a - b) ** 2).mean(dim=(1, 2, 3)))],
+)
+def test_l1_l2_closed_form_gradient_equals_plain_autograd(cls, plain, backward_twice):
+    """The closed-form gradients (input and target) against autograd through the plain formula."""
     torch.manual_seed(0)
     y = torch.rand(4, 3, 8, 8, dtype=torch.float64)
     x = (y + 0.1 * torch.randn_like(y)).clamp(0, 1)
     x[1] = y[1]
     metric = cls(reduction="none")
     upstream = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
-    (d_ref, g_ref), (d, g) = autograd_then_closed_form(metric, x, y, upstream)
-    torch.testing.assert_close(d, d_ref, rtol=1e-12, atol=0)
-    torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=0)
-    assert torch.equal(g[1], torch.zeros_like(g[1]))
+    results = []
+    for fn in (metric, plain):
+        for target_needs_grad in (False, True):
+            a, b = x.clone().requires_grad_(), y.clone().requires_grad_(target_needs_grad)
+            d = fn(a, b)
+            (d * upstream).sum().backward()
+            results.append((d.detach(), a.grad, b.grad))
+    for d, ga, _ in results[:2]:
+        torch.testing.assert_close(d, results[2][0], rtol=1e-12, atol=0)
+        torch.testing.assert_close(ga, results[2][1], rtol=1e-12, atol=0)
+        assert torch.equal(ga[1], torch.zeros_like(ga[1]))
+    torch.testing.assert_close(results[1][2], results[3][2], rtol=1e-12, atol=0)
     torch.testing.assert_close(*backward_twice(metric, x, y))
+
+
+# ---------------------------------------------------------------------------------------------- functional
+
+
+def test_functional_equals_modules(golden_pairs):
+    """The modules are thin wrappers: the same numbers as percept.functional for every option they pass on."""
+    x, y = golden_pairs["rgb"]
+    xg, yg = golden_pairs["grey"]
+    xm, ym = _ms_inputs(golden_pairs, "rgb", (161, 161))
+    for reduction in ("none", "mean", "sum"):
+        for cls, fn in ((L1, functional.l1), (L2, functional.l2), (PSNR, functional.psnr)):
+            assert torch.equal(cls(reduction=reduction)(x, y), fn(x, y, reduction=reduction))
+            grey = cls(colorspace="LA", reduction=reduction)(xg, yg)
+            assert torch.equal(grey, fn(xg, yg, colorspace="grey", reduction=reduction))
+        assert torch.equal(L2(colorspace="lab", reduction=reduction)(x, y), functional.l2(x, y, colorspace="lab",
+                                                                                         reduction=reduction))
+    for padding in ssim.PADDINGS:
+        for space, (a, b) in (("rgb", (x, y)), ("grey", (xg, yg)), ("lab", (x, y))):
+            module = SSIM(colorspace=space, padding=padding, reduction="none")(a, b)
+            assert torch.equal(module, 1 - functional.ssim(a, b, colorspace=space, padding=padding, reduction="none"))
+    assert torch.equal(SSIM(reduction="sum")(x, y), (1 - functional.ssim(x, y, reduction="none")).sum())
+    assert torch.equal(MSSSIM(reduction="none")(xm, ym), 1 - functional.ms_ssim(xm, ym, reduction="none"))
+    from percept.metrics.ssim import UniformSSIM
+
+    for space in ("rgb", "lab"):
+        module = UniformSSIM(colorspace=space, reduction="none")(x, y)
+        assert torch.equal(module, 1 - functional.ssim_skimage(x, y, colorspace=space, reduction="none"))
+    # reductions of the functions: over the images
+    per_image = functional.ssim(x, y, reduction="none")
+    assert per_image.shape == (x.shape[0],)
+    torch.testing.assert_close(functional.ssim(x, y), per_image.mean(), rtol=0, atol=0)
+    torch.testing.assert_close(functional.ssim(x, y, reduction="sum"), per_image.sum(), rtol=0, atol=0)
+    # any channel count without a colorspace; the colorspace checks it
+    two = functional.ssim(x[:, :2], y[:, :2], reduction="none")
+    torch.testing.assert_close(two, _pm_ssim(x[:, :2], y[:, :2]), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="expected 3 channel"):
+        functional.l1(xg, yg, colorspace="rgb")
+    with pytest.raises(ValueError, match="only by"):
+        functional.psnr(x, y, colorspace="lab")
+    with pytest.raises(ValueError, match="reduction"):
+        functional.l2(x, y, reduction="elementwise_mean")
+
+
+def test_functions_are_exported_and_documented():
+    for name in ("l1", "l2", "psnr", "ssim", "ms_ssim", "ssim_skimage"):
+        fn = getattr(percept.functional, name)
+        assert name in percept.functional.__all__ and ">>>" in fn.__doc__ and "(N, C, H, W)" in fn.__doc__
+
+
+@pytest.mark.parametrize("module", ["percept.functional.pixel", "percept.functional.ssim", "percept.functional"])
+def test_functional_doctests(module):
+    import doctest
+
+    result = doctest.testmod(importlib.import_module(module), extraglobs={"torch": torch}, verbose=False)
+    assert result.attempted > 0 and result.failed == 0, result
+
+
+# ---------------------------------------------------------------------------------------------- deliberate bugs
+
+
+@pytest.mark.parametrize(
+    "constant, value", [("C2", 0.02**2), ("C1", 0.02**2), ("WINDOW_SIGMA", 1.4)], ids=["C2", "C1", "sigma"]
+)
+def test_a_wrong_constant_is_caught_by_the_peer(golden_pairs, monkeypatch, constant, value):
+    """A plausible slip in the formula's constants (C2 = (0.02)^2, C1 likewise, sigma = 1.4) moves the values
+    away from pytorch-msssim by far more than the tolerance the parity tests use (1e-5)."""
+    x, y = golden_pairs["rgb"]
+    ref = _pm_ssim(x, y)
+    torch.testing.assert_close(ssim._ssim_per_image(x, y, "valid"), ref, rtol=0, atol=1e-5)
+    ssim._filter_constants.cache_clear()
+    ssim._term_constants.cache_clear()
+    monkeypatch.setattr(ssim, constant, value)
+    try:
+        wrong = ssim._ssim_per_image(x, y, "valid")
+    finally:
+        ssim._filter_constants.cache_clear()
+        ssim._term_constants.cache_clear()
+    assert (wrong - ref).abs().max().item() > 1e-4

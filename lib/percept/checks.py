@@ -19,6 +19,8 @@ import os
 
 import torch
 
+from percept.color import rgb_to_lab_scaled
+
 _value_checks = os.environ.get("PERCEPT_VALUE_CHECKS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
@@ -149,14 +151,49 @@ def check_pair(
     if not _value_checks:
         return
     # one pass over each tensor and a single host sync: aminmax propagates NaN and inf
-    stats = torch.stack([torch.stack(torch.aminmax(x.detach())) for x in (input, target)]).float().tolist()
-    for label, (lo, hi) in zip(("input", "target"), stats):
+    stats = torch.stack([*torch.aminmax(input.detach()), *torch.aminmax(target.detach())]).tolist()
+    for label, (lo, hi) in zip(("input", "target"), (stats[:2], stats[2:])):
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError(f"{name}: {label} contains NaN or inf")
         if check_range and (lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE):
             hint = " (inputs in [-1, 1] must be mapped with (x + 1) / 2)" if lo < 0 else ""
             hint = hint or (" (0-255 images must be divided by 255)" if hi > 1.5 else "")
             raise ValueError(f"{name}: {label} values span [{lo:.4g}, {hi:.4g}], expected [0, 1]{hint}")
+
+
+def metric_options(colorspace: str, reduction: str, *, lab: bool = False) -> tuple[str, int, str]:
+    """The constructor prologue of a metric module: ``(colorspace, channels, reduction)``, checked.
+
+    ``colorspace`` normalised by :func:`normalize_colorspace` (``lab`` says whether "lab" is offered),
+    ``channels`` the input channels it takes (:func:`channels_of`), ``reduction`` one of :data:`REDUCTIONS`.
+    """
+    space = normalize_colorspace(colorspace, lab=lab)
+    return space, channels_of(space), check_reduction(reduction)
+
+
+def prepare_pair(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    colorspace: str | None,
+    *,
+    lab: bool = False,
+    min_size: int = 1,
+    name: str = "metric",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check an (input, target) pair for ``colorspace`` and return it, in CIELAB / 100 for ``"lab"``.
+
+    ``colorspace``: None (any channel count), "rgb" (3 channels), "grey" (1 channel, alias "LA") or, where
+    ``lab`` is True, "lab" (RGB input converted by :func:`percept.color.rgb_to_lab_scaled` after the checks).
+    The checks are :func:`check_pair`'s: NCHW floats in [0, 1] of the same shape, H and W >= ``min_size``.
+    """
+    space = None if colorspace is None else normalize_colorspace(colorspace, lab=lab)
+    if space == "lab":
+        check_lab_input(input, target, name=name)
+    channels = None if space is None else channels_of(space)
+    check_pair(input, target, channels=channels, min_size=min_size, name=name)
+    if space == "lab":
+        return rgb_to_lab_scaled(input), rgb_to_lab_scaled(target)
+    return input, target
 
 
 def compute_dtype(module: torch.nn.Module) -> torch.dtype | None:

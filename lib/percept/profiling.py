@@ -262,7 +262,7 @@ def _mp_context(first: Callable):
             _CONTEXT = mp.get_context("forkserver")
             # imported once by the server instead of by every child (torchvision alone takes seconds); a module
             # the server cannot import (a script's sibling) is imported by each child instead
-            modules = [__name__, "torchvision", "PIL.Image", "percept.provider", getattr(first, "__module__", None)]
+            modules = [__name__, "torchvision", "PIL.Image", "percept.compat", getattr(first, "__module__", None)]
             _CONTEXT.set_forkserver_preload([m for m in dict.fromkeys(modules) if m and m != "__main__"])
         else:
             _CONTEXT = mp.get_context("spawn")

@@ -74,7 +74,6 @@ __all__ = [
     "Deeploss",
     "WatsonVGG",
     "DPS",
-    "original_deeploss",
 ]
 
 #: the epsilon of the reference implementations (channel normalisation, Watson terms)
@@ -672,40 +671,6 @@ class Deeploss(_DeepMetric):
 
     def extra_repr(self) -> str:
         return f"net={self.net!r}, colorspace={self.colorspace!r}, reduction={self.reduction!r}"
-
-
-class _OriginalDeeploss(nn.Module):
-    """The original LossProvider's output convention around :class:`Deeploss`."""
-
-    higher_is_better = False
-
-    def __init__(self, metric: Deeploss, reduction: str):
-        super().__init__()
-        self.metric = metric
-        self.reduction = reduction
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        d = self.metric(input, target)  # (N,)
-        if self.reduction == "sum":
-            return d.sum()
-        if self.reduction == "mean":
-            return d.mean()
-        return d.view(-1, 1, 1, 1)
-
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}"
-
-
-def original_deeploss(net: str, colorspace: str, reduction: str, *, pretrained: bool = True) -> nn.Module:
-    """Deeploss as the original ``LossProvider.get_loss_function('Deeploss-<net>', colorspace, reduction)``
-    returns it: ``'sum'`` gives the scalar sum over the batch, ``'none'`` shape (N, 1, 1, 1) (``'mean'``,
-    which the original treated like 'none', gives the batch mean here). Grey ('LA', 'grey', ...) takes
-    1-channel input, expanded to 3 channels. All parameters are frozen."""
-    if reduction not in ("sum", "none", "mean"):
-        raise ValueError(f"unknown reduction {reduction!r}: use 'sum' or 'none' (or 'mean')")
-    metric = Deeploss(net=net, colorspace=colorspace, reduction="none", pretrained=pretrained)
-    metric.requires_grad_(False)
-    return _OriginalDeeploss(metric, reduction)
 
 
 # ---------------------------------------------------------------------------------------- Watson-VGG
