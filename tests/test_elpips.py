@@ -261,8 +261,8 @@ def test_functional_elpips(examples):
     ref = LPIPS(net="squeeze", reduction="none", lin_weights=elpips_lin_state("squeeze"))
     with torch.no_grad():
         want = ref(x, y)
-        torch.testing.assert_close(elpips(x, y, "squeeze", deterministic=True, reduction="none"), want, rtol=1e-5, atol=1e-7)
-        torch.testing.assert_close(elpips(x, y, "squeeze", deterministic=True), want.mean(), rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(elpips(x, y, "squeeze", config="lpips", deterministic=True, reduction="none"), want, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(elpips(x, y, "squeeze", config="lpips", deterministic=True), want.mean(), rtol=1e-5, atol=1e-7)
         a = elpips(x, y, "squeeze", n=3, generator=torch.Generator().manual_seed(0), reduction="none")
         b = elpips(x, y, "squeeze", n=3, generator=torch.Generator().manual_seed(0), reduction="none")
         assert torch.equal(a, b) and a.shape == (2,) and (a > 0).all()

@@ -826,7 +826,7 @@ class DPS(_DeepMetric):
         pretrained: ImageNet backbone (False: random). backbone_weights overrides it.
         lin: learned non-negative per-channel weights (one 1x1 conv per layer and per branch, branch-major,
             as the (a) code's ``DistanceMetric(weights=True)``) instead of the plain channel sum; they start
-            at 1 (equal to the channel sum) unless ``lin_weights`` gives them. Implied by ``lin_weights``.
+            at 1 (equal to the channel sum) unless ``lin_weights`` gives them. Implied by ``lin_weights`` and ``trainable``.
         trainable: the linear weights require grad and dropout (p = 0.5, on the squared differences) is
             active in training mode (2AFC tuning, :mod:`percept.evaluate`).
         lin_weights: a checkpoint path or state dict in the LPIPS key layout (``lin{k}.model.1.weight``,
@@ -871,7 +871,7 @@ class DPS(_DeepMetric):
             scaling="lpips",
             branches=tuple(method.split("+")),
             channel_norm=channel_norm,
-            lin=lin or lin_weights is not None,
+            lin=lin or trainable or lin_weights is not None,  # trainable: the linear layers are what trains
             trainable=trainable,
             cache_target=cache_target,
         )
