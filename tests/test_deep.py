@@ -512,7 +512,8 @@ def test_watson_vgg_and_elpips_features_are_deep_distance_features():
     pairs = [
         (WatsonVGG(pretrained=False, backbone_weights=vgg), DeepDistance(build_backbone("vgg", weights=vgg), scaling="czolbe")),
         (
-            ELPIPS(net="squeeze", deterministic=True, torchvision_pooling=True, pretrained=False, backbone_weights=squeeze),
+            ELPIPS(net="squeeze", config="lpips", deterministic=True, torchvision_pooling=True, pretrained=False,
+                   backbone_weights=squeeze),
             DeepDistance(build_backbone("squeeze", weights=squeeze, channels_last=False), scaling="lpips"),
         ),
         (  # E-LPIPS's own layout, random (transformations and dropout on): the input as tap -1, floor pooling

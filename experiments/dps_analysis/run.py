@@ -66,7 +66,7 @@ import percept
 from percept import assets
 from percept.guard import RunLock, add_debug_flag, atomic_output, driver_main
 from percept.metrics.deep import METHODS, modify_features, normalize_channels, scale_input, squared_difference_mean
-from percept.train import machine_info, select_device, write_json
+from percept.runinfo import machine_info, select_device, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "results" / "dps_analysis"
