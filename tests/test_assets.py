@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from fakes import FakeResponse
 
 from percept import assets
 
@@ -109,25 +110,11 @@ def test_fetch_verifies_what_it_downloads(isolated, assets_dir, monkeypatch):
     """fetch() keeps a correct download and refuses a corrupted one (served from a local file)."""
     good = (assets_dir / RELPATH).read_bytes()
 
-    class Response:
-        def __init__(self, payload):
-            self.payload, self.headers = payload, {"Content-Length": str(len(payload))}
-
-        def read(self, n):
-            chunk, self.payload = self.payload[:n], self.payload[n:]
-            return chunk
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setattr(assets.urllib.request, "urlopen", lambda url, timeout: Response(good[:-1] + b"x"))
+    monkeypatch.setattr(assets.urllib.request, "urlopen", lambda url, timeout: FakeResponse(good[:-1] + b"x"))
     with pytest.raises(assets.ChecksumError):
         assets.fetch(RELPATH, progress=False)
     assert not (isolated / "cache" / RELPATH).exists()
-    monkeypatch.setattr(assets.urllib.request, "urlopen", lambda url, timeout: Response(good))
+    monkeypatch.setattr(assets.urllib.request, "urlopen", lambda url, timeout: FakeResponse(good))
     assert assets.fetch(RELPATH, progress=False) == isolated / "cache" / RELPATH
 
 
@@ -153,20 +140,6 @@ def test_offline_alexnet_features_are_accepted_by_their_own_checksum(assets_dir,
     assert entry.source_sha256.startswith("7be5be79")
 
 
-class _Response:
-    def __init__(self, payload: bytes):
-        self.payload, self.headers = payload, {"Content-Length": str(len(payload))}
-
-    def read(self, n):
-        chunk, self.payload = self.payload[:n], self.payload[n:]
-        return chunk
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
 
 def _full_alexnet_bytes(assets_dir, tmp_path, perturb: float = 0.0) -> bytes:
     """A full-model AlexNet checkpoint (``features.*`` and a small stand-in classifier) around the offline
@@ -184,7 +157,7 @@ def test_derived_alexnet_download_must_be_the_official_file(isolated, assets_dir
     """A file served at torchvision's address whose sha256 is not the official one is refused before anything
     is derived, even when its features are exactly the offline ones."""
     payload = _full_alexnet_bytes(assets_dir, isolated)
-    monkeypatch.setattr(assets.urllib.request, "urlopen", lambda url, timeout: _Response(payload))
+    monkeypatch.setattr(assets.urllib.request, "urlopen", lambda url, timeout: FakeResponse(payload))
     with pytest.raises(assets.ChecksumError, match="7be5be79"):
         assets.fetch(ALEX, progress=False)
     assert not (isolated / "cache" / ALEX).exists()
@@ -206,7 +179,7 @@ def test_fetch_derives_features_from_a_verified_source_and_records_it(isolated, 
         source_sha256=hashlib.sha256(payload).hexdigest(),  # this test's stand-in for the official file
     )
     monkeypatch.setitem(assets.ASSETS, ALEX, entry)
-    monkeypatch.setattr(assets.urllib.request, "urlopen", lambda url, timeout: _Response(payload))
+    monkeypatch.setattr(assets.urllib.request, "urlopen", lambda url, timeout: FakeResponse(payload))
     path = assets.fetch(ALEX, progress=False)
     assert path == isolated / "cache" / ALEX
     state = torch.load(path, weights_only=True)
@@ -270,11 +243,11 @@ def test_fetch_checks_a_download_against_its_git_blob_id(isolated, assets_dir, m
     good = (assets_dir / RELPATH).read_bytes()  # a stand-in payload whose blob id this test knows
     entry = assets.Asset(relpath, assets.ASSETS[relpath].url, git_sha1="fc738f1e6f5d48a302295d11938315da5a8c452e")
     monkeypatch.setitem(assets.ASSETS, relpath, entry)
-    monkeypatch.setattr(assets.urllib.request, "urlopen", lambda url, timeout: _Response(good[:-1] + b"x"))
+    monkeypatch.setattr(assets.urllib.request, "urlopen", lambda url, timeout: FakeResponse(good[:-1] + b"x"))
     with pytest.raises(assets.ChecksumError, match="git blob"):
         assets.fetch(relpath, progress=False)
     assert not (isolated / "cache" / relpath).exists()
-    monkeypatch.setattr(assets.urllib.request, "urlopen", lambda url, timeout: _Response(good))
+    monkeypatch.setattr(assets.urllib.request, "urlopen", lambda url, timeout: FakeResponse(good))
     assert assets.fetch(relpath, progress=False) == isolated / "cache" / relpath
     # the real entry refuses that file: it is not Watson-VGG
     monkeypatch.setitem(assets.ASSETS, relpath, assets._entries()[relpath])

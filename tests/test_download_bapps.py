@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import FakeResponse
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("download_bapps", ROOT / "data" / "download_bapps.py")
@@ -34,21 +35,6 @@ def _jnd_archive(tmp_path: Path, complete: bool = True) -> bytes:
     return buffer.getvalue()
 
 
-class _Response:
-    def __init__(self, payload: bytes, status: int = 200):
-        self.payload, self.status = payload, status
-        self.headers = {"Content-Length": str(len(payload))}
-
-    def read(self, n):
-        chunk, self.payload = self.payload[:n], self.payload[n:]
-        return chunk
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
 
 def _serve(monkeypatch, payload: bytes, log: list):
     def urlopen(request, timeout):
@@ -56,8 +42,8 @@ def _serve(monkeypatch, payload: bytes, log: list):
         log.append(rng)
         if rng:
             start = int(rng.split("=")[1].rstrip("-"))
-            return _Response(payload[start:], 206)
-        return _Response(payload)
+            return FakeResponse(payload[start:], 206)
+        return FakeResponse(payload)
 
     monkeypatch.setattr(bapps.urllib.request, "urlopen", urlopen)
 
