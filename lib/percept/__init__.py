@@ -5,8 +5,9 @@
 >>> d = loss(input, target)   # NCHW float tensors in [0, 1]
 """
 
+from percept import functional
 from percept.provider import LossProvider
 from percept.registry import get_metric, list_metrics
 
 __version__ = "0.1.0"
-__all__ = ["get_metric", "list_metrics", "LossProvider", "__version__"]
+__all__ = ["get_metric", "list_metrics", "LossProvider", "functional", "__version__"]
