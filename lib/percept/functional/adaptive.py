@@ -28,8 +28,8 @@ The trained weights were fitted in that layout; ``layout="original"`` keeps it s
 meant. ``layout="nchw"`` is the intended model: per-pixel YUV, then a 2-D DCT over (H, W) of each channel.
 
 The per-image function (:func:`bind`) is what :func:`adaptive` and the metric modules
-(:mod:`percept.metrics.adaptive`) compute through autograd; with ``want_grad=True`` it also returns the input
-gradient in closed form, ``d rho / d x = x / c^2 * (1 + x^2 / (c^2 b))^(alpha/2 - 1)`` mapped back by the
+(:mod:`percept.metrics.adaptive`) compute through autograd; given a ``grad_out`` tensor it also writes the
+input gradient into it in closed form, ``d rho / d x = x / c^2 * (1 + x^2 / (c^2 b))^(alpha/2 - 1)`` mapped back by the
 transposed transform (the frozen metric's fast path, :class:`percept.metrics._frozen.FrozenPerImage`).
 
 >>> import torch, percept
@@ -134,7 +134,7 @@ def adaptive(
     if not smallest > 0:
         raise ValueError(f"adaptive: scale must be > 0, got a minimum of {smallest:.4g}")
     with torch.autocast(input.device.type, enabled=False):
-        per_image = bind(barron_constants(alpha, scale), layout)(input, target, slice(None), False)[0]
+        per_image = bind(barron_constants(alpha, scale), layout)(input, target, slice(None))
     return checks.reduce(per_image, reduction)
 
 
@@ -194,20 +194,23 @@ def nll_map(coefficients: torch.Tensor, k: BarronConstants) -> torch.Tensor:
 
 
 def bind(k: BarronConstants, layout: str) -> Callable:
-    """The per-image NLL as a function ``(x, y, part, want_grad) -> (values (n,), input gradient or None)`` of
-    images (n, C, H, W) (the protocol of :class:`percept.metrics._frozen.FrozenPerImage`); computed in the
-    constants' dtype. The gradient is ``d rho / d X`` mapped back by the transposed transform."""
+    """The per-image NLL as a function ``(x, y, part, grad_out) -> values (n,)`` of images (n, C, H, W) that also
+    writes the input gradient of the values into ``grad_out`` when it is given (the protocol of
+    :class:`percept.metrics._frozen.FrozenPerImage`); computed in the constants' dtype. The gradient is
+    ``d rho / d X = X / c^2 * exp((a/2 - 1) L)`` mapped back by the transposed transform."""
 
-    def per_image(x, y, part, want_grad):
+    def per_image(x, y, part, grad_out=None):
+        if grad_out is not None and torch.is_grad_enabled():
+            raise RuntimeError("the closed-form gradient is for the no-grad fast path; use autograd instead")
         dtype = k.u.dtype
         coef = coefficients(x.to(dtype) - y.to(dtype), layout)
         log_term, rho_unweighted = _rho_terms(coef, k.u, k.half_a)
         n = coef.shape[0]
         values = rho_unweighted.reshape(n, -1) @ k.b_over_a.reshape(-1) + k.constant
-        if not want_grad:
-            return values, None
-        grad = torch.exp(log_term * (k.half_a - 1)) * coef * k.grad_scale
-        return values, coefficients_adjoint(grad, layout, x.shape[1])
+        if grad_out is not None:  # (no autograd: in place)
+            grad = log_term.mul_(k.half_a - 1).exp_().mul_(coef).mul_(k.grad_scale)
+            coefficients_adjoint(grad, layout, x.shape[1], out=grad_out)
+        return values
 
     return per_image
 
@@ -393,11 +396,14 @@ def coefficients(residual: torch.Tensor, layout: str) -> torch.Tensor:
     return _coefficients_nchw(residual)
 
 
-def coefficients_adjoint(grad: torch.Tensor, layout: str, channels: int) -> torch.Tensor:
-    """The gradient w.r.t. the residual (N, ``channels``, H, W) of a function of :func:`coefficients`."""
+def coefficients_adjoint(
+    grad: torch.Tensor, layout: str, channels: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The gradient w.r.t. the residual (N, ``channels``, H, W) of a function of :func:`coefficients`, given its
+    gradient w.r.t. the coefficients; written into ``out`` (any float dtype, contiguous) when given."""
     if layout == "original":
-        return _coefficients_original_adjoint(grad, channels)
-    return _coefficients_nchw_adjoint(grad)
+        return _coefficients_original_adjoint(grad, channels, out)
+    return _coefficients_nchw_adjoint(grad, out)
 
 
 def _coefficients_original(residual: torch.Tensor) -> torch.Tensor:
@@ -412,12 +418,18 @@ def _coefficients_original(residual: torch.Tensor) -> torch.Tensor:
     return torch.matmul(dct_matrix(h, residual.dtype, residual.device), over_channels.view(n, c, h, w))
 
 
-def _coefficients_original_adjoint(grad: torch.Tensor, channels: int) -> torch.Tensor:
+def _coefficients_original_adjoint(grad: torch.Tensor, channels: int, out: torch.Tensor | None = None) -> torch.Tensor:
     n, c, h, w = grad.shape
     over_rows = torch.matmul(dct_matrix(h, grad.dtype, grad.device).T, grad)
     mixed = torch.matmul(dct_matrix(c, grad.dtype, grad.device).T, over_rows.reshape(n, c, h * w))
-    residual = (mixed.view(n, -1, 3) @ _syuv(grad.dtype, grad.device)).view(n, c, h, w)
-    return residual.sum(dim=1, keepdim=True) if channels == 1 else residual
+    direct = out if out is not None and out.dtype == grad.dtype else None
+    if channels == 1:
+        residual = (mixed.view(n, -1, 3) @ _syuv(grad.dtype, grad.device)).view(n, c, h, w)
+        residual = torch.sum(residual, dim=1, keepdim=True, out=direct)
+    else:
+        flat = None if direct is None else direct.view(n, -1, 3)
+        residual = torch.matmul(mixed.view(n, -1, 3), _syuv(grad.dtype, grad.device), out=flat).view(n, c, h, w)
+    return _into(residual, out)
 
 
 def _coefficients_nchw(residual: torch.Tensor) -> torch.Tensor:
@@ -429,10 +441,19 @@ def _coefficients_nchw(residual: torch.Tensor) -> torch.Tensor:
     return d_h @ residual @ d_w.T
 
 
-def _coefficients_nchw_adjoint(grad: torch.Tensor) -> torch.Tensor:
+def _coefficients_nchw_adjoint(grad: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     n, c, h, w = grad.shape
     d_h, d_w = dct_matrix(h, grad.dtype, grad.device), dct_matrix(w, grad.dtype, grad.device)
     residual = d_h.T @ grad @ d_w
     if c == 3:
         residual = torch.matmul(_syuv(grad.dtype, grad.device).T, residual.reshape(n, c, h * w)).view(n, c, h, w)
-    return residual
+    return _into(residual, out)
+
+
+def _into(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """``result`` written into ``out`` (unless it already is ``out``'s storage), or ``result`` if no ``out``."""
+    if out is None:
+        return result
+    if result.data_ptr() != out.data_ptr():
+        out.copy_(result.view(out.shape))
+    return out

@@ -26,10 +26,16 @@ How it is evaluated (the one code path of the formula):
   keeps a finite gradient.
 - The luminance mean is taken from the target's colour-plane means (the DC term of a block is ``8 x`` (DCT)
   or ``1 x`` (DFT) its mean), which the random shift weights by how often each pixel appears.
+- Fresh intermediates are updated in place (``x.log_()``, ``x.mul_(w)``, ...): without autograd (the fast
+  path) each chunk-sized allocation costs memory traffic, about half the time of the elementwise part. Under
+  autograd this is allowed for every operation used here except on the output of one that saves its output
+  for backward (exp, sigmoid, rsqrt, reciprocal, copysign): those results are never modified. Autograd raises
+  an error, never a wrong gradient, if that rule is broken, and the tests differentiate every path (input,
+  target, parameters, second order).
 
 The per-image functions (``_dct_per_image``, ``_dft_per_image``) are what :func:`watson_dct`,
-:func:`watson_dft` and the metric modules (:mod:`percept.metrics.watson`) compute, through autograd. With
-``want_grad=True`` they also return the input gradient of the per-image values in closed form, formed from
+:func:`watson_dft` and the metric modules (:mod:`percept.metrics.watson`) compute, through autograd. Given a
+``grad_out`` tensor they also write the input gradient of the per-image values into it, in closed form from
 the same intermediates (the frozen metrics' fast path, see :class:`percept.metrics._frozen.FrozenPerImage`);
 the tests compare it with autograd through the formula.
 
@@ -225,7 +231,7 @@ def _public_per_image(transform, input, target, params, c, dtype, offsets, batch
     with torch.autocast(input.device.type, enabled=False):
         formula = bind(transform, target, params, offsets=offsets, batch_luminance=batch_luminance,
                        luminance_floor=floor, phase_eps=phase_eps)
-        return formula(input, target, slice(None), False)[0]
+        return formula(input, target, slice(None))
 
 
 # --------------------------------------------------------------------------------------------------- parameters
@@ -322,12 +328,13 @@ def bind(
     dropout: float = 0.0,
 ) -> Callable:
     """The per-image formula of ``transform`` (:data:`DCT` or :data:`DFT`) against ``target``, as a function
-    ``(x, y, part, want_grad) -> (values (n,), input gradient (n, C, H, W) or None)`` of the images ``part``
-    of the batch (the protocol of :class:`percept.metrics._frozen.FrozenPerImage`).
+    ``(x, y, part, grad_out) -> values (n,)`` of the images ``part`` of the batch that also writes the input
+    gradient of the values into ``grad_out`` (n, C, H, W) when it is given (the protocol of
+    :class:`percept.metrics._frozen.FrozenPerImage`).
 
     ``params`` are full-shaped tensors in the compute dtype (:meth:`_Params.broadcast`). The luminance mean
     is computed here from the whole ``target``, so a chunk's values do not depend on the chunking. Called
-    with ``want_grad=False`` under autograd it is the plain formula (gradients for inputs, targets and
+    with ``grad_out=None`` under autograd it is the plain formula (gradients for inputs, targets and
     parameters); ``dropout`` (2AFC tuning) drops pooled terms and phase differences with this probability.
     """
     dtype = params.alpha.dtype
@@ -338,10 +345,12 @@ def bind(
     if phase_eps and transform is not DFT:
         raise ValueError(f"phase_eps applies to Watson-DFT's phase term; Watson-{transform.name.upper()} has none")
 
-    def formula(x, y, part, want_grad):
+    def formula(x, y, part, grad_out=None):
+        if grad_out is not None and torch.is_grad_enabled():
+            raise RuntimeError("the closed-form gradient is for the no-grad fast path; use autograd instead")
         md = mean_dc if mean_dc.shape[0] == 1 else mean_dc[part]
         return transform.per_image(
-            x.to(dtype), y.to(dtype), masking, md, offsets, floor=floor, dropout=dropout, want_grad=want_grad, **options
+            x.to(dtype), y.to(dtype), masking, md, offsets, floor=floor, dropout=dropout, grad_out=grad_out, **options
         )
 
     return formula
@@ -372,10 +381,10 @@ def _log_luminance(dc: torch.Tensor, mean_dc: torch.Tensor, alpha: torch.Tensor,
     (n or 1, C). The floor applies to each block's DC term and to the mean (images without dark blocks are
     untouched)."""
     blocks = (1,) * (dc.dim() - 2)
-    mean = mean_dc.view(*mean_dc.shape, *blocks)
-    if floor > 0:
-        dc, mean = dc.clamp_min(floor), mean.clamp_min(floor)
-    return torch.log((dc + EPS) / (mean + EPS)) * alpha.view(1, -1, *blocks)
+    dc, mean = dc + EPS, mean_dc.view(*mean_dc.shape, *blocks) + EPS
+    if floor > 0:  # (on the fresh sums, so that no view of the coefficients is kept for autograd)
+        dc, mean = dc.clamp_min(floor + EPS), mean.clamp_min(floor + EPS)
+    return torch.log(dc / mean) * alpha.view(1, -1, *blocks)
 
 
 def _inverse_threshold(c0_abs: torch.Tensor, log_lum: torch.Tensor, k: _Masking) -> torch.Tensor:
@@ -383,66 +392,73 @@ def _inverse_threshold(c0_abs: torch.Tensor, log_lum: torch.Tensor, k: _Masking)
 
     ``T = t * exp(log_lum)``; ``M = (|c0| + eps) ** w * T ** (1 - w)`` in log space; ``S = M + (T - M) sigmoid(T - M)``.
     """
-    m = torch.exp(torch.addcmul(torch.addcmul(k.log_t_1mw, log_lum, k.one_m_w), torch.log(c0_abs + EPS), k.w))
-    gap = k.t * torch.exp(log_lum) - m  # T - M
-    return torch.reciprocal(torch.addcmul(m, gap, torch.sigmoid(gap)))
+    m = torch.add(c0_abs, EPS).log_().mul_(k.w).add_(k.log_t_1mw).addcmul_(log_lum, k.one_m_w).exp_()
+    gap = torch.mul(k.t, torch.exp(log_lum)).sub_(m)  # T - M
+    return gap.mul_(torch.sigmoid(gap)).add_(m).reciprocal_()
 
 
-def _minkowski(diff_abs, inv_s, beta, dropout, want_grad):
-    """Minkowski pooling ``(sum (diff_abs / S + eps) ** beta + eps) ** (1 / beta)`` over the axes after (n, C).
+def _minkowski(diff, inv_s, beta, dropout, want_grad):
+    """Minkowski pooling ``(sum (|diff| / S + eps) ** beta + eps) ** (1 / beta)`` over the axes after (n, C).
 
-    Returns ``(dist (n, C), None)``, or with ``want_grad`` ``(dist, d dist / d diff_abs)`` as an elementwise
-    factor and a per-plane one: ``ratio ** (beta - 1) / S`` and ``dist / total``.
+    Returns ``(dist (n, C), None)``, or with ``want_grad`` ``(dist, (d dist / d diff) as an elementwise factor
+    and a per-plane one)``: ``ratio ** (beta - 1) / S * sign(diff)`` and ``dist / total`` (``diff`` is
+    overwritten then: no autograd).
     """
-    ratio = torch.addcmul(_constant(EPS, inv_s.dtype, inv_s.device), diff_abs, inv_s)
-    terms = torch.exp(torch.log(ratio) * beta.view(1, -1, *([1] * (ratio.dim() - 2))))
+    ratio = diff.abs().mul_(inv_s).add_(EPS)
+    terms = torch.log(ratio).mul_(beta.view(1, -1, *([1] * (ratio.dim() - 2)))).exp_()
     if dropout:
         terms = F.dropout(terms, dropout)
     total = terms.sum(dim=tuple(range(2, terms.dim()))) + math.prod(terms.shape[2:]) * EPS
     dist = total.pow(torch.reciprocal(beta))
     if not want_grad:
         return dist, None
-    return dist, (terms / ratio * inv_s, dist / total)
+    return dist, (terms.div_(ratio).mul_(inv_s).mul_(diff.sign_()), dist / total)
 
 
-def _dct_per_image(x, y, k: _Masking, mean_dc, offsets, *, floor=0.0, dropout=0.0, want_grad=False):
-    """Watson-DCT of images x, y (n, C, H, W) (see :func:`bind`): values (n,) and, with ``want_grad``, their
-    gradient w.r.t. ``x``. ``d D / d C1 = D / total * ratio ** (beta - 1) / S * sign(C1 - C0)``, mapped back by
+def _dct_per_image(x, y, k: _Masking, mean_dc, offsets, *, floor=0.0, dropout=0.0, grad_out=None):
+    """Watson-DCT of images x, y (n, C, H, W) (see :func:`bind`): values (n,); their gradient w.r.t. ``x`` is
+    written into ``grad_out`` when given. ``d D / d C1 = D / total * ratio ** (beta - 1) / S * sign(C1 - C0)``, mapped back by
     the transposed DCT, colour transform and shift."""
     if offsets is not None:
         x, y = shift_images(x, offsets, BLOCK), shift_images(y, offsets, BLOCK)
     n, c, h, w = x.shape
     layout = (n, c, h // BLOCK, BLOCK, w // BLOCK, BLOCK)  # coefficient (u, v) of block (i, j) at (8i+u, 8j+v)
     a = dct_operator(BLOCK, x)
-    colour = _ycbcr(x.dtype, x.device) if c == 3 else None
+    colour = _ycbcr(x.dtype, x.device)[0] if c == 3 else None
 
-    c0 = _block_dct(y if colour is None else _mix(y, *colour), a).view(layout)
+    c0 = _block_dct(y if colour is None else _mix(y, colour), a).view(layout)
+    if colour is not None:  # the colour offset moves the DC terms (8 x the block mean) of Cb and Cr only
+        dc_offset = _constant(tuple(BLOCK * v for v in YCBCR_OFFSET[1:]), x.dtype, x.device)
+        c0[:, 1:, :, 0, :, 0].add_(dc_offset.view(1, 2, 1, 1))
     log_lum = _log_luminance(c0[:, :, :, 0, :, 0], mean_dc, k.alpha, floor)  # (n, C, Hb, Wb)
-    inv_s = _inverse_threshold(c0.abs(), log_lum[:, :, :, None, :, None], k)
+    inv_s = _inverse_threshold(c0.abs_(), log_lum[:, :, :, None, :, None], k)
     # the DCT is linear: the DCT of the (colour-transformed) difference is C1 - C0
-    coef = _block_dct(x - y if colour is None else _mix(x - y, colour[0]), a).view(layout)
-    coef_abs = coef.abs()
+    coef = _block_dct(x - y if colour is None else _mix(x - y, colour), a).view(layout)
     if dropout:  # draw the dropout mask in block order (N, C, K, 64), as the original
-        coef_abs, inv_s = _block_order(coef_abs), _block_order(inv_s)
-    dist, grad = _minkowski(coef_abs, inv_s, k.beta, dropout, want_grad)
+        coef, inv_s = _block_order(coef), _block_order(inv_s)
+    dist, grad = _minkowski(coef, inv_s, k.beta, dropout, grad_out is not None)
     values = dist @ k.channel_weights
-    if not want_grad:
-        return values, None
+    if grad_out is None:
+        return values
     elementwise, per_plane = grad
-    g = _block_dct((elementwise * torch.sign(coef)).view(n, c, h, w), a, adjoint=True)
+    g = _block_dct(elementwise.view(n, c, h, w), a, adjoint=True)
     scale = per_plane * k.channel_weights  # (n, C): d value / d dist times dist / total
+    out = grad_out if offsets is None and grad_out.dtype == g.dtype else None
     if colour is None:
-        g = g * scale.view(n, c, 1, 1)
+        g = torch.mul(g, scale.view(n, c, 1, 1), out=out)
     else:  # the transposed colour matrix with the per-image, per-plane scale folded in
-        g = torch.matmul(colour[0].T * scale[:, None, :], g.view(n, c, h * w)).view(n, c, h, w)
+        flat = None if out is None else out.view(n, c, h * w)
+        g = torch.matmul(colour.T * scale[:, None, :], g.view(n, c, h * w), out=flat).view(n, c, h, w)
     if offsets is not None:
-        g = shift_images_adjoint(g, offsets, BLOCK)
-    return values, g
+        g = shift_images_adjoint(g, offsets, BLOCK, out=grad_out if grad_out.dtype == g.dtype else None)
+    if g.data_ptr() != grad_out.data_ptr():
+        grad_out.copy_(g)
+    return values
 
 
-def _dft_per_image(x, y, k: _Masking, mean_dc, offsets, *, floor=0.0, phase_eps=0.0, dropout=0.0, want_grad=False):
-    """Watson-DFT of images x, y (n, C, H, W) (see :func:`bind`): values (n,) and, with ``want_grad``, their
-    gradient w.r.t. ``x``.
+def _dft_per_image(x, y, k: _Masking, mean_dc, offsets, *, floor=0.0, phase_eps=0.0, dropout=0.0, grad_out=None):
+    """Watson-DFT of images x, y (n, C, H, W) (see :func:`bind`): values (n,); their gradient w.r.t. ``x`` is
+    written into ``grad_out`` when given.
 
     Amplitudes ``a = |(re + eps, im + eps)|``. The phase difference is the angle between ``z0 = (re0 + eps,
     im0)`` and ``z1 = (re1 + eps, im1)``: ``arccos(k cos)`` with ``cos = sign(dot) / sqrt(1 + q^2)``,
@@ -452,59 +468,60 @@ def _dft_per_image(x, y, k: _Masking, mean_dc, offsets, *, floor=0.0, phase_eps=
     ycbcr = c == 3
     # target side: amplitudes and 1 / S. The colour transform is elementwise, so flat blocks stay exactly flat
     re0, im0 = block_rdft(y, ycbcr=ycbcr, offsets=offsets)  # (n, C, K, 40) each
-    re0e = re0 + EPS
-    a0 = torch.hypot(re0e, im0 + EPS)
+    re0e = re0.add_(EPS)
+    a0 = torch.add(im0, EPS).square_().addcmul_(re0e, re0e).sqrt_()
     log_lum = _log_luminance(a0[..., 0], mean_dc, k.alpha, floor)
     inv_s = _inverse_threshold(a0, log_lum.unsqueeze(-1), k)
 
     # amplitude term
     re1, im1 = block_rdft(x, ycbcr=ycbcr, offsets=offsets)
-    re1e, im1e = re1 + EPS, im1 + EPS
-    a1 = torch.hypot(re1e, im1e)
-    diff = a1 - a0
-    d_amp, amp_grad = _minkowski(diff.abs(), inv_s, k.beta, dropout, want_grad)
+    re1e, im1e = re1.add_(EPS), im1 + EPS
+    a1 = torch.square(im1e).addcmul_(re1e, re1e).sqrt_()
+    d_amp, amp_grad = _minkowski(a1 - a0, inv_s, k.beta, dropout, grad_out is not None)
 
-    # phase term: two rounded products, so that cross is exactly 0 for z0 == z1
-    dot = torch.addcmul(re0e * re1e, im0, im1)
-    cross = im0 * re1e - re0e * im1
-    q2 = torch.square(cross / dot)
-    kc = torch.rsqrt(q2 + 1).copysign(dot).nan_to_num(nan=1.0) * PHASE_CLAMP
+    # phase term: cross from two rounded products, so that it is exactly 0 for z0 == z1
+    dot = torch.mul(re0e, re1e).addcmul_(im0, im1)
+    cross = torch.mul(im0, re1e).sub_(re0e * im1)
+    q2 = torch.div(cross, dot).square_()
+    kc = torch.nan_to_num(torch.add(q2, 1).rsqrt_().copysign(dot), nan=1.0).mul_(PHASE_CLAMP)  # nan: 0/0
     delta = torch.arccos(kc)
-    if phase_eps:  # fade the phase of near-zero input coefficients: gate |z1|^2 / (|z1|^2 + phase_eps^2)
-        s1_pe = torch.addcmul(torch.square(im1), re1e, re1e) + phase_eps**2
-        delta_gated = delta * ((s1_pe - phase_eps**2) / s1_pe)
+    pe2 = phase_eps**2
+    if pe2:  # fade the phase of near-zero input coefficients: gate |z1|^2 / (|z1|^2 + phase_eps^2)
+        s1_pe = torch.square(im1).addcmul_(re1e, re1e).add_(pe2)
+        delta_gated = delta * torch.sub(s1_pe, pe2).div_(s1_pe)
     else:
         delta_gated = delta
     if dropout:
         delta_gated = F.dropout(delta_gated, dropout)
     dist = d_amp + (delta_gated.sum(dim=2) * k.phase_weights).sum(dim=-1)
     values = dist @ k.channel_weights
-    if not want_grad:
-        return values, None
+    if grad_out is None:
+        return values
 
+    # (no autograd from here: intermediates are updated in place)
     # d d_amp / d a1 = d_amp / total * ratio ** (beta - 1) / S * sign(a1 - a0), and
     # d a1 / d re1 = (re1 + eps) / a1, d a1 / d im1 = (im1 + eps) / a1
     elementwise, per_plane = amp_grad
-    g_amp = elementwise * torch.sign(diff) / a1 * (per_plane * k.channel_weights)[:, :, None, None]
+    g_amp = elementwise.div_(a1).mul_((per_plane * k.channel_weights)[:, :, None, None])
     # d delta / d re1 = g im1, d delta / d im1 = -g (re1 + eps), where with k = PHASE_CLAMP
     # g = k sin(phi0 - phi1) / (|z1|^2 sqrt(1 - k^2 cos^2)) = k sign(cross) / (|z1|^2 sqrt(1 + (1 - k^2) / q^2))
-    phase_scale = (k.phase_weights * k.channel_weights[:, None]).unsqueeze(2) * PHASE_CLAMP  # (1, C, 1, 40)
-    g_phase = torch.rsqrt(torch.reciprocal(q2) * (1 - PHASE_CLAMP**2) + 1).copysign(cross) * phase_scale
+    phase_scale = (k.phase_weights * k.channel_weights[:, None]).unsqueeze(2)  # (1, C, 1, 40)
+    g_phase = q2.reciprocal_().mul_(1 - PHASE_CLAMP**2).add_(1).rsqrt_().copysign_(cross).mul_(phase_scale * PHASE_CLAMP)
     f = re1.shape[-1]
     coef_grad = torch.empty(*re1.shape[:-1], 2 * f, dtype=re1.dtype, device=re1.device)  # (re, im) parts
-    if phase_eps:
+    if pe2:
         # the gate times g has |z1|^2 + phase_eps^2 in its denominator; the gate's own derivative adds
         # h * (re1 + eps, im1) with h = delta * 2 phase_eps^2 / (|z1|^2 + phase_eps^2)^2
-        g_phase = torch.nan_to_num(g_phase / s1_pe, nan=0.0)  # nan: z0 or z1 exactly 0 (no phase)
-        h_gate = delta * phase_scale * (2 * phase_eps**2) / torch.square(s1_pe)
-        torch.addcmul(torch.addcmul(g_amp * re1e, g_phase, im1), h_gate, re1e, out=coef_grad[..., :f])
-        torch.addcmul(torch.addcmul(g_amp * im1e, g_phase, re1e, value=-1), h_gate, im1, out=coef_grad[..., f:])
+        g_phase = g_phase.div_(s1_pe).nan_to_num_(nan=0.0)  # nan: z0 or z1 exactly 0 (no phase)
+        h_gate = delta.mul_(phase_scale * (2 * pe2)).div_(s1_pe.square_())
+        torch.addcmul(g_amp * re1e, g_phase, im1, out=coef_grad[..., :f]).addcmul_(h_gate, re1e)
+        torch.addcmul(g_amp.mul_(im1e), g_phase, re1e, value=-1, out=coef_grad[..., f:]).addcmul_(h_gate, im1)
     else:
-        g_phase = torch.nan_to_num(g_phase / torch.addcmul(torch.square(im1), re1e, re1e), nan=0.0)
+        g_phase = g_phase.div_(torch.square(im1).addcmul_(re1e, re1e)).nan_to_num_(nan=0.0)  # nan: z0 or z1 is 0
         torch.addcmul(g_amp * re1e, g_phase, im1, out=coef_grad[..., :f])
-        torch.addcmul(g_amp * im1e, g_phase, re1e, value=-1, out=coef_grad[..., f:])
-    g = block_rdft_adjoint(coef_grad, h, w, ycbcr=ycbcr, offsets=offsets)
-    return values, g
+        torch.addcmul(g_amp.mul_(im1e), g_phase, re1e, value=-1, out=coef_grad[..., f:])
+    block_rdft_adjoint(coef_grad, h, w, ycbcr=ycbcr, offsets=offsets, out=grad_out)
+    return values
 
 
 DCT = _Transform("dct", DCT_FREQUENCIES, (1, BLOCK, 1, BLOCK), float(BLOCK), _dct_per_image)
@@ -538,13 +555,10 @@ def _shift_weights(size: int, offset: int, dtype: torch.dtype, device: torch.dev
     return _constants[key]
 
 
-def _mix(x: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-pixel colour transform ``out[:, i] = sum_j matrix[i, j] x[:, j] (+ offset[i])`` of (n, 3, H, W)."""
+def _mix(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Per-pixel colour transform ``out[:, i] = sum_j matrix[i, j] x[:, j]`` of (n, 3, H, W)."""
     n, c, h, w = x.shape
-    flat = x.reshape(n, c, h * w)
-    if offset is None:
-        return torch.matmul(matrix, flat).view(n, c, h, w)
-    return torch.baddbmm(offset.view(1, c, 1), matrix.expand(n, c, c), flat).view(n, c, h, w)
+    return torch.matmul(matrix, x.reshape(n, c, h * w)).view(n, c, h, w)
 
 
 def _block_dct(x: torch.Tensor, a: torch.Tensor, adjoint: bool = False) -> torch.Tensor:

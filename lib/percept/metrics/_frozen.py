@@ -31,17 +31,17 @@ def balanced_chunks(n: int, per_image: int, budget: int) -> int:
     return -(-n // -(-n // per_chunk))
 
 
-#: ``formula(x, y, part, want_grad) -> (values (n,), gradient of values w.r.t. x (n, C, H, W) or None)`` for
-#: the images ``part`` (a slice) of the batch
-Formula = Callable[[torch.Tensor, torch.Tensor, slice, bool], tuple[torch.Tensor, torch.Tensor | None]]
+#: ``formula(x, y, part, grad_out=None) -> values (n,)`` of the images ``part`` (a slice) of the batch; when
+#: ``grad_out`` (like ``x``, contiguous) is given, the gradient of the values w.r.t. ``x`` is written into it
+Formula = Callable[..., torch.Tensor]
 
 
 class FrozenPerImage(torch.autograd.Function):
     """Per-image values ``formula(input, target)`` (N,) of a frozen metric against a constant target.
 
     ``grad_input[n] = grad_output[n] * d value[n] / d input[n]``: the forward pass runs ``formula`` on chunks
-    of ``per_chunk`` images with ``want_grad=True`` and keeps only the gradients (one input-sized tensor);
-    backward scales them. The intermediates of one chunk at a time stay in the CPU caches.
+    of ``per_chunk`` images, each writing its closed-form gradient into one input-sized tensor, the only thing
+    kept; backward scales it. The intermediates of one chunk at a time stay in the CPU caches.
 
     A backward pass that builds a graph (``create_graph=True``: double backward, gradient penalties) goes
     through autograd on the same formula instead, recomputed on the whole batch, so that the gradient is
@@ -60,27 +60,20 @@ class FrozenPerImage(torch.autograd.Function):
     @staticmethod
     def run(input, target, formula: Formula, per_chunk: int, want_grad: bool):
         """(values (N,), gradients like ``input`` or None), a chunk of images at a time."""
-        n = input.shape[0]
+        grads = torch.empty_like(input, memory_format=torch.contiguous_format) if want_grad else None
+        values = []
         with torch.no_grad(), torch.autocast(input.device.type, enabled=False):
-            if per_chunk >= n:
-                values, grads = formula(input, target, slice(0, n), want_grad)
-                return values, None if grads is None else grads.to(input.dtype)
-            grads = torch.empty_like(input, memory_format=torch.contiguous_format) if want_grad else None
-            values = []
-            for start in range(0, n, per_chunk):
+            for start in range(0, input.shape[0], per_chunk):
                 part = slice(start, start + per_chunk)
-                v, g = formula(input[part], target[part], part, want_grad)
-                values.append(v)
-                if want_grad:
-                    grads[part] = g
-            return torch.cat(values), grads
+                values.append(formula(input[part], target[part], part, None if grads is None else grads[part]))
+        return values[0] if len(values) == 1 else torch.cat(values), grads
 
     @staticmethod
     def backward(ctx, grad_values):
         input, target = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: a gradient with a graph, from autograd on the formula
             with torch.enable_grad(), torch.autocast(input.device.type, enabled=False):
-                values = ctx.formula(input, target, slice(0, input.shape[0]), False)[0]
+                values = ctx.formula(input, target, slice(0, input.shape[0]))
             (grads,) = torch.autograd.grad(values, input, grad_values.to(values.dtype), create_graph=True)
             return grads, None, None, None
         grads = ctx.grads

@@ -224,7 +224,7 @@ class Adaptive(nn.Module):
                 target.requires_grad or self.latent_alpha.requires_grad or self.latent_scale.requires_grad
             )
             if graph:
-                return checks.reduce(per_image(input, target, slice(None), False)[0], self.reduction)
+                return checks.reduce(per_image(input, target, slice(None)), self.reduction)
         # chunks of at most 2^18 coefficients and a quarter of the batch's size (grey images have
         # three coefficients per pixel in the original layout)
         budget = min(1 << 18, input.numel() // 4)

@@ -257,7 +257,7 @@ class _Watson(nn.Module):
             )
             graph = torch.is_grad_enabled() and (target.requires_grad or any(p.requires_grad for p in self.parameters()))
             if graph or self.training:  # gradients for the parameters (2AFC tuning) or the target: autograd
-                return per_image(input, target, slice(None), False)[0]
+                return per_image(input, target, slice(None))
         # chunks of at most chunk_pixels values and a quarter of the batch (the intermediates of a chunk
         # take several times its size)
         budget = min(self.chunk_pixels, input.numel() // 4) if self.chunk_pixels else 0
