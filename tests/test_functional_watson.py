@@ -88,6 +88,8 @@ def test_reductions_and_input_errors():
         watson_dct(x[:, :1], y[:, :1], channel_weights=torch.ones(1))
     with pytest.raises(ValueError, match="phase_eps"):
         watson_dft(x, y, phase_eps=-1.0)
+    with pytest.raises(ValueError, match="beta must be"):
+        watson_dft(x, y, beta=None)
     with pytest.raises(ValueError, match="reduction"):
         watson_dft(x, y, reduction="max")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
@@ -160,19 +162,26 @@ def test_the_fast_path_gradient_is_differentiable(cls, deterministic):
 # --------------------------------------------------------------------------------------------------- the modules
 
 
-@pytest.mark.parametrize("cls", [WatsonDCT, WatsonDFT])
+FAST_PATH_OPTIONS = {
+    "default": {},
+    "shift": {"deterministic": False},
+    "batch-floor": {"batch_luminance": True, "luminance_floor": 1 / 255},
+    "shift-phase-eps": {"phase_eps": 2e-3, "deterministic": False},
+}
+FAST_PATH_CASES = [
+    pytest.param(cls, options, id=f"{cls.__name__}-{label}")
+    for cls in (WatsonDCT, WatsonDFT)
+    for label, options in FAST_PATH_OPTIONS.items()
+    if cls is WatsonDFT or "phase_eps" not in options
+]
+
+
+@pytest.mark.parametrize("cls,options", FAST_PATH_CASES)
 @pytest.mark.parametrize("space", ["rgb", "grey"])
-@pytest.mark.parametrize(
-    "options",
-    [{}, {"deterministic": False}, {"batch_luminance": True, "luminance_floor": 1 / 255}, {"phase_eps": 2e-3}],
-    ids=["default", "shift", "batch-floor", "phase-eps"],
-)
 @pytest.mark.parametrize("strategy", ["chunked", "batched"])
-def test_the_module_fast_path_equals_autograd_through_the_functional(cls, space, options, strategy):
+def test_the_module_fast_path_equals_autograd_through_the_functional(cls, options, space, strategy):
     """Values and input gradients of the frozen module (closed-form gradient, chunks of two images, the shift
     applied inside the chunks) against autograd through percept.functional, in float64."""
-    if "phase_eps" in options and cls is WatsonDCT:
-        pytest.skip("the DCT has no phase")
     c = 3 if space == "rgb" else 1
     x, y = _pair(5, c, 32, 40, seed=2)
     x[1] = y[1]  # identical pair: zero gradient (but for phase_eps, whose gate moves with |z1|)

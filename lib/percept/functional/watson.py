@@ -6,7 +6,8 @@ For one colour plane with target coefficients C0 and input coefficients C1 (bloc
 2. luminance masking ``T = t * ((dc0 + eps) / (mean(dc0) + eps)) ** alpha`` with dc0 the target's DC term of
    the block and the mean over the image's blocks (``batch_luminance``: over the whole batch, the original);
 3. contrast masking ``M = (|C0| + eps) ** w * T ** (1 - w)`` and the threshold ``S = smax(T, M)`` with
-   ``smax(a, b) = a * softmax(a, b)[0] + b * softmax(a, b)[1] = b + (a - b) * sigmoid(a - b)``;
+   ``smax(a, b) = a * softmax(a, b)[0] + b * softmax(a, b)[1] = b + (a - b) * sigmoid(a - b)``
+   (:func:`smooth_max`);
 4. Minkowski pooling ``D = (sum_{k,f} [(|C0 - C1| / S + eps) ** beta + eps]) ** (1 / beta)``.
 
 Watson-DFT compares the amplitudes of the block DFT this way and adds ``sum_{k,f} w_phase[f] * delta`` with
@@ -69,7 +70,7 @@ from percept.transforms import (
     shift_weights,
 )
 
-__all__ = ["watson_dct", "watson_dft", "WATSON_TABLE", "EPS", "BLOCK", "PHASE_CLAMP"]
+__all__ = ["watson_dct", "watson_dft", "smooth_max", "WATSON_TABLE", "EPS", "BLOCK", "PHASE_CLAMP"]
 
 EPS = 1e-10
 BLOCK = 8
@@ -251,8 +252,10 @@ class _Params(NamedTuple):
         """Every parameter as a tensor of ``dtype`` and its full shape (C,) or (C, F); a clear error otherwise."""
 
         def full(name, value, shape):
-            if value is None:
+            if value is None and name == "channel_weights":
                 return torch.full(shape, 1.0 / channels, dtype=dtype, device=device)
+            if value is None:
+                raise ValueError(f"{name} must be a float or a tensor, got None")
             t = torch.as_tensor(value).to(dtype=dtype, device=device)
             try:
                 return t.expand(shape)
@@ -387,14 +390,20 @@ def _log_luminance(dc: torch.Tensor, mean_dc: torch.Tensor, alpha: torch.Tensor,
     return torch.log(dc / mean) * alpha.view(1, -1, *blocks)
 
 
+def smooth_max(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``a * s_a + b * s_b`` with ``(s_a, s_b) = softmax(a, b)``, i.e. ``b + (a - b) sigmoid(a - b)``
+    (``a`` and ``b`` are not modified; differentiable)."""
+    gap = a - b
+    return gap.mul_(torch.sigmoid(gap)).add_(b)
+
+
 def _inverse_threshold(c0_abs: torch.Tensor, log_lum: torch.Tensor, k: _Masking) -> torch.Tensor:
     """``1 / S`` from the target's |coefficients| and the log luminance factor of each block (broadcast).
 
-    ``T = t * exp(log_lum)``; ``M = (|c0| + eps) ** w * T ** (1 - w)`` in log space; ``S = M + (T - M) sigmoid(T - M)``.
+    ``T = t * exp(log_lum)``; ``M = (|c0| + eps) ** w * T ** (1 - w)`` in log space; ``S = smooth_max(T, M)``.
     """
     m = torch.add(c0_abs, EPS).log_().mul_(k.w).add_(k.log_t_1mw).addcmul_(log_lum, k.one_m_w).exp_()
-    gap = torch.mul(k.t, torch.exp(log_lum)).sub_(m)  # T - M
-    return gap.mul_(torch.sigmoid(gap)).add_(m).reciprocal_()
+    return smooth_max(torch.mul(k.t, torch.exp(log_lum)), m).reciprocal_()
 
 
 def _minkowski(diff, inv_s, beta, dropout, want_grad):
@@ -432,8 +441,10 @@ def _dct_per_image(x, y, k: _Masking, mean_dc, offsets, *, floor=0.0, dropout=0.
         c0[:, 1:, :, 0, :, 0].add_(dc_offset.view(1, 2, 1, 1))
     log_lum = _log_luminance(c0[:, :, :, 0, :, 0], mean_dc, k.alpha, floor)  # (n, C, Hb, Wb)
     inv_s = _inverse_threshold(c0.abs_(), log_lum[:, :, :, None, :, None], k)
+    del c0
     # the DCT is linear: the DCT of the (colour-transformed) difference is C1 - C0
     coef = _block_dct(x - y if colour is None else _mix(x - y, colour), a).view(layout)
+    del x, y  # (the shifted copies, if any: memory)
     if dropout:  # draw the dropout mask in block order (N, C, K, 64), as the original
         coef, inv_s = _block_order(coef), _block_order(inv_s)
     dist, grad = _minkowski(coef, inv_s, k.beta, dropout, grad_out is not None)
@@ -441,7 +452,9 @@ def _dct_per_image(x, y, k: _Masking, mean_dc, offsets, *, floor=0.0, dropout=0.
     if grad_out is None:
         return values
     elementwise, per_plane = grad
+    del coef, inv_s, grad
     g = _block_dct(elementwise.view(n, c, h, w), a, adjoint=True)
+    del elementwise
     scale = per_plane * k.channel_weights  # (n, C): d value / d dist times dist / total
     out = grad_out if offsets is None and grad_out.dtype == g.dtype else None
     if colour is None:
@@ -478,13 +491,22 @@ def _dft_per_image(x, y, k: _Masking, mean_dc, offsets, *, floor=0.0, phase_eps=
     re1e, im1e = re1.add_(EPS), im1 + EPS
     a1 = torch.square(im1e).addcmul_(re1e, re1e).sqrt_()
     d_amp, amp_grad = _minkowski(a1 - a0, inv_s, k.beta, dropout, grad_out is not None)
+    if grad_out is not None:  # (no autograd: in place)
+        # d d_amp / d a1 = d_amp / total * ratio ** (beta - 1) / S * sign(a1 - a0), and
+        # d a1 / d re1 = (re1 + eps) / a1, d a1 / d im1 = (im1 + eps) / a1
+        elementwise, per_plane = amp_grad
+        g_amp = elementwise.div_(a1).mul_((per_plane * k.channel_weights)[:, :, None, None])
+    del a0, a1, inv_s, amp_grad  # (intermediates are freed as soon as possible: memory)
 
     # phase term: cross from two rounded products, so that it is exactly 0 for z0 == z1
     dot = torch.mul(re0e, re1e).addcmul_(im0, im1)
     cross = torch.mul(im0, re1e).sub_(re0e * im1)
+    del re0, re0e, im0
     q2 = torch.div(cross, dot).square_()
     kc = torch.nan_to_num(torch.add(q2, 1).rsqrt_().copysign(dot), nan=1.0).mul_(PHASE_CLAMP)  # nan: 0/0
+    del dot
     delta = torch.arccos(kc)
+    del kc
     pe2 = phase_eps**2
     if pe2:  # fade the phase of near-zero input coefficients: gate |z1|^2 / (|z1|^2 + phase_eps^2)
         s1_pe = torch.square(im1).addcmul_(re1e, re1e).add_(pe2)
@@ -499,10 +521,6 @@ def _dft_per_image(x, y, k: _Masking, mean_dc, offsets, *, floor=0.0, phase_eps=
         return values
 
     # (no autograd from here: intermediates are updated in place)
-    # d d_amp / d a1 = d_amp / total * ratio ** (beta - 1) / S * sign(a1 - a0), and
-    # d a1 / d re1 = (re1 + eps) / a1, d a1 / d im1 = (im1 + eps) / a1
-    elementwise, per_plane = amp_grad
-    g_amp = elementwise.div_(a1).mul_((per_plane * k.channel_weights)[:, :, None, None])
     # d delta / d re1 = g im1, d delta / d im1 = -g (re1 + eps), where with k = PHASE_CLAMP
     # g = k sin(phi0 - phi1) / (|z1|^2 sqrt(1 - k^2 cos^2)) = k sign(cross) / (|z1|^2 sqrt(1 + (1 - k^2) / q^2))
     phase_scale = (k.phase_weights * k.channel_weights[:, None]).unsqueeze(2)  # (1, C, 1, 40)

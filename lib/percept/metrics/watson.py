@@ -42,7 +42,7 @@ from percept import assets, checks
 from percept.color import YCBCR_MATRIX, YCBCR_OFFSET
 from percept.execution import check_strategy
 from percept.functional import watson as formula
-from percept.functional.watson import BLOCK, EPS, PHASE_CLAMP, WATSON_TABLE  # noqa: F401 (re-exported)
+from percept.functional.watson import BLOCK, EPS, PHASE_CLAMP, WATSON_TABLE, smooth_max  # noqa: F401 (re-exported)
 from percept.metrics._frozen import FrozenPerImage, images_per_chunk
 from percept.transforms import random_offsets
 
