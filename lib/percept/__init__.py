@@ -3,11 +3,20 @@
 >>> import percept
 >>> loss = percept.get_metric("watson-dft", colorspace="rgb", reduction="sum")
 >>> d = loss(input, target)   # NCHW float tensors in [0, 1]
+>>> percept.functional.ssim(input, target)   # the math as plain functions (imported on first use)
 """
 
-from percept import functional
 from percept.provider import LossProvider
 from percept.registry import get_metric, list_metrics
 
 __version__ = "0.1.0"
 __all__ = ["get_metric", "list_metrics", "LossProvider", "functional", "__version__"]
+
+
+def __getattr__(name: str):
+    """``percept.functional`` is imported on first use, so that ``import percept`` stays cheap."""
+    if name == "functional":
+        import importlib
+
+        return importlib.import_module("percept.functional")
+    raise AttributeError(f"module 'percept' has no attribute {name!r}")
