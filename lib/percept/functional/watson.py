@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
@@ -371,7 +372,7 @@ def _mean_dc(target: torch.Tensor, offsets, dc_scale: float, batch: bool) -> tor
         rows, cols = (_shift_weights(size, o, target.dtype, target.device) for size, o in zip((h, w), offsets))
         sums = torch.matmul(target, cols) @ rows
     scale = dc_scale / (h * w)
-    if c == 3:  # (a power of two scales the YCbCr matrix without rounding)
+    if c == 3:  # the scale folded into the (cached) YCbCr matrix and offset
         matrix = _constant(tuple(tuple(v * scale for v in row) for row in YCBCR_MATRIX), target.dtype, target.device)
         offset = _constant(tuple(v * dc_scale for v in YCBCR_OFFSET), target.dtype, target.device)
         mean_dc = torch.addmm(offset, sums, matrix.T)
@@ -555,23 +556,16 @@ def _ycbcr(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torc
     return _constant(YCBCR_MATRIX, dtype, device), _constant(YCBCR_OFFSET, dtype, device)
 
 
-_constants: dict = {}
-
-
+@lru_cache(maxsize=64)
 def _constant(values: tuple | float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``torch.tensor(values)`` in ``dtype`` on ``device``, cached (never modify it)."""
-    key = (values, dtype, torch.device(device))
-    if key not in _constants:
-        _constants[key] = torch.tensor(values, dtype=dtype, device=device)
-    return _constants[key]
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
+@lru_cache(maxsize=256)
 def _shift_weights(size: int, offset: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """How often each source row (column) appears after the shift (a cached constant: do not modify)."""
-    key = ("shift", size, offset, dtype, torch.device(device))
-    if key not in _constants:
-        _constants[key] = shift_weights(size, offset, BLOCK).to(dtype=dtype, device=device)
-    return _constants[key]
+    return shift_weights(size, offset, BLOCK).to(dtype=dtype, device=device)
 
 
 def _mix(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:

@@ -207,7 +207,8 @@ class _Watson(nn.Module):
 
     def functional_kwargs(self) -> dict:
         """The keyword arguments of :func:`percept.functional.watson_dct` (or ``watson_dft``) that compute this
-        metric (its parameters and options; ``offsets`` is the call's random shift, if any)."""
+        metric: its parameters and options. ``offsets`` is not among them: a metric with
+        ``deterministic=False`` draws a random shift in every call (:func:`percept.transforms.random_offsets`)."""
         p = self.formula_parameters()
         kwargs = {
             "log_thresholds": p.log_thresholds, "alpha": p.alpha, "w": p.w, "beta": p.beta,
