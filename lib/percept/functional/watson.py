@@ -395,7 +395,11 @@ def _log_luminance(dc: torch.Tensor, mean_dc: torch.Tensor, alpha: torch.Tensor,
 def smooth_max(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Elementwise ``a * s_a + b * s_b`` with ``(s_a, s_b) = softmax(a, b)``, i.e. ``b + (a - b) sigmoid(a - b)``
     (``a`` and ``b`` are not modified; differentiable)."""
-    gap = a - b
+    return _smooth_max_from_gap(a - b, b)
+
+
+def _smooth_max_from_gap(gap: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``b + gap * sigmoid(gap)``, i.e. ``smooth_max(b + gap, b)``, computed in ``gap``'s storage."""
     return gap.mul_(torch.sigmoid(gap)).add_(b)
 
 
@@ -405,7 +409,7 @@ def _inverse_threshold(c0_abs: torch.Tensor, log_lum: torch.Tensor, k: _Masking)
     ``T = t * exp(log_lum)``; ``M = (|c0| + eps) ** w * T ** (1 - w)`` in log space; ``S = smooth_max(T, M)``.
     """
     m = torch.add(c0_abs, EPS).log_().mul_(k.w).add_(k.log_t_1mw).addcmul_(log_lum, k.one_m_w).exp_()
-    return smooth_max(torch.mul(k.t, torch.exp(log_lum)), m).reciprocal_()
+    return _smooth_max_from_gap(torch.mul(k.t, torch.exp(log_lum)).sub_(m), m).reciprocal_()  # 1 / smax(T, M)
 
 
 def _minkowski(diff, inv_s, beta, dropout, want_grad):
@@ -477,7 +481,7 @@ def _dft_per_image(x, y, k: _Masking, mean_dc, offsets, *, floor=0.0, phase_eps=
 
     Amplitudes ``a = |(re + eps, im + eps)|``. The phase difference is the angle between ``z0 = (re0 + eps,
     im0)`` and ``z1 = (re1 + eps, im1)``: ``arccos(k cos)`` with ``cos = sign(dot) / sqrt(1 + q^2)``,
-    ``q = cross / dot`` (0/0, a zero coefficient, counts as angle 0) and ``k`` = :data:`PHASE_CLAMP`.
+    ``q = cross / dot`` (0/0, a zero coefficient, counts as q = 0: angle 0) and ``k`` = :data:`PHASE_CLAMP`.
     """
     n, c, h, w = x.shape
     ycbcr = c == 3
@@ -504,8 +508,8 @@ def _dft_per_image(x, y, k: _Masking, mean_dc, offsets, *, floor=0.0, phase_eps=
     dot = torch.mul(re0e, re1e).addcmul_(im0, im1)
     cross = torch.mul(im0, re1e).sub_(re0e * im1)
     del re0, re0e, im0
-    q2 = torch.div(cross, dot).square_()
-    kc = torch.nan_to_num(torch.add(q2, 1).rsqrt_().copysign(dot), nan=1.0).mul_(PHASE_CLAMP)  # nan: 0/0
+    q2 = torch.div(cross, dot).square_().nan_to_num_(nan=0.0)  # 0/0 (a zero coefficient): angle 0
+    kc = torch.div(_constant(PHASE_CLAMP, q2.dtype, q2.device), torch.add(q2, 1).sqrt_()).copysign_(dot)
     del dot
     delta = torch.arccos(kc)
     del kc
