@@ -303,7 +303,7 @@ class OriginalGreyscaleAdaptive(nn.Module):
     RGB input (N, 3, H, W) is first converted with the original's weights 0.3 R + 0.59 G + 0.11 B.
 
     The original tested the BATCH size instead of the channel count (pitfall P8). ``fix_greyscale=True``
-    (the default, the policy of :mod:`percept.provider`) tests the channel count. ``fix_greyscale=False``
+    (the default, the policy of :mod:`percept.compat`) tests the channel count. ``fix_greyscale=False``
     reproduces the bug: conversion only when N == 3, so a 3-channel batch of another size is NOT converted
     (its RGB residual meets the grey weights) and a 1-channel batch of 3 fails (the original raised
     IndexError; here ValueError). Both agree on 1-channel batches of size != 3, which the golden LA values use.
