@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import percept.functional as F
 from percept import get_metric
 from percept.metrics import adaptive as A
 
@@ -370,3 +371,99 @@ def test_closed_form_path_equals_autograd_in_float64(
     assert torch.equal(g[1], torch.zeros_like(g[1]))
     # a second backward pass (retain_graph) gives the same gradient again
     torch.testing.assert_close(*backward_twice(metric, x, y))
+
+
+# ---------------------------------------------------------------------------------------------------
+# percept.functional.adaptive: the one formula (the module and OriginalAdaptive wrap it)
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("colorspace", ["RGB", "LA"])
+def test_functional_with_the_trained_weights_equals_the_original(golden, golden_pairs, colorspace):
+    ref = golden["czolbe"][f"Adaptive/{colorspace}"]
+    inp, target = golden_pairs["rgb" if colorspace == "RGB" else "grey"]
+    kwargs = A.Adaptive(colorspace=colorspace).functional_kwargs() | {"reduction": "sum"}
+    x = inp.clone().requires_grad_(True)
+    total = F.adaptive(x, target, **kwargs)
+    total.backward()
+    assert total.item() == pytest.approx(ref["sum"].item(), rel=1e-5)
+    assert ((x.grad - ref["grad_of_sum"]).norm() / ref["grad_of_sum"].norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("layout", ["original", "nchw"])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_functional_defaults_are_alpha_and_scale_one(layout, channels):
+    """alpha = c = 1 (the original's initialisation) against the numpy/scipy restatements above."""
+    inp, target = _pair(2, channels, 8, 6, dtype=torch.float64)
+    residual = (inp - target).numpy()
+    if layout == "original":
+        ref = _per_image_alpha1_ref(_original_pipeline_ref(np.repeat(residual, 3 // channels, axis=1)))
+    else:
+        ref = _per_image_alpha1_ref(_nchw_pipeline_ref(residual))
+    np.testing.assert_allclose(F.adaptive(inp, target, layout=layout, reduction="none").numpy(), ref, rtol=1e-12)
+
+
+def test_functional_input_errors():
+    x, y = _pair(2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"alpha must lie in \[0, 2\]"):
+        F.adaptive(x, y, alpha=2.5)
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        F.adaptive(x, y, scale=torch.zeros(3, 4, 4))
+    with pytest.raises(ValueError, match="alpha has shape"):
+        F.adaptive(x, y, alpha=torch.ones(2, 4, 4))
+    with pytest.raises(ValueError, match="layout"):
+        F.adaptive(x, y, layout="nhwc")
+    with pytest.raises(ValueError, match="channels"):
+        F.adaptive(x[:, :2], y[:, :2])
+    with pytest.raises(ValueError, match="reduction"):
+        F.adaptive(x, y, reduction="max")
+
+
+@pytest.mark.parametrize("layout,channels", [("original", 3), ("original", 1), ("nchw", 3), ("nchw", 1)])
+def test_functional_gradcheck_and_gradgradcheck(layout, channels):
+    """First and second derivatives w.r.t. input, target, alpha and scale against finite differences."""
+    inp, target = _pair(2, channels, 4, 3, dtype=torch.float64, seed=7)
+    c = 3 if layout == "original" else channels
+    alpha = torch.linspace(0.05, 1.95, c * 12, dtype=torch.float64).reshape(c, 4, 3)
+    scale = torch.linspace(0.3, 2.0, c * 12, dtype=torch.float64).reshape(c, 4, 3)
+
+    def f(x, y, a, s):
+        return F.adaptive(x, y, alpha=a, scale=s, layout=layout, reduction="sum")
+
+    inputs = tuple(t.clone().requires_grad_(True) for t in (inp, target, alpha, scale))
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)
+
+
+@pytest.mark.parametrize(
+    "layout,colorspace,pretrained",
+    [("original", "rgb", True), ("original", "grey", True), ("nchw", "rgb", False), ("nchw", "grey", False)],
+)
+@pytest.mark.parametrize("strategy", ["chunked", "batched"])
+def test_module_fast_path_equals_autograd_through_the_functional(layout, colorspace, pretrained, strategy):
+    """The frozen module's closed-form gradient (chunks) against autograd through percept.functional.adaptive;
+    and its gradient is differentiable (double backward) with the functional's second derivatives."""
+    torch.manual_seed(1)
+    c = 3 if colorspace == "rgb" else 1
+    size = 64 if pretrained else 12
+    metric = A.Adaptive(colorspace=colorspace, layout=layout, pretrained=pretrained, image_size=size,
+                        reduction="none", strategy=strategy)
+    if not pretrained:
+        with torch.no_grad():
+            metric.latent_alpha.normal_()
+            metric.latent_scale.normal_()
+    metric = metric.double()
+    y = torch.rand(9, c, size, size, dtype=torch.float64)
+    x = (y + 0.05 * torch.randn_like(y)).clamp(0, 1)
+    upstream = torch.linspace(0.5, 2.0, 9, dtype=torch.float64)
+    results = []
+    for fn in (metric, lambda a, b: F.adaptive(a, b, **metric.functional_kwargs())):
+        xg = x.clone().requires_grad_(True)
+        d = fn(xg, y)
+        (g,) = torch.autograd.grad((d * upstream).sum(), xg, create_graph=True)
+        (gg,) = torch.autograd.grad(g.square().sum(), xg)
+        results.append((d.detach(), g.detach(), gg))
+    (d, g, gg), (d_ref, g_ref, gg_ref) = results
+    torch.testing.assert_close(d, d_ref, rtol=1e-10, atol=1e-9)
+    torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-12 * g_ref.abs().max().item())
+    torch.testing.assert_close(gg, gg_ref, rtol=1e-8, atol=1e-12 * gg_ref.abs().max().item())

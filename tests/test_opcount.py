@@ -15,12 +15,14 @@ from opcount import count_ops, training_step
 import percept
 from percept import checks
 
-#: (metric, options, budget of operations per step)
+#: (metric, options, budget of operations per step). Measured (RGB / grey): Watson-DFT with the shift 127 / 113,
+#: without 124 / 110; Watson-DCT with the shift 79 / 74; Adaptive 65 / 67 (before the functional core: 147 / 131,
+#: 131 / 115, 100 / 92, 107 / 109)
 CASES = [
-    ("watson-dft", {"deterministic": False}, 250),
-    ("watson-dft", {"deterministic": True}, 250),
-    ("watson-dct", {"deterministic": False}, 200),
-    ("adaptive", {}, 200),
+    ("watson-dft", {"deterministic": False}, 135),
+    ("watson-dft", {"deterministic": True}, 135),
+    ("watson-dct", {"deterministic": False}, 85),
+    ("adaptive", {}, 75),
     ("l2", {}, 30),
     ("l1", {}, 30),
 ]

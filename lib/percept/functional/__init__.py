@@ -10,6 +10,8 @@ deep metrics' functions build their frozen module once per options and device an
 >>> x = torch.zeros(2, 3, 16, 16)
 >>> PF.l1(x, x + 0.5)
 tensor(0.5000)
+>>> PF.watson_dft(torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64), reduction="none").shape
+torch.Size([2])
 """
 
 __all__: list[str] = []
@@ -26,3 +28,10 @@ from percept.functional.deep import deeploss, dps, elpips, lpips  # noqa: E402
 
 __all__ += ["lpips", "deeploss", "dps", "elpips"]
 # ---- end of deep metrics ----------------------------------------------------------------------------------
+
+# ---- Watson-DCT, Watson-DFT, Adaptive (functional/watson.py, functional/adaptive.py) ---------------------
+from percept.functional.adaptive import adaptive  # noqa: E402
+from percept.functional.watson import watson_dct, watson_dft  # noqa: E402
+
+__all__ += ["watson_dct", "watson_dft", "adaptive"]
+# ---- end of Watson-DCT, Watson-DFT, Adaptive --------------------------------------------------------------

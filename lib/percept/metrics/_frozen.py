@@ -1,11 +1,15 @@
-"""Per-image losses of frozen metrics with their input gradients in closed form, chunk by chunk.
+"""The fast path of the frozen Watson and Adaptive metrics: per-image values with their input gradients formed
+in the same pass, chunk by chunk.
 
-Shared by the Watson metrics and Adaptive: when the metric's parameters are frozen and the target
-needs no gradient, each image's value depends on its own pixels only, so a chunk of images can be
-computed in one pass together with its gradient, without an autograd graph.
+When the metric's parameters are frozen and the target needs no gradient, each image's value depends on its
+own pixels only, so a chunk of images can be computed in one pass together with its gradient, without an
+autograd graph. The formula is the metric's one formula (:mod:`percept.functional.watson`,
+:mod:`percept.functional.adaptive`), which also returns the closed-form gradient when asked.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -27,43 +31,54 @@ def balanced_chunks(n: int, per_image: int, budget: int) -> int:
     return -(-n // -(-n // per_chunk))
 
 
-class FrozenPerImage(torch.autograd.Function):
-    """Per-image distances of a frozen metric against a constant target, in chunks of images.
+#: ``formula(x, y, part, grad_out=None) -> values (n,)`` of the images ``part`` (a slice) of the batch; when
+#: ``grad_out`` (like ``x``, contiguous) is given, the gradient of the values w.r.t. ``x`` is written into it
+Formula = Callable[..., torch.Tensor]
 
-    Each image's distance depends on its own pixels only (any masking comes from the target), so
-    ``grad_input[n] = grad_output[n] * d dist[n] / d input[n]``. ``chunk_fn(x, y, part, grad_out)``
-    returns a chunk's values and, when ``grad_out`` is given, writes those per-image gradients into it,
-    computed in closed form in the same pass. The backward pass is one multiplication; only the
-    gradient (one input-sized tensor) outlives the forward pass, and the intermediates of one chunk
-    at a time stay in cache.
+
+class FrozenPerImage(torch.autograd.Function):
+    """Per-image values ``formula(input, target)`` (N,) of a frozen metric against a constant target.
+
+    ``grad_input[n] = grad_output[n] * d value[n] / d input[n]``: the forward pass runs ``formula`` on chunks
+    of ``per_chunk`` images, each writing its closed-form gradient into one input-sized tensor, the only thing
+    kept; backward scales it. The intermediates of one chunk at a time stay in the CPU caches.
+
+    A backward pass that builds a graph (``create_graph=True``: double backward, gradient penalties) goes
+    through autograd on the same formula instead, recomputed on the whole batch, so that the gradient is
+    itself differentiable.
     """
 
     @staticmethod
-    def forward(ctx, input, target, chunk_fn, per_chunk, want_grad):
-        values, grads = FrozenPerImage.run(input, target, chunk_fn, per_chunk, want_grad)
-        if want_grad:
-            # the gradients are an attribute, not a saved tensor: backward scales them in place. The
-            # inputs are kept to recompute them should backward run again (retain_graph).
-            ctx.grads, ctx.chunk_fn, ctx.per_chunk = grads, chunk_fn, per_chunk
-            ctx.save_for_backward(input, target)
+    def forward(ctx, input: torch.Tensor, target: torch.Tensor, formula: Formula, per_chunk: int) -> torch.Tensor:
+        values, grads = FrozenPerImage.run(input, target, formula, per_chunk, ctx.needs_input_grad[0])
+        # the gradients are an attribute, not a saved tensor: backward scales them in place. The inputs
+        # are kept to recompute them (a second backward pass, or a differentiable one).
+        ctx.grads, ctx.formula, ctx.per_chunk = grads, formula, per_chunk
+        ctx.save_for_backward(input, target)
         return values
 
     @staticmethod
-    def run(input, target, chunk_fn, per_chunk, want_grad):
+    def run(input, target, formula: Formula, per_chunk: int, want_grad: bool):
+        """(values (N,), gradients like ``input`` or None), a chunk of images at a time."""
         grads = torch.empty_like(input, memory_format=torch.contiguous_format) if want_grad else None
         values = []
         with torch.no_grad(), torch.autocast(input.device.type, enabled=False):
             for start in range(0, input.shape[0], per_chunk):
                 part = slice(start, start + per_chunk)
-                values.append(chunk_fn(input[part], target[part], part, None if grads is None else grads[part]))
-        return torch.cat(values), grads
+                values.append(formula(input[part], target[part], part, None if grads is None else grads[part]))
+        return values[0] if len(values) == 1 else torch.cat(values), grads
 
     @staticmethod
     def backward(ctx, grad_values):
+        input, target = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a gradient with a graph, from autograd on the formula
+            with torch.enable_grad(), torch.autocast(input.device.type, enabled=False):
+                values = ctx.formula(input, target, slice(0, input.shape[0]))
+            (grads,) = torch.autograd.grad(values, input, grad_values.to(values.dtype), create_graph=True)
+            return grads, None, None, None
         grads = ctx.grads
         if grads is None:  # a second backward pass: the first one scaled the gradients in place
-            input, target = ctx.saved_tensors
-            grads = FrozenPerImage.run(input, target, ctx.chunk_fn, ctx.per_chunk, True)[1]
+            grads = FrozenPerImage.run(input, target, ctx.formula, ctx.per_chunk, True)[1]
         ctx.grads = None
         # in place: saves an input-sized buffer in every training step
-        return grads.mul_(grad_values.to(grads.dtype).view(-1, *([1] * (grads.dim() - 1)))), None, None, None, None
+        return grads.mul_(grad_values.to(grads.dtype).view(-1, *([1] * (grads.dim() - 1)))), None, None, None
