@@ -15,6 +15,7 @@ import torch
 
 import percept.functional as F
 from percept import get_metric
+from percept.compat import original_adaptive
 from percept.metrics import adaptive as A
 
 scipy_integrate = pytest.importorskip("scipy.integrate")
@@ -82,7 +83,7 @@ def _pair(n, c, h, w, dtype=torch.float32, seed=0):
 def test_golden_sum_and_grad(golden, golden_pairs, colorspace):
     ref = golden["czolbe"][f"Adaptive/{colorspace}"]
     inp, target = golden_pairs["rgb" if colorspace == "RGB" else "grey"]
-    loss = A.original_adaptive(colorspace, "sum", True, (3, 64, 64))
+    loss = original_adaptive(colorspace, "sum", True, (3, 64, 64))
     assert all(not p.requires_grad for p in loss.parameters())
     x = inp.clone().requires_grad_(True)
     total = loss(x, target)
@@ -96,7 +97,7 @@ def test_golden_sum_and_grad(golden, golden_pairs, colorspace):
 @pytest.mark.parametrize("colorspace", ["RGB", "LA"])
 def test_golden_elementwise_shape(golden_pairs, colorspace):
     inp, target = golden_pairs["rgb" if colorspace == "RGB" else "grey"]
-    elementwise = A.original_adaptive(colorspace, "none", True, (3, 64, 64))(inp, target)
+    elementwise = original_adaptive(colorspace, "none", True, (3, 64, 64))(inp, target)
     assert elementwise.shape == (8, 3, 64, 64)
     assert torch.isfinite(elementwise).all()
     assert (elementwise < 0).any()  # an NLL, not a distance
@@ -108,8 +109,8 @@ def test_spec_section15_values():
     target = 0.5 + 0.35 * torch.sin(0.37 * (i + 1) * (c + 1) + 0.23 * (j + 1) + 0.5 * n)
     inp = torch.clamp(target + 0.08 * torch.sin(1.3 * i - 0.7 * j + 2.1 * c + n), 0, 1)
     target, inp = target.float(), inp.float()
-    rgb = A.original_adaptive("RGB", "sum", True, (3, 64, 64))(inp, target).item()
-    la = A.original_adaptive("LA", "sum", True, (3, 64, 64))(inp[:, :1], target[:, :1]).item()
+    rgb = original_adaptive("RGB", "sum", True, (3, 64, 64))(inp, target).item()
+    la = original_adaptive("LA", "sum", True, (3, 64, 64))(inp[:, :1], target[:, :1]).item()
     assert rgb == pytest.approx(307.599, abs=1.5e-3)
     assert la == pytest.approx(799.052, abs=1.5e-3)
 
@@ -117,7 +118,7 @@ def test_spec_section15_values():
 def test_original_layout_matches_numpy_restatement():
     """pretrained=False (alpha = c = 1): the NCHW-read-as-NHWC pipeline, restated with numpy and scipy.fft."""
     inp, target = _pair(2, 3, 8, 5, dtype=torch.float64)
-    loss = A.original_adaptive("RGB", "none", False, (3, 8, 5))
+    loss = original_adaptive("RGB", "none", False, (3, 8, 5))
     got = loss(inp, target).reshape(2, -1).sum(1)
     ref = _per_image_alpha1_ref(_original_pipeline_ref((inp - target).numpy()))
     np.testing.assert_allclose(got.detach().numpy(), ref, rtol=1e-12)
@@ -127,8 +128,8 @@ def test_original_layout_matches_numpy_restatement():
 
 def test_original_greyscale_wrapper():
     luma = np.array([0.3, 0.59, 0.11])[None, :, None, None]  # the original's grey conversion
-    fixed = A.original_adaptive("LA", "sum", False, (3, 8, 8))
-    bug = A.original_adaptive("LA", "sum", False, (3, 8, 8), fix_greyscale=False)
+    fixed = original_adaptive("LA", "sum", False, (3, 8, 8))
+    bug = original_adaptive("LA", "sum", False, (3, 8, 8), fix_greyscale=False)
     for n in (2, 3):
         inp, target = _pair(n, 1, 8, 8, dtype=torch.float64)
         ref = _per_image_alpha1_ref(_original_pipeline_ref(np.repeat((inp - target).numpy(), 3, axis=1))).sum()
@@ -152,10 +153,10 @@ def test_original_greyscale_wrapper():
 
 def test_original_rejects_bad_sizes():
     with pytest.raises(ValueError, match=r"\(3, H, W\)"):
-        A.original_adaptive("RGB", "sum", False, (1, 64, 64))
+        original_adaptive("RGB", "sum", False, (1, 64, 64))
     with pytest.raises(ValueError, match="64"):
-        A.original_adaptive("RGB", "sum", True, (3, 32, 32))
-    loss = A.original_adaptive("RGB", "sum", False, (3, 16, 16))
+        original_adaptive("RGB", "sum", True, (3, 32, 32))
+    loss = original_adaptive("RGB", "sum", False, (3, 16, 16))
     with pytest.raises(ValueError, match="shape"):
         loss(*_pair(1, 3, 8, 8))
 
@@ -228,7 +229,7 @@ def test_parameter_maps():
 def test_registry_equals_original_per_image(golden_pairs, colorspace):
     inp, target = golden_pairs[colorspace]
     metric = A.Adaptive(colorspace=colorspace, reduction="none")
-    original = A.original_adaptive("RGB" if colorspace == "rgb" else "LA", "none", True, (3, 64, 64))
+    original = original_adaptive("RGB" if colorspace == "rgb" else "LA", "none", True, (3, 64, 64))
     expected = original(inp, target).sum(dim=(1, 2, 3))
     got = metric(inp, target)
     assert got.shape == (8,)
@@ -311,7 +312,7 @@ def test_gradient_finite_and_zero_at_identity(colorspace):
     # identical images give the NLL of a zero residual: sum(log c + log Z(alpha)), not 0
     floor = (torch.log(metric.scale) + A.log_partition(metric.alpha.double()).float()).sum() * 2
     assert value.item() == pytest.approx(floor.item(), rel=1e-5)
-    original = A.original_adaptive("RGB" if c == 3 else "LA", "sum", True, (3, 64, 64))
+    original = original_adaptive("RGB" if c == 3 else "LA", "sum", True, (3, 64, 64))
     x = target.clone().requires_grad_(True)
     original(x, target).backward()
     assert torch.isfinite(x.grad).all()

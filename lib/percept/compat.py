@@ -32,8 +32,13 @@ import torch
 import torch.nn as nn
 
 from percept import checks, registry
+from percept.functional.adaptive import alpha_from_latent, barron_constants, coefficients, nll_map, scale_from_latent
+from percept.metrics.adaptive import PRETRAINED_SIZE, load_czolbe_weights
 
-__all__ = ["LossProvider", "get_loss_function", "OriginalSSIM", "OriginalDeeploss", "original_deeploss"]
+__all__ = [
+    "LossProvider", "get_loss_function", "OriginalSSIM", "OriginalDeeploss", "original_deeploss",
+    "OriginalAdaptive", "OriginalGreyscaleAdaptive", "original_adaptive",
+]
 
 
 class LossProvider:
@@ -89,8 +94,6 @@ class LossProvider:
             # (always the trained weights, as before: the original's pretrained=False keeps the ImageNet
             # backbone with untrained linear layers, which percept's Deeploss(pretrained=False) is not)
             return original_deeploss(name.split("-")[1], space, reduction)
-        from percept.metrics.adaptive import original_adaptive
-
         if image_size is None:
             raise ValueError("Adaptive needs image_size, e.g. (3, 64, 64) (3 channels also for 'LA')")
         return original_adaptive(space, reduction, pretrained, image_size)
@@ -184,3 +187,139 @@ def original_deeploss(net: str, colorspace: str, reduction: str, *, pretrained: 
     metric = Deeploss(net=net, colorspace=colorspace, reduction="none", pretrained=pretrained)
     metric.requires_grad_(False)
     return OriginalDeeploss(metric, reduction)
+
+
+# ------------------------------------------------------------------------------------------------ Adaptive
+class OriginalAdaptive(nn.Module):
+    """Reproduction of the original ``RobustLoss(image_size)`` (RGB): AdaptiveImageLossFunction(YUV, DCT).
+
+    Parameters ``robust_loss.adaptive_lossfun.latent_alpha`` / ``latent_scale`` of shape (1, C*H*W), the
+    original's state-dict names, so ``load_state_dict`` takes the original checkpoints (leading "." stripped).
+    ``forward(input, target)`` on (N, C, H, W) = (N, *image_size) tensors returns, like the original,
+    the sum of the elementwise NLL for ``'sum'``, its mean for ``'mean'`` and the (N, C, H, W) map for any
+    other reduction (``'none'``). No input range check, as in the original.
+    """
+
+    def __init__(self, image_size=(3, 64, 64), reduction: str = "mean") -> None:
+        super().__init__()
+        size = tuple(int(s) for s in image_size)
+        if len(size) != 3 or size[0] != 3 or min(size) < 1:
+            raise ValueError(
+                "the original Adaptive loss needs image_size (3, H, W) (3 even for LA, see pitfall P21), "
+                f"got {image_size!r}"
+            )
+        self.image_size = size
+        self.reduction = reduction
+        numel = size[0] * size[1] * size[2]
+        self.robust_loss = nn.Module()
+        self.robust_loss.adaptive_lossfun = nn.Module()
+        self.robust_loss.adaptive_lossfun.latent_alpha = nn.Parameter(torch.zeros(1, numel))
+        self.robust_loss.adaptive_lossfun.latent_scale = nn.Parameter(torch.zeros(1, numel))
+
+    def elementwise(self, residual: torch.Tensor) -> torch.Tensor:
+        if residual.dim() != 4 or tuple(residual.shape[1:]) != self.image_size:
+            raise ValueError(
+                f"Adaptive (original) was built for images of shape {self.image_size}, got {tuple(residual.shape)}"
+            )
+        params = self.robust_loss.adaptive_lossfun
+        x = coefficients(residual, "original")
+        alpha = alpha_from_latent(params.latent_alpha.to(x.dtype)).reshape(self.image_size)
+        scale = scale_from_latent(params.latent_scale.to(x.dtype)).reshape(self.image_size)
+        return nll_map(x, barron_constants(alpha, scale))
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        distance = self.elementwise(input - target)
+        if self.reduction == "sum":
+            return distance.sum()
+        if self.reduction == "mean":
+            return distance.mean()
+        return distance
+
+
+class OriginalGreyscaleAdaptive(nn.Module):
+    """The original ``GreyscaleWrapper(RobustLoss)`` used for colorspace 'LA'.
+
+    Grey input (N, 1, H, W) is expanded to 3 identical channels, the input the grey weights were trained on.
+    RGB input (N, 3, H, W) is first converted with the original's weights 0.3 R + 0.59 G + 0.11 B.
+
+    The original tested the BATCH size instead of the channel count (pitfall P8). ``fix_greyscale=True``
+    (the default, the policy of :mod:`percept.compat`) tests the channel count. ``fix_greyscale=False``
+    reproduces the bug: conversion only when N == 3, so a 3-channel batch of another size is NOT converted
+    (its RGB residual meets the grey weights) and a 1-channel batch of 3 fails (the original raised
+    IndexError; here ValueError). Both agree on 1-channel batches of size != 3, which the golden LA values use.
+    """
+
+    _LUMA = (0.3, 0.59, 0.11)
+
+    def __init__(self, image_size=(3, 64, 64), reduction: str = "mean", fix_greyscale: bool = True) -> None:
+        super().__init__()
+        self.fix_greyscale = fix_greyscale
+        self.loss = OriginalAdaptive(image_size, reduction)
+
+    def _grey(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, [0]] * self._LUMA[0] + x[:, [1]] * self._LUMA[1] + x[:, [2]] * self._LUMA[2]
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if input.dim() != 4 or input.shape != target.shape:
+            raise ValueError(
+                f"expected two NCHW batches of the same shape, got {tuple(input.shape)}, {tuple(target.shape)}"
+            )
+        n, c, h, w = input.shape
+        if self.fix_greyscale:
+            if c not in (1, 3):
+                raise ValueError(f"the LA Adaptive loss takes 1- or 3-channel images, got {c} channels")
+            convert = c == 3
+        else:
+            if n == 3 and c != 3:
+                raise ValueError(
+                    "the original LA Adaptive loss fails on a batch of 3 one-channel images (its GreyscaleWrapper "
+                    "tests the batch size instead of the channel count, pitfall P8); use fix_greyscale=True"
+                )
+            convert = n == 3
+        if convert:
+            input, target = self._grey(input), self._grey(target)
+        return self.loss(input.expand(n, 3, h, w), target.expand(n, 3, h, w))
+
+
+def original_adaptive(
+    colorspace: str = "RGB",
+    reduction: str = "sum",
+    pretrained: bool = True,
+    image_size=None,
+    *,
+    fix_greyscale: bool = True,
+) -> nn.Module:
+    """The Adaptive loss as ``LossProvider().get_loss_function('Adaptive', colorspace, reduction, ...)`` built it.
+
+    Args:
+        colorspace: RGB or grey ("LA"), read with :func:`percept.checks.normalize_colorspace` (so, unlike the
+            original, "gray" means grey).
+        reduction: "sum" (sum of the elementwise NLL over the batch, can be negative), "mean", or anything
+            else for the elementwise (N, 3, H, W) map (the original's 'none').
+        pretrained: load ``{rgb,gray}_adaptive_trial0.pth`` and freeze every parameter (requires_grad False).
+            Without it the parameters are alpha = 1, c = 1 and, as in the original, require grad.
+        image_size: (3, H, W); None means (3, 64, 64), the provider's fixed value. The weights fit only that.
+        fix_greyscale: LA only; False reproduces the GreyscaleWrapper's batch-size test (pitfall P8), see
+            :class:`OriginalGreyscaleAdaptive`.
+
+    Returns an ``nn.Module`` called as ``loss(input, target)``; RGB needs (N, 3, H, W) input, LA takes
+    (N, 1, H, W) (expanded to 3 channels) or (N, 3, H, W) (converted to grey first), see
+    :class:`OriginalGreyscaleAdaptive`.
+    """
+    size = (3, *PRETRAINED_SIZE) if image_size is None else tuple(int(s) for s in image_size)
+    grey = checks.normalize_colorspace(colorspace) == "grey"
+    module = OriginalGreyscaleAdaptive(size, reduction, fix_greyscale) if grey else OriginalAdaptive(size, reduction)
+    if pretrained:
+        if size != (3, *PRETRAINED_SIZE):
+            raise ValueError(f"the pretrained Adaptive weights fit only image_size (3, 64, 64), got {size}")
+        latent_alpha, latent_scale = load_czolbe_weights("grey" if grey else "rgb")
+        core = module.loss if grey else module
+        core.load_state_dict(
+            {
+                "robust_loss.adaptive_lossfun.latent_alpha": latent_alpha[None],
+                "robust_loss.adaptive_lossfun.latent_scale": latent_scale[None],
+            }
+        )
+        for p in module.parameters():
+            p.requires_grad_(False)
+    return module

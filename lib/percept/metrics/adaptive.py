@@ -2,14 +2,11 @@
 :mod:`percept.functional.adaptive`.
 
 The formula, written once, is :mod:`percept.functional.adaptive` (:func:`percept.functional.adaptive`; the
-layout quirk of the original, pitfall P12, is explained there). Two things live here:
-
-* :class:`Adaptive`, the registry metric (``percept.get_metric("adaptive")``): per-image value = the sum of
-  the elementwise NLL over the image. It is an NLL, so it can be negative, and it is not 0 for
-  identical images (it is then ``sum(log c + log Z(alpha))``, a constant of the weights).
-* :func:`original_adaptive`, a faithful reproduction of the Czolbe et al. ``LossProvider`` Adaptive loss
-  (``RobustLoss`` wrapping ``robust_loss_pytorch.AdaptiveImageLossFunction``), bugs included, on the same
-  formula.
+layout quirk of the original, pitfall P12, is explained there). Here is :class:`Adaptive`, the registry
+metric (``percept.get_metric("adaptive")``): per-image value = the sum of the elementwise NLL over the image.
+It is an NLL, so it can be negative, and it is not 0 for identical images (it is then
+``sum(log c + log Z(alpha))``, a constant of the weights). The reproduction of the original ``LossProvider``
+Adaptive loss, bugs included, on the same formula, is :func:`percept.compat.original_adaptive`.
 """
 
 from __future__ import annotations
@@ -49,8 +46,6 @@ from percept.metrics._frozen import FrozenPerImage, images_per_chunk
 
 __all__ = [
     "Adaptive",
-    "OriginalAdaptive",
-    "original_adaptive",
     "rho",
     "nll",
     "log_partition",
@@ -243,143 +238,3 @@ class Adaptive(nn.Module):
                 f"{self.image_size[1]}, or build it with image_size=({h}, {w}) and pretrained=False "
                 "(the shipped weights fit only 64x64)"
             )
-
-
-# --------------------------------------------------------------------------------------------------
-# the original LossProvider module
-# --------------------------------------------------------------------------------------------------
-
-
-class OriginalAdaptive(nn.Module):
-    """Reproduction of the original ``RobustLoss(image_size)`` (RGB): AdaptiveImageLossFunction(YUV, DCT).
-
-    Parameters ``robust_loss.adaptive_lossfun.latent_alpha`` / ``latent_scale`` of shape (1, C*H*W), the
-    original's state-dict names, so ``load_state_dict`` takes the original checkpoints (leading "." stripped).
-    ``forward(input, target)`` on (N, C, H, W) = (N, *image_size) tensors returns, like the original,
-    the sum of the elementwise NLL for ``'sum'``, its mean for ``'mean'`` and the (N, C, H, W) map for any
-    other reduction (``'none'``). No input range check, as in the original.
-    """
-
-    def __init__(self, image_size=(3, 64, 64), reduction: str = "mean") -> None:
-        super().__init__()
-        size = tuple(int(s) for s in image_size)
-        if len(size) != 3 or size[0] != 3 or min(size) < 1:
-            raise ValueError(
-                "the original Adaptive loss needs image_size (3, H, W) (3 even for LA, see pitfall P21), "
-                f"got {image_size!r}"
-            )
-        self.image_size = size
-        self.reduction = reduction
-        numel = size[0] * size[1] * size[2]
-        self.robust_loss = nn.Module()
-        self.robust_loss.adaptive_lossfun = nn.Module()
-        self.robust_loss.adaptive_lossfun.latent_alpha = nn.Parameter(torch.zeros(1, numel))
-        self.robust_loss.adaptive_lossfun.latent_scale = nn.Parameter(torch.zeros(1, numel))
-
-    def elementwise(self, residual: torch.Tensor) -> torch.Tensor:
-        if residual.dim() != 4 or tuple(residual.shape[1:]) != self.image_size:
-            raise ValueError(
-                f"Adaptive (original) was built for images of shape {self.image_size}, got {tuple(residual.shape)}"
-            )
-        params = self.robust_loss.adaptive_lossfun
-        x = coefficients(residual, "original")
-        alpha = alpha_from_latent(params.latent_alpha.to(x.dtype)).reshape(self.image_size)
-        scale = scale_from_latent(params.latent_scale.to(x.dtype)).reshape(self.image_size)
-        return nll_map(x, barron_constants(alpha, scale))
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        distance = self.elementwise(input - target)
-        if self.reduction == "sum":
-            return distance.sum()
-        if self.reduction == "mean":
-            return distance.mean()
-        return distance
-
-
-class OriginalGreyscaleAdaptive(nn.Module):
-    """The original ``GreyscaleWrapper(RobustLoss)`` used for colorspace 'LA'.
-
-    Grey input (N, 1, H, W) is expanded to 3 identical channels, the input the grey weights were trained on.
-    RGB input (N, 3, H, W) is first converted with the original's weights 0.3 R + 0.59 G + 0.11 B.
-
-    The original tested the BATCH size instead of the channel count (pitfall P8). ``fix_greyscale=True``
-    (the default, the policy of :mod:`percept.compat`) tests the channel count. ``fix_greyscale=False``
-    reproduces the bug: conversion only when N == 3, so a 3-channel batch of another size is NOT converted
-    (its RGB residual meets the grey weights) and a 1-channel batch of 3 fails (the original raised
-    IndexError; here ValueError). Both agree on 1-channel batches of size != 3, which the golden LA values use.
-    """
-
-    _LUMA = (0.3, 0.59, 0.11)
-
-    def __init__(self, image_size=(3, 64, 64), reduction: str = "mean", fix_greyscale: bool = True) -> None:
-        super().__init__()
-        self.fix_greyscale = fix_greyscale
-        self.loss = OriginalAdaptive(image_size, reduction)
-
-    def _grey(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, [0]] * self._LUMA[0] + x[:, [1]] * self._LUMA[1] + x[:, [2]] * self._LUMA[2]
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if input.dim() != 4 or input.shape != target.shape:
-            raise ValueError(
-                f"expected two NCHW batches of the same shape, got {tuple(input.shape)}, {tuple(target.shape)}"
-            )
-        n, c, h, w = input.shape
-        if self.fix_greyscale:
-            if c not in (1, 3):
-                raise ValueError(f"the LA Adaptive loss takes 1- or 3-channel images, got {c} channels")
-            convert = c == 3
-        else:
-            if n == 3 and c != 3:
-                raise ValueError(
-                    "the original LA Adaptive loss fails on a batch of 3 one-channel images (its GreyscaleWrapper "
-                    "tests the batch size instead of the channel count, pitfall P8); use fix_greyscale=True"
-                )
-            convert = n == 3
-        if convert:
-            input, target = self._grey(input), self._grey(target)
-        return self.loss(input.expand(n, 3, h, w), target.expand(n, 3, h, w))
-
-
-def original_adaptive(
-    colorspace: str = "RGB",
-    reduction: str = "sum",
-    pretrained: bool = True,
-    image_size=None,
-    *,
-    fix_greyscale: bool = True,
-) -> nn.Module:
-    """The Adaptive loss as ``LossProvider().get_loss_function('Adaptive', colorspace, reduction, ...)`` built it.
-
-    Args:
-        colorspace: RGB or grey ("LA"), read with :func:`percept.checks.normalize_colorspace` (so, unlike the
-            original, "gray" means grey).
-        reduction: "sum" (sum of the elementwise NLL over the batch, can be negative), "mean", or anything
-            else for the elementwise (N, 3, H, W) map (the original's 'none').
-        pretrained: load ``{rgb,gray}_adaptive_trial0.pth`` and freeze every parameter (requires_grad False).
-            Without it the parameters are alpha = 1, c = 1 and, as in the original, require grad.
-        image_size: (3, H, W); None means (3, 64, 64), the provider's fixed value. The weights fit only that.
-        fix_greyscale: LA only; False reproduces the GreyscaleWrapper's batch-size test (pitfall P8), see
-            :class:`OriginalGreyscaleAdaptive`.
-
-    Returns an ``nn.Module`` called as ``loss(input, target)``; RGB needs (N, 3, H, W) input, LA takes
-    (N, 1, H, W) (expanded to 3 channels) or (N, 3, H, W) (converted to grey first), see
-    :class:`OriginalGreyscaleAdaptive`.
-    """
-    size = (3, *PRETRAINED_SIZE) if image_size is None else tuple(int(s) for s in image_size)
-    grey = checks.normalize_colorspace(colorspace) == "grey"
-    module = OriginalGreyscaleAdaptive(size, reduction, fix_greyscale) if grey else OriginalAdaptive(size, reduction)
-    if pretrained:
-        if size != (3, *PRETRAINED_SIZE):
-            raise ValueError(f"the pretrained Adaptive weights fit only image_size (3, 64, 64), got {size}")
-        latent_alpha, latent_scale = load_czolbe_weights("grey" if grey else "rgb")
-        core = module.loss if grey else module
-        core.load_state_dict(
-            {
-                "robust_loss.adaptive_lossfun.latent_alpha": latent_alpha[None],
-                "robust_loss.adaptive_lossfun.latent_scale": latent_scale[None],
-            }
-        )
-        for p in module.parameters():
-            p.requires_grad_(False)
-    return module
