@@ -1,9 +1,12 @@
 """percept: perceptual image similarity metrics and the experiments that study them.
 
->>> import percept
+>>> import percept, torch
 >>> loss = percept.get_metric("watson-dft", colorspace="rgb", reduction="sum")
->>> d = loss(input, target)   # NCHW float tensors in [0, 1]
->>> percept.functional.ssim(input, target)   # the math as plain functions (imported on first use)
+>>> x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)   # NCHW float tensors in [0, 1]
+>>> loss(x, y).shape
+torch.Size([])
+>>> percept.functional.ssim(x, x)   # the math as plain functions (imported on first use)
+tensor(1.)
 """
 
 from percept.compat import LossProvider

@@ -6,10 +6,10 @@ model for ResNet/GoogLeNet/Inception/...). Layer index ``k`` means "the output o
 the convention of Sjögren et al. and Pihlgren et al.; LPIPS's taps are such indices too
 (:data:`LPIPS_LAYERS`). Only children ``0 .. max(layers)`` are kept and run.
 
->>> from percept.backbones import build_backbone
->>> trunk = build_backbone("squeeze")                          # LPIPS taps, ImageNet weights
->>> feats = trunk(x)                                           # list of (N, C_l, H_l, W_l)
->>> r18 = build_backbone("resnet18", layers=(2, 4, 5, 7), weights="random")
+>>> from percept.backbones import build_backbone  # doctest: +SKIP
+>>> trunk = build_backbone("squeeze")                          # LPIPS taps, ImageNet weights  # doctest: +SKIP
+>>> feats = trunk(x)                                           # list of (N, C_l, H_l, W_l)  # doctest: +SKIP
+>>> r18 = build_backbone("resnet18", layers=(2, 4, 5, 7), weights="random")  # doctest: +SKIP
 
 Weights (``weights=``):
 

@@ -4,12 +4,12 @@ E-LPIPS (:class:`percept.metrics.elpips.ELPIPS`, ``percept.get_metric("elpips-vg
 random transformations; one call averages ``n`` random draws. The helpers here turn draws into numbers with
 error bars, as the reference implementation's example scripts do (``lpips_elpips.md`` D4):
 
->>> from percept import estimation
->>> r = estimation.compare(ref, a, b, samples=30, seed=0)   # which of a and b is closer to ref?
->>> r.d_a, r.d_b, r.diff, r.stderr                         # diff = d(ref, a) - d(ref, b) and its standard error
->>> est = estimation.estimate(x, y)                        # sample until 1.96 SE < 0.01 and < 2.5 % of the mean
->>> mean, stderr, n = est
->>> mean, stderr, n = estimation.distance(x, y, samples=200, seed=0)   # a fixed number of independent draws
+>>> from percept import estimation  # doctest: +SKIP
+>>> r = estimation.compare(ref, a, b, samples=30, seed=0)   # which of a and b is closer to ref?  # doctest: +SKIP
+>>> r.d_a, r.d_b, r.diff, r.stderr                         # diff = d(ref, a) - d(ref, b) and its standard error  # doctest: +SKIP
+>>> est = estimation.estimate(x, y)                        # sample until 1.96 SE < 0.01 and < 2.5 % of the mean  # doctest: +SKIP
+>>> mean, stderr, n = est  # doctest: +SKIP
+>>> mean, stderr, n = estimation.distance(x, y, samples=200, seed=0)   # a fixed number of independent draws  # doctest: +SKIP
 
 :func:`compare` evaluates both images under the *same* draw (transformation and dropout masks) per sample,
 so the noise of the two distances is correlated and their difference is far more precise than the

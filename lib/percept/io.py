@@ -1,9 +1,9 @@
 """Reading and writing images as the tensors every metric takes: float (1, C, H, W) in [0, 1].
 
->>> from percept.io import read_image, read_pair
->>> x = read_image("photo.png")                      # (1, 3, H, W) for colour files, (1, 1, H, W) for grey
->>> x = read_image("photo.png", colorspace="grey")   # always 1 channel (BT.601 luma)
->>> a, b = read_pair("a.png", "b.jpg", colorspace="rgb", resize=(256, 256))
+>>> from percept.io import read_image, read_pair  # doctest: +SKIP
+>>> x = read_image("photo.png")                      # (1, 3, H, W) for colour files, (1, 1, H, W) for grey  # doctest: +SKIP
+>>> x = read_image("photo.png", colorspace="grey")   # always 1 channel (BT.601 luma)  # doctest: +SKIP
+>>> a, b = read_pair("a.png", "b.jpg", colorspace="rgb", resize=(256, 256))  # doctest: +SKIP
 
 Conversions, decided once for the whole project:
 

@@ -1,12 +1,12 @@
 """Time and peak memory of a training step, optionally in a fresh process (used by ``make bench`` and the runtime
 experiment; the benchmark harness itself lives in ``benchmarks/`` of the checkout).
 
->>> import percept, torch
->>> from percept.profiling import TrainingStep, measure_steps, time_step
->>> target = torch.rand(16, 3, 64, 64)
->>> step = TrainingStep(percept.get_metric("watson-dft", reduction="sum"), target)  # sigmoid(param) -> target, SGD
->>> row = measure_steps(step, "cpu", first_step_s=time_step(step, "cpu"), iterations=5, repeats=3)
->>> row["ms_per_iter_mean"], row["peak_mib"]                     # milliseconds per step, MiB above the start
+>>> import percept, torch  # doctest: +SKIP
+>>> from percept.profiling import TrainingStep, measure_steps, time_step  # doctest: +SKIP
+>>> target = torch.rand(16, 3, 64, 64)  # doctest: +SKIP
+>>> step = TrainingStep(percept.get_metric("watson-dft", reduction="sum"), target)  # sigmoid(param) -> target, SGD  # doctest: +SKIP
+>>> row = measure_steps(step, "cpu", first_step_s=time_step(step, "cpu"), iterations=5, repeats=3)  # doctest: +SKIP
+>>> row["ms_per_iter_mean"], row["peak_mib"]                     # milliseconds per step, MiB above the start  # doctest: +SKIP
 
 **One step** (:class:`TrainingStep`) is one training iteration of the runtime experiment of Czolbe et al.
 (spec czolbe.md §12): ``x = sigmoid(param)``, ``loss(x, target).backward()``, an SGD step on ``param``.

@@ -2,7 +2,8 @@
 
 >>> import percept
 >>> loss = percept.get_metric("watson-dft", colorspace="grey", reduction="none")   # an nn.Module
->>> percept.registry.record("watson-fft").original                                  # ('Watson-fft', 'watson-dft')
+>>> percept.registry.record("watson-fft").original
+('Watson-fft', 'watson-dft')
 
 A :class:`MetricRecord` holds everything known about a metric outside its module: its name and aliases,
 family, one-line description, the class that implements it (``"module:Class"``, imported only when the

@@ -1,9 +1,13 @@
 """The deep-feature metrics as plain functions: :func:`lpips`, :func:`deeploss`, :func:`dps`, :func:`elpips`.
 
+>>> import torch
 >>> from percept.functional import lpips
+>>> x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
 >>> d = lpips(x, y)                                  # x, y: (N, 3, H, W) in [0, 1]; the batch mean
->>> d = lpips(x, y, net="vgg", reduction="none")     # (N,)
->>> m = lpips(x, y, spatial=True)                    # (N, 1, H, W) distance map
+>>> lpips(x, y, net="squeeze", reduction="none").shape
+torch.Size([2])
+>>> lpips(x, y, spatial=True).shape                  # a distance map
+torch.Size([2, 1, 64, 64])
 
 As torchmetrics' functional LPIPS, each function builds its frozen metric module (:mod:`percept.metrics.deep`,
 :mod:`percept.metrics.elpips`) once per (options, device) and keeps it in a small cache, so a call costs one

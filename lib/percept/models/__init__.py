@@ -1,8 +1,11 @@
 """The VAEs of Czolbe et al. 2020 (spec czolbe.md §11), layer by layer.
 
+>>> import torch
 >>> from percept.models import build_vae
 >>> vae = build_vae("mnist")               # 33,662,757 parameters, latent 2, input 1x32x32
->>> recon, mu, logvar = vae(x)             # x: (N, 1, 32, 32) in [0, 1]
+>>> recon, mu, logvar = vae(torch.rand(4, 1, 32, 32))   # x: (N, 1, 32, 32) in [0, 1]
+>>> recon.shape, mu.shape
+(torch.Size([4, 1, 32, 32]), torch.Size([4, 2]))
 
 Every model here has ``encode(x) -> (mu, logvar)``, ``decode(z) -> images in [0, 1]``,
 ``forward(x) -> (recon, mu, logvar)`` (with the reparameterisation trick; ``recon`` decodes a sample

@@ -1,12 +1,12 @@
 """The VAE experiments of Czolbe et al. 2020 (spec czolbe.md §11): train a VAE with any registry metric as its
 reconstruction loss, and the driver behind ``experiments/vae_mnist`` and ``experiments/vae_celeba``.
 
->>> from percept.models import build_vae
->>> from percept.data.mnist import load_mnist
->>> from percept.vae import TrainConfig, train_vae, load_model, reconstruct
->>> cfg = TrainConfig(loss="watson-dft", epochs=250, batch_size=128, lr_halflife=100)
->>> result = train_vae(build_vae("mnist"), load_mnist("train"), load_mnist("test"), cfg, "results/x/watson-dft")
->>> recon = reconstruct(load_model(result.best_checkpoint), load_mnist("test").images(range(8)))
+>>> from percept.models import build_vae  # doctest: +SKIP
+>>> from percept.data.mnist import load_mnist  # doctest: +SKIP
+>>> from percept.vae import TrainConfig, train_vae, load_model, reconstruct  # doctest: +SKIP
+>>> cfg = TrainConfig(loss="watson-dft", epochs=250, batch_size=128, lr_halflife=100)  # doctest: +SKIP
+>>> result = train_vae(build_vae("mnist"), load_mnist("train"), load_mnist("test"), cfg, "results/x/watson-dft")  # doctest: +SKIP
+>>> recon = reconstruct(load_model(result.best_checkpoint), load_mnist("test").images(range(8)))  # doctest: +SKIP
 
 Modules:
 

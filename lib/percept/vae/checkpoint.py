@@ -1,8 +1,8 @@
 """Checkpoints of the VAE trainer: the file format, reading, compatibility checks, rebuilding a model.
 
->>> from percept.vae.checkpoint import load_checkpoint, load_model
->>> state = load_checkpoint("results/vae_mnist/l2/checkpoints/last.pt")   # dict: meta, epoch, model, optimizer, ...
->>> vae = load_model("results/vae_mnist/l2/checkpoints/best_model.pt")    # the paper VAE with those weights
+>>> from percept.vae.checkpoint import load_checkpoint, load_model  # doctest: +SKIP
+>>> state = load_checkpoint("results/vae_mnist/l2/checkpoints/last.pt")   # dict: meta, epoch, model, optimizer, ...  # doctest: +SKIP
+>>> vae = load_model("results/vae_mnist/l2/checkpoints/best_model.pt")    # the paper VAE with those weights  # doctest: +SKIP
 
 ``last.pt`` (written by :func:`percept.vae.train_vae` after every epoch, atomically) holds the model, the
 optimiser, the scheduler, the epoch, the RNG states of every process, the training history and ``meta``

@@ -1,10 +1,10 @@
 """What a trained VAE shows: reconstructions, samples, interpolations, the 2-D manifold, cross-metric scores.
 
->>> from percept.vae import load_model, reconstruct, sample, score_reconstructions
->>> vae = load_model("results/vae_mnist/watson-dft/checkpoints/best_model.pt")
->>> recon = reconstruct(vae, images)                     # (N, 1, 32, 32) in [0, 1], decoded from z = mu
->>> faces = sample(vae, 64, seed=0)                      # 64 images decoded from z ~ N(0, I)
->>> scores = score_reconstructions(vae, test_set, {"l2": l2_metric})   # {"l2": (N,) distances}
+>>> from percept.vae import load_model, reconstruct, sample, score_reconstructions  # doctest: +SKIP
+>>> vae = load_model("results/vae_mnist/watson-dft/checkpoints/best_model.pt")  # doctest: +SKIP
+>>> recon = reconstruct(vae, images)                     # (N, 1, 32, 32) in [0, 1], decoded from z = mu  # doctest: +SKIP
+>>> faces = sample(vae, 64, seed=0)                      # 64 images decoded from z ~ N(0, I)  # doctest: +SKIP
+>>> scores = score_reconstructions(vae, test_set, {"l2": l2_metric})   # {"l2": (N,) distances}  # doctest: +SKIP
 
 Every function runs the model in eval mode without gradients and returns CPU tensors.
 """

@@ -6,10 +6,10 @@ The objective per minibatch of N images is::
 
 with ``lambda = exp(k)`` and L_rec the original LossProvider metric with reduction ``'sum'``.
 
->>> from percept.vae.paper import build_metric, loss_weighting
->>> w = loss_weighting("mnist", "watson-dft", image_shape=(1, 32, 32))   # k = 0 (HEAD), factor 1
->>> metric = build_metric("watson-dft", colorspace="grey", image_shape=(1, 32, 32))  # per-image values
->>> term = w.term(metric(recon, x), n_global=len(x))                        # the weighted reconstruction term
+>>> from percept.vae.paper import build_metric, loss_weighting  # doctest: +SKIP
+>>> w = loss_weighting("mnist", "watson-dft", image_shape=(1, 32, 32))   # k = 0 (HEAD), factor 1  # doctest: +SKIP
+>>> metric = build_metric("watson-dft", colorspace="grey", image_shape=(1, 32, 32))  # per-image values  # doctest: +SKIP
+>>> term = w.term(metric(recon, x), n_global=len(x))                        # the weighted reconstruction term  # doctest: +SKIP
 
 Units: matching the paper's weighting with our registry
 -------------------------------------------------------

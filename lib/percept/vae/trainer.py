@@ -1,10 +1,10 @@
 """Train a VAE with any registry metric as its reconstruction loss (Czolbe et al. 2020, spec czolbe.md §11).
 
->>> from percept.models import build_vae
->>> from percept.data.mnist import load_mnist
->>> from percept.vae import TrainConfig, train_vae
->>> cfg = TrainConfig(loss="watson-dft", epochs=250, batch_size=128, lr_halflife=100)
->>> result = train_vae(build_vae("mnist"), load_mnist("train"), load_mnist("test"), cfg, "results/x/watson-dft")
+>>> from percept.models import build_vae  # doctest: +SKIP
+>>> from percept.data.mnist import load_mnist  # doctest: +SKIP
+>>> from percept.vae import TrainConfig, train_vae  # doctest: +SKIP
+>>> cfg = TrainConfig(loss="watson-dft", epochs=250, batch_size=128, lr_halflife=100)  # doctest: +SKIP
+>>> result = train_vae(build_vae("mnist"), load_mnist("train"), load_mnist("test"), cfg, "results/x/watson-dft")  # doctest: +SKIP
 
 The objective is the paper's (``lambda * L_rec + KL``, see :mod:`percept.vae.paper` for the weighting and
 its units). Adam (PyTorch defaults) over the VAE parameters, lr = 1e-4 * 0.5 ** (epoch / H) with H = 100
