@@ -166,6 +166,33 @@ def test_scores_equal_plain_formulas(sr, pairs):
                                       use_sample_covariance=False) for a, b in zip(luma(x), luma(y))]
     np.testing.assert_allclose(s["ssim"].numpy(), want, atol=2e-4)
     assert s["lpips_alex"].shape == (3,) and float(s["lpips_alex"].min()) > 0
+    assert s["lpips_squeeze"].shape == (3,) and float(s["lpips_squeeze"].min()) > 0
+    same = sr.Evaluator().scores(x, x)
+    assert float(same["lpips_squeeze"].abs().max()) < 1e-6 and float(same["ssim"].min()) > 0.9999
+
+
+def test_total_variation(sr):
+    a = 0.1
+    board = 0.5 + a * (-1.0) ** (torch.arange(8).view(-1, 1) + torch.arange(6).view(1, -1))
+    y = board.expand(2, 3, 8, 6)
+    assert float(sr.total_variation(y)) == pytest.approx(2 * (2 * a) ** 2)
+    img = torch.rand(1, 3, 9, 7, generator=torch.Generator().manual_seed(0)).numpy()
+    want = np.mean(np.diff(img, axis=2) ** 2) + np.mean(np.diff(img, axis=3) ** 2)
+    assert float(sr.total_variation(torch.from_numpy(img))) == pytest.approx(want, rel=1e-6)
+
+
+def test_tv_weight_smooths_the_output(sr):
+    g = torch.Generator().manual_seed(0)
+    hr = (torch.rand(64, 3, 32, 32, generator=g) * 255).to(torch.uint8)
+
+    def nothing(output, target):
+        return 0 * output.sum()
+
+    config = sr.TrainConfig(factor=2, steps=30, batch_size=8, eval_every=100, tv_weight=10.0)
+    model, _ = sr.train_sr(nothing, hr[:56], hr[56:], config)
+    lr = sr.downscale(sr.to_float(hr[56:]), 2)
+    with torch.no_grad():
+        assert float(sr.total_variation(model(lr))) < 0.9 * float(sr.total_variation(sr.bicubic_upscale(lr, 2)))
 
 
 def test_summarise(sr):
@@ -189,13 +216,16 @@ def test_quick_run_writes_labelled_results(driver, tmp_path, capsys):
     with open(out / "curves.csv") as f:
         curves = list(csv.DictReader(f))
     assert [r["step"] for r in curves if r["loss"] == "l2"] == ["0", "2", "4"]
+    assert all(float(r["val_lpips_squeeze"]) > 0 for r in curves)
     info = json.loads((out / "run.json").read_text())
     assert info["data"] == "REDUCED CelebA (10k half-res)" and "torch" in info["machine"]
     with np.load(out / "examples.npz") as f:
         assert f["hr"].shape == (8, 3, 64, 64) and f["lr"].shape == (8, 3, 16, 16)
         assert f["out:l2"].dtype == np.uint8
     with np.load(out / "per_image.npz") as f:
-        assert f["l2|psnr"].shape == (32,)
+        assert f["l2|psnr"].shape == (32,) and f["feature-resnet18:4@random|lpips_squeeze"].shape == (32,)
+        # the summary is the mean of the per-image scores
+        assert float(rows["l2"]["psnr"]) == pytest.approx(float(f["l2|psnr"].mean()), abs=1e-5)
     assert (out / "examples.png").is_file()
     # a rerun of one loss replaces its row and keeps the others
     assert driver.main(["--quick", "--out", str(out), "--losses", "l2", "--steps", "4", "--eval-every", "2",

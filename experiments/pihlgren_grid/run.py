@@ -10,7 +10,8 @@ used in two studies:
   as their aggregator) and by JND mAP (traditional and cnn pooled, as their code; per subset too);
 - ``loss`` (their benchmark B2, super-resolution, reduced): a short training of the small super-resolution
   network of ``experiments/super_resolution`` with that layer's raw-feature MSE as the only loss (their SR loss:
-  un-normalised [0, 1] input, no channel normalisation), scored on held-out faces by PSNR, SSIM and LPIPS-alex.
+  un-normalised [0, 1] input, no channel normalisation), scored on held-out faces by PSNR, SSIM, LPIPS-alex and
+  LPIPS-squeeze.
   Pixel L2 and bicubic interpolation are written as reference rows.
 
 ::
@@ -305,8 +306,8 @@ def run_metric_study(args, cells, weights_of: dict, root: Path, data_label: str,
 
 # ========================================================================================== loss study
 LOSS_COLUMNS = CELL_COLUMNS + [
-    "data", "factor", "steps", "n_test", "psnr", "psnr_se", "ssim", "ssim_se", "lpips_alex", "lpips_alex_se",
-    "train_seconds",
+    "data", "factor", "steps", "tv_weight", "n_test", "psnr", "psnr_se", "ssim", "ssim_se", "lpips_alex",
+    "lpips_alex_se", "lpips_squeeze", "lpips_squeeze_se", "train_seconds",
 ]
 
 
@@ -317,10 +318,11 @@ def run_loss_study(args, cells, weights_of: dict, out: Path, device) -> int:
     faces = sr.load_faces(args.n_train, args.n_val, args.n_test)
     evaluator = sr.Evaluator(device)
     config = sr.TrainConfig(factor=args.factor, steps=args.loss_steps, batch_size=args.loss_batch_size,
-                            lr=args.loss_lr, eval_every=max(1, args.loss_steps), seed=args.seed)
+                            lr=args.loss_lr, eval_every=max(1, args.loss_steps), tv_weight=args.loss_tv_weight,
+                            seed=args.seed)
     hr = sr.to_float(faces["test"])
     lr = sr.downscale(hr, args.factor)
-    base = {"data": faces["label"], "factor": args.factor, "n_test": len(hr)}
+    base = {"data": faces["label"], "factor": args.factor, "n_test": len(hr), "tv_weight": args.loss_tv_weight}
     written = 0
 
     def finish(info: dict, scores: dict, steps: int, seconds: float) -> None:
@@ -329,7 +331,7 @@ def run_loss_study(args, cells, weights_of: dict, out: Path, device) -> int:
         writer.write(row)
         written += 1
         print(f"  {info['arch']}:{info['layer']} ({info['weights']}): PSNR {row['psnr']:.2f}, SSIM {row['ssim']:.4f}, "
-              f"LPIPS-alex {row['lpips_alex']:.4f}", flush=True)
+              f"LPIPS-alex {row['lpips_alex']:.4f}, LPIPS-squeeze {row['lpips_squeeze']:.4f}", flush=True)
 
     empty = dict.fromkeys(CELL_COLUMNS, "")
     if ("bicubic", "", "", "n/a") not in done:
@@ -387,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--loss-steps", type=int, default=500)
     s.add_argument("--loss-batch-size", type=int, default=16)
     s.add_argument("--loss-lr", type=float, default=1e-3)
+    s.add_argument("--loss-tv-weight", type=float, default=0.0,
+                   help="total-variation regulariser added to every loss (0: the feature loss alone, as the paper)")
     s.add_argument("--factor", type=int, default=4, choices=sr.FACTORS)
     s.add_argument("--n-train", type=int, default=None)
     s.add_argument("--n-val", type=int, default=100)
@@ -427,7 +431,8 @@ def _protocols(args, data_label: str | None) -> dict:
                          "limit": args.limit, "seed": args.seed}
     if "loss" in args.studies:
         out["loss"] = {"factor": args.factor, "steps": args.loss_steps, "batch_size": args.loss_batch_size,
-                       "lr": args.loss_lr, "input_norm": args.loss_input_norm, "n_train": args.n_train,
+                       "lr": args.loss_lr, "tv_weight": args.loss_tv_weight, "input_norm": args.loss_input_norm,
+                       "n_train": args.n_train,
                        "n_val": args.n_val, "n_test": args.n_test, "seed": args.seed}
     return out
 

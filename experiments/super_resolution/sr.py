@@ -102,14 +102,15 @@ def to_float(pixels: torch.Tensor) -> torch.Tensor:
 class SRNet(nn.Module):
     """A small super-resolution network: LR (N, 3, h, w) in [0, 1] -> HR (N, 3, h * factor, w * factor) in [0, 1].
 
-    Bicubic upsampling of the input plus a residual computed on the LR grid (ESPCN-style, so every conv runs
-    at low resolution): a 3x3 conv to ``channels``, ``blocks`` residual blocks (conv-ReLU-conv), a 3x3 conv to
-    3 * factor^2 channels and a pixel shuffle by ``factor``. The last conv starts at zero, so the untrained
-    network is bicubic interpolation. The output is clamped to [0, 1] (pixels pushed outside get no
-    gradient, as with Johnson et al.'s tanh output).
+    Bicubic upsampling of the input plus a residual, computed mostly on the LR grid (ESPCN-style): a 3x3 conv
+    to ``channels``, ``blocks`` residual blocks (conv-ReLU-conv), a 3x3 conv to ``hr_channels`` * factor^2
+    channels, a pixel shuffle by ``factor``, ReLU, and one 3x3 conv at high resolution to 3 channels (it mixes
+    neighbouring pixel-shuffle blocks, so block edges need not show). The last conv starts at zero: the
+    untrained network is bicubic interpolation. The output is clamped to [0, 1] (pixels pushed outside get
+    no gradient, as with Johnson et al.'s tanh output).
     """
 
-    def __init__(self, factor: int = 4, channels: int = 48, blocks: int = 3):
+    def __init__(self, factor: int = 4, channels: int = 48, blocks: int = 3, hr_channels: int = 16):
         super().__init__()
         if factor not in FACTORS:
             raise ValueError(f"factor must be one of {FACTORS}, got {factor}")
@@ -122,8 +123,10 @@ class SRNet(nn.Module):
             )
             for _ in range(blocks)
         )
-        self.tail = nn.Conv2d(channels, 3 * factor * factor, 3, padding=1)
-        self.shuffle = nn.PixelShuffle(factor)
+        self.up = nn.Sequential(
+            nn.Conv2d(channels, hr_channels * factor * factor, 3, padding=1), nn.PixelShuffle(factor), nn.ReLU()
+        )
+        self.tail = nn.Conv2d(hr_channels, 3, 3, padding=1)
         nn.init.zeros_(self.tail.weight)
         nn.init.zeros_(self.tail.bias)
 
@@ -131,7 +134,7 @@ class SRNet(nn.Module):
         h = F.relu(self.head(lr))
         for block in self.blocks:
             h = h + block(h)
-        return (bicubic_upscale(lr, self.factor) + self.shuffle(self.tail(F.relu(h)))).clamp(0, 1)
+        return (bicubic_upscale(lr, self.factor) + self.tail(self.up(h))).clamp(0, 1)
 
 
 # ============================================================================================ losses
@@ -245,7 +248,8 @@ def build_loss(spec: str, device: torch.device | str = "cpu", *, input_norm: str
 # ======================================================================================== evaluation
 @dataclass
 class Evaluator:
-    """PSNR (RGB, dB), SSIM (on BT.601 luma, Gaussian 11x11 window) and LPIPS-alex (v0.1) per image."""
+    """PSNR (RGB, dB), SSIM (on BT.601 luma, Gaussian 11x11 window), LPIPS-alex and LPIPS-squeeze (v0.1) per
+    image. LPIPS-squeeze is the perceptual score independent of AlexNet-based training losses."""
 
     device: torch.device | str = "cpu"
     batch_size: int = 100
@@ -254,16 +258,19 @@ class Evaluator:
         self.psnr = percept.get_metric("psnr", reduction="none").to(self.device)
         self.ssim = percept.get_metric("ssim", colorspace="grey", reduction="none").to(self.device)
         self.lpips = percept.get_metric("lpips-alex", reduction="none").to(self.device).eval()
+        self.lpips_squeeze = percept.get_metric("lpips-squeeze", reduction="none").to(self.device).eval()
 
     @torch.no_grad()
     def scores(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-image ``psnr``, ``ssim``, ``lpips_alex`` (each (N,)) of outputs against targets in [0, 1]."""
-        out = {"psnr": [], "ssim": [], "lpips_alex": []}
+        """Per-image ``psnr``, ``ssim``, ``lpips_alex``, ``lpips_squeeze`` (each (N,)) of outputs against targets in
+        [0, 1]."""
+        out = {"psnr": [], "ssim": [], "lpips_alex": [], "lpips_squeeze": []}
         for o, t in zip(output.split(self.batch_size), target.split(self.batch_size)):
             o, t = o.to(self.device), t.to(self.device)
             out["psnr"].append(self.psnr(o, t).cpu())
             out["ssim"].append(1 - self.ssim(rgb_to_grey(o), rgb_to_grey(t)).cpu())
             out["lpips_alex"].append(self.lpips(o, t).cpu())
+            out["lpips_squeeze"].append(self.lpips_squeeze(o, t).cpu())
         return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -286,6 +293,12 @@ def summarise(scores: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 # ========================================================================================== training
+def total_variation(y: torch.Tensor) -> torch.Tensor:
+    """Squared total variation of (N, C, H, W) images: mean squared difference of vertical neighbours plus that
+    of horizontal neighbours (a scalar). Johnson et al.'s smoothness regulariser for feature-loss training."""
+    return (y[:, :, 1:] - y[:, :, :-1]).square().mean() + (y[..., 1:] - y[..., :-1]).square().mean()
+
+
 @dataclass
 class TrainConfig:
     factor: int = 4
@@ -296,6 +309,7 @@ class TrainConfig:
     blocks: int = 3
     eval_every: int = 250
     select: str = "last"  # "last" or "best-psnr" (the paper's rule: best validation PSNR)
+    tv_weight: float = 0.0  # weight of total_variation(output) added to the loss (Johnson et al.'s regulariser)
     seed: int = 0
 
 
@@ -310,7 +324,7 @@ def train_sr(
     on_eval: Callable[[dict], None] | None = None,
     progress: bool = False,
 ) -> tuple[SRNet, list[dict]]:
-    """Train a fresh :class:`SRNet` (seeded) with Adam on ``loss_fn(output, hr)``.
+    """Train a fresh :class:`SRNet` (seeded) with Adam on ``loss_fn(output, hr)`` (+ ``tv_weight`` x TV(output)).
 
     ``train_hr`` / ``val_hr``: uint8 (N, 3, H, W). Every ``eval_every`` steps (and at steps 0 and ``steps``)
     the validation images are scored (PSNR, SSIM, LPIPS-alex) and the record (with the training time so
@@ -352,7 +366,10 @@ def train_sr(
         hr = to_float(train_hr[order[pos : pos + config.batch_size]]).to(device)
         pos += config.batch_size
         lr = downscale(hr, config.factor)
-        loss = loss_fn(model(lr), hr)
+        output = model(lr)
+        loss = loss_fn(output, hr)
+        if config.tv_weight:
+            loss = loss + config.tv_weight * total_variation(output)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -392,6 +409,7 @@ __all__ = [
     "predict",
     "summarise",
     "TrainConfig",
+    "total_variation",
     "train_sr",
     "evaluate_sr",
 ]
