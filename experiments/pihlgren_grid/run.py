@@ -280,7 +280,7 @@ def run_metric_study(args, cells, weights_of: dict, root: Path, data_label: str,
         for k, pos, norm in pending:
             m = cell_metric(arch, k, norm, w, args.seed)
             label = f"{arch}:{k}:{norm}"
-            metrics[(label, "rgb")] = HarnessMetric(m, "dps-alex", "rgb").to(device).eval()
+            metrics[(label, "rgb")] = HarnessMetric(m, "dps", "rgb").to(device).eval()
             infos[label] = cell_info(arch, k, pos, norm, w, m.backbone)
         print(f"metric study: {arch} ({w}) layers {[k for k, _, _ in pending]} ...", flush=True)
         result = evaluate_bapps(

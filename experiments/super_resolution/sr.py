@@ -146,7 +146,7 @@ class FeatureLoss(nn.Module):
     channel normalisation (the "raw features" option; LPIPS-style unit normalisation along channels with
     ``channel_norm=True``, which then sums over channels as LPIPS does).
 
-    Built on the registry's DPS metric (``percept.get_metric("dps-alex", net=arch, layers=(layer,),
+    Built on the registry's DPS metric (``percept.get_metric("dps", net=arch, layers=(layer,),
     channel_norm=False)``), whose distance is ``mean_{h, w} sum_c (F(x') - F(y'))^2`` with F fed ImageNet-
     normalised images; this class divides by the channel count and, for ``input_norm="none"`` (Pihlgren et
     al.'s super-resolution and autoencoder losses: un-normalised [0, 1] images into the network), hands DPS
@@ -183,9 +183,9 @@ class FeatureLoss(nn.Module):
             raise ValueError(f"unknown reduction {reduction!r}: use 'mean', 'sum' or 'none'")
         self.arch, self.layer, self.input_norm = arch, int(layer), input_norm
         self.channel_norm, self.reduction = bool(channel_norm), reduction
-        # DPS accepts any torchvision architecture through net=; "dps-alex" only names the default network
+        # the registry's "dps" record takes any torchvision architecture through net=
         self.dps = percept.get_metric(
-            "dps-alex", net=arch, layers=(self.layer,), method="spatial", channel_norm=self.channel_norm,
+            "dps", net=arch, layers=(self.layer,), method="spatial", channel_norm=self.channel_norm,
             backbone_weights=weights, reduction="none",
         )
         self.channels = self.dps.backbone.channels[0]
