@@ -8,13 +8,13 @@ recomputed here on the saved patches, and against the patch files.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from scripts import load_script
 
 from percept.data import bapps
 
@@ -22,10 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _driver():
-    spec = importlib.util.spec_from_file_location("afc_errors_run", ROOT / "experiments" / "2afc_errors" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/2afc_errors/run.py", "afc_errors_run")
 
 
 def _plain_cases(d0, d1, h, k):

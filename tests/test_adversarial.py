@@ -3,16 +3,15 @@ images by independent code (numpy for L2 and PSNR, a freshly built metric for th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "experiments" / "adversarial_robustness" / "run.py"
@@ -20,11 +19,7 @@ BOGUS = "no-such-metric"
 
 
 def _load_run():
-    spec = importlib.util.spec_from_file_location("adversarial_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(RUN, "adversarial_run")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import tarfile
 from pathlib import Path
@@ -11,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fakes import FakeResponse
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("download_bapps", ROOT / "data" / "download_bapps.py")
-bapps = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bapps)
+bapps = load_script("data/download_bapps.py", "download_bapps")
 
 
 def _jnd_archive(tmp_path: Path, complete: bool = True) -> bytes:

@@ -9,32 +9,23 @@ computation; the image verification by git blob id.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scripts import load_script
 
 import percept
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def run():
-    return _load("run_dps_analysis", ROOT / "experiments" / "dps_analysis" / "run.py")
+    return load_script("experiments/dps_analysis/run.py", "run_dps_analysis")
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +187,7 @@ def test_feature_map_png_shows_the_image_and_its_versions(run, tmp_path):
 def test_image_folders_are_read_and_verified(run, tmp_path):
     from PIL import Image
 
-    dl = _load("download_dps_images", ROOT / "data" / "download_dps_images.py")
+    dl = load_script("data/download_dps_images.py", "download_dps_images")
     assert dl.git_blob_id(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"  # `git hash-object`
     assert len(dl.read_manifest()) == 90
     folder = tmp_path / "images"

@@ -10,7 +10,6 @@ SqueezeNet (offline weights) and small SYNTHETIC BAPPS-layout folders.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scripts import load_script
 
 from percept.data import bapps
 from percept.elpips_train import (
@@ -191,10 +191,7 @@ def test_resume_continues_exactly(synthetic, tmp_path):
 
 
 def _load_driver():
-    spec = importlib.util.spec_from_file_location("elpips_train_run", ROOT / "experiments" / "elpips_train" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/elpips_train/run.py", "elpips_train_run")
 
 
 def test_driver_quick(tmp_path, capsys):

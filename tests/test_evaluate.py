@@ -8,7 +8,6 @@ with the LPIPS reference code (``lpips`` 0.1.4).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 import torch
 import torch.nn as nn
 from PIL import Image
+from scripts import load_script
 
 import percept
 from percept import evaluate as ev
@@ -257,10 +257,7 @@ def test_resume_continues_where_it_stopped(folder, tmp_path):
 
 # ------------------------------------------------------------------------------------------- driver
 def _driver():
-    spec = importlib.util.spec_from_file_location("run_2afc", ROOT / "experiments" / "2afc" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/2afc/run.py", "run_2afc")
 
 
 def test_driver_writes_the_csvs_and_says_the_data_are_synthetic(folder, tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import builtins
 import errno
-import importlib.util
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from scripts import load_script
 
 from percept import guard
 from percept.data.mnist import load_mnist
@@ -46,10 +46,7 @@ def _model() -> MnistVAE:
 
 
 def _driver():
-    spec = importlib.util.spec_from_file_location("run_vae_mnist_faults", ROOT / "experiments/vae_mnist/run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/vae_mnist/run.py", "run_vae_mnist_faults")
 
 
 def _temps(folder: Path) -> list[str]:

@@ -4,15 +4,14 @@ computations, clear errors for architectures that cannot be built, and a resumab
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -43,14 +42,7 @@ SPEC_CHANNELS = {"alexnet": (64, 192, 384, 256), "resnet18": (64, 64, 128, 512),
 
 @pytest.fixture(scope="module")
 def grid():
-    name = "pihlgren_grid_run"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / "pihlgren_grid" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/pihlgren_grid/run.py", "pihlgren_grid_run", reuse=True)
 
 
 @pytest.fixture(scope="module")

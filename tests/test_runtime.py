@@ -3,7 +3,6 @@ machine info, ``--summary``, and ``analysis.ipynb`` executed on those CSVs. Noth
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -14,16 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiments" / "runtime"
 
 
 def _driver():
-    spec = importlib.util.spec_from_file_location("runtime_run", EXPERIMENT / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXPERIMENT / "run.py", "runtime_run")
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,8 @@ the network, the scores, and the driver's quick run."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,30 +13,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
-def _load(name: str, path: Path):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def sr():
-    return _load("percept_experiments_sr", ROOT / "experiments" / "super_resolution" / "sr.py")
+    return load_script("experiments/super_resolution/sr.py", "percept_experiments_sr", reuse=True)
 
 
 @pytest.fixture(scope="module")
 def driver():
-    return _load("super_resolution_run", ROOT / "experiments" / "super_resolution" / "run.py")
+    return load_script("experiments/super_resolution/run.py", "super_resolution_run", reuse=True)
 
 
 @pytest.fixture(scope="module")

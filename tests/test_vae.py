@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scripts import load_script  # noqa: E402
 
 import percept
 from percept.data import ImageSet
@@ -315,12 +316,7 @@ def test_distributed_training_with_two_processes_matches_one(tmp_path, digits):
 
 
 def _driver(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"run_{name}", ROOT / "experiments" / name / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"experiments/{name}/run.py", f"run_{name}")
 
 
 def test_mnist_driver_end_to_end(tmp_path, capsys):

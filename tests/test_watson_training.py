@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from scripts import load_script
 
 import percept
 from percept import LossProvider
@@ -140,14 +141,9 @@ def test_paper_mode_vae_trains_like_the_original():
 
 def test_luminance_floor_driver_quick(tmp_path):
     import csv
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "luminance_floor" / "run.py"
-    spec = importlib.util.spec_from_file_location("luminance_floor_run", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("experiments/luminance_floor/run.py", "luminance_floor_run")
     assert module.main(["--quick", "--losses", "watson-dft", "--out", str(tmp_path)]) == 0
     with open(tmp_path / "curves.csv") as f:
         rows = list(csv.DictReader(f))

@@ -7,22 +7,19 @@ channel weights, t and the phase weights), its parameter counts (§17.4) and the
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import shutil
 from pathlib import Path
 
 import pytest
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _driver():
-    spec = importlib.util.spec_from_file_location("watson_weights_run", ROOT / "experiments" / "watson_weights" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/watson_weights/run.py", "watson_weights_run")
 
 
 @pytest.fixture(scope="module")
