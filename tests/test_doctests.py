@@ -33,7 +33,8 @@ def test_the_examples_are_found():
 
 
 @pytest.mark.parametrize("module", MODULES)
-def test_docstring_examples_run(module):
+def test_docstring_examples_run(module, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                # examples that write files ("results/x/...") write them here
     torch.manual_seed(0)
     result = doctest.testmod(importlib.import_module(module), extraglobs={"torch": torch}, verbose=False,
                              optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

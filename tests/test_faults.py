@@ -129,6 +129,39 @@ def test_a_second_run_into_a_busy_folder_stops_with_one_line(tmp_path, digits, c
     assert not (out / "l2" / LOCK_NAME).exists()
 
 
+def test_drivers_on_different_losses_share_one_output_folder(tmp_path):
+    """A loss folder is locked while it trains, not the whole --out: a second driver trains another loss into
+    the same folder (one process per loss on a many-core machine) and the shared tables list both."""
+    out = tmp_path / "shared"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out / "l2")], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        run = _driver()
+        argv = ["--loss", "ssim", "--epochs", "1", "--train-limit", "32", "--test-limit", "16", "--batch-size", "16",
+                "--eval-metrics", "l2", "--out", str(out), "--no-progress", "--device", "cpu"]  # fmt: skip
+        assert run.run_experiment(run.EXPERIMENT, argv) == 0
+        assert (out / "ssim" / "run.json").is_file() and not (out / "l2" / "history.csv").exists()
+        assert "ssim" in json.loads((out / "results.json").read_text())["losses"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_with_wait_takes_over_when_the_owner_finishes(tmp_path):
+    release_after_2s = HOLD_LOCK.replace("time.sleep(120)", "time.sleep(2); lock.release(); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", release_after_2s, str(tmp_path)], env=ENV,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError):
+            RunLock(tmp_path).acquire()  # no wait: refused at once
+        with RunLock(tmp_path, wait=60) as lock:  # the holder, still running, releases it after 2 s
+            assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_two_locks_in_one_process_exclude_each_other(tmp_path):
     with RunLock(tmp_path), pytest.raises(RunLockedError):
         RunLock(tmp_path).acquire()

@@ -236,10 +236,11 @@ class RunLock:
     longer exists, as after a kill, is taken over with a warning. The owner removes it when done.
     """
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, wait: float = 0.0):
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
         self.held = False
+        self.wait = wait  # seconds to wait for a live owner to finish before giving up
 
     def _owner(self) -> dict | None:
         try:
@@ -250,6 +251,16 @@ class RunLock:
             return {}
 
     def acquire(self) -> RunLock:
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                return self._acquire_once()
+            except RunLockedError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def _acquire_once(self) -> RunLock:
         if self.folder.exists() and not self.folder.is_dir():
             raise RunError(f"{self.folder} is a file, not a folder: choose another output folder (--out)")
         self.folder.mkdir(parents=True, exist_ok=True)

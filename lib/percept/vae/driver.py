@@ -296,7 +296,8 @@ def run_experiment(exp: VAEExperiment, argv: list[str] | None = None) -> int:
     ``scores.csv`` (the test reconstructions scored by every metric) and ``run.json``. For the whole run:
     ``cross_metric.csv``, ``training_curves.csv``, ``results.json`` and ``machine.json``.
 
-    ``<out>`` is locked for the run (a second driver into it stops with an error). A loss folder that holds an
+    Each ``<out>/<loss>`` is locked while it trains (a second driver on the same loss stops with an error);
+    drivers training different losses may share ``<out>``, and write its shared files in turn. A loss folder that holds an
     earlier run needs ``--resume`` or ``--overwrite``. Errors end in one line on stderr and a non-zero exit
     status (``--debug`` or ``PERCEPT_DEBUG=1`` for the traceback).
     """
@@ -367,7 +368,8 @@ def _run_experiment(exp: VAEExperiment, argv: list[str], cleanup: contextlib.Exi
         "test": test_set.info | {"size": len(test_set)},
     }
     if info.is_main:
-        cleanup.enter_context(RunLock(out))  # one driver at a time per output folder
+        # each loss folder is locked while it trains (train_vae), so several drivers can train different losses
+        # into one --out at the same time; the shared files at the end are written under the folder's lock
         log.info("data: %s", data["data_source"])
         log.info("writing to %s (device %s, %d process(es))", out, device, info.world_size)
     from percept.models import build_vae
@@ -479,6 +481,7 @@ def _run_experiment(exp: VAEExperiment, argv: list[str], cleanup: contextlib.Exi
         if not keep:
             shutil.rmtree(loss_dir / "checkpoints", ignore_errors=True)
     if info.is_main:
+        cleanup.enter_context(RunLock(out, wait=600))
         _collect(out, list(PAPER_LOSSES))
         machine = machine_info(device)
         write_json(out / "machine.json", machine)
