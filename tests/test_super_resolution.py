@@ -191,15 +191,26 @@ def test_summarise(sr):
 
 
 # --------------------------------------------------------------------------------------------- driver
-def test_quick_run_writes_labelled_results(driver, tmp_path, capsys):
+def test_quick_run_writes_labelled_results(driver, tmp_path, capsys, monkeypatch):
     out = tmp_path / "sr"
-    argv = ["--quick", "--out", str(out), "--losses", "l2", "feature-resnet18:4@random", "--steps", "4",
+    argv = ["--quick", "--out", str(out), "--losses", "l2", "feature-resnet18:4@random+tv=0.5", "--steps", "4",
             "--eval-every", "2", "--no-progress"]
+    trained_tv = []  # the TV weight each training actually received, in --losses order
+    real_train = driver.sr.train_sr
+
+    def spy(loss_fn, train, val, config, **kwargs):
+        trained_tv.append(config.tv_weight)
+        return real_train(loss_fn, train, val, config, **kwargs)
+
+    monkeypatch.setattr(driver.sr, "train_sr", spy)
     assert driver.main(argv) == 0
+    assert trained_tv == [0.0, 0.5]
     with open(out / "summary.csv") as f:
         rows = {r["loss"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"bicubic", "l2", "feature-resnet18:4@random"}
-    assert rows["feature-resnet18:4@random"]["weights"] == "random" and rows["l2"]["weights"] == "n/a"
+    feature = "feature-resnet18:4@random+tv=0.5"
+    assert set(rows) == {"bicubic", "l2", feature}
+    assert rows[feature]["weights"] == "random" and rows["l2"]["weights"] == "n/a"
+    assert float(rows[feature]["tv_weight"]) == 0.5 and float(rows["l2"]["tv_weight"]) == 0.0
     assert all(r["data"] == "REDUCED CelebA (10k half-res)" for r in rows.values())
     assert all(r["n_test"] == "32" for r in rows.values())
     with open(out / "curves.csv") as f:
@@ -212,7 +223,7 @@ def test_quick_run_writes_labelled_results(driver, tmp_path, capsys):
         assert f["hr"].shape == (8, 3, 64, 64) and f["lr"].shape == (8, 3, 16, 16)
         assert f["out:l2"].dtype == np.uint8
     with np.load(out / "per_image.npz") as f:
-        assert f["l2|psnr"].shape == (32,) and f["feature-resnet18:4@random|lpips_squeeze"].shape == (32,)
+        assert f["l2|psnr"].shape == (32,) and f[f"{feature}|lpips_squeeze"].shape == (32,)
         # the summary is the mean of the per-image scores
         assert float(rows["l2"]["psnr"]) == pytest.approx(float(f["l2|psnr"].mean()), abs=1e-5)
     assert (out / "examples.png").is_file()
@@ -220,10 +231,20 @@ def test_quick_run_writes_labelled_results(driver, tmp_path, capsys):
     assert driver.main(["--quick", "--out", str(out), "--losses", "l2", "--steps", "4", "--eval-every", "2",
                         "--no-progress"]) == 0
     with open(out / "summary.csv") as f:
-        assert sorted(r["loss"] for r in csv.DictReader(f)) == ["bicubic", "feature-resnet18:4@random", "l2"]
+        assert sorted(r["loss"] for r in csv.DictReader(f)) == ["bicubic", feature, "l2"]
     # another protocol into the same folder is refused
     with pytest.raises(driver.RunError, match="another protocol"):
         driver.main(["--quick", "--out", str(out), "--losses", "l2", "--steps", "6", "--no-progress"])
+
+
+def test_tv_suffix(driver):
+    assert driver.split_tv("feature-alexnet:1+tv=1", 0.0) == ("feature-alexnet:1", 1.0)
+    assert driver.split_tv("lpips-alex", 0.25) == ("lpips-alex", 0.25)
+    assert driver.split_tv("l2+tv=1e-2", 0.0) == ("l2", 0.01)
+    with pytest.raises(driver.RunError, match="TV weight"):
+        driver.split_tv("l2+tv=-1", 0.0)
+    with pytest.raises(driver.RunError, match="bad TV weight"):
+        driver.split_tv("l2+tv=1e", 0.0)
 
 
 def test_bad_loss_stops_before_training(driver, tmp_path):

@@ -4,9 +4,9 @@ A small network (:class:`sr.SRNet`: bicubic upsampling plus a learned residual f
 shuffle) learns to upscale 64x64 CelebA faces by 4 (or 2) with each loss in ``--losses``, and is scored on
 held-out faces with PSNR (RGB), SSIM (luma), LPIPS-alex and LPIPS-squeeze, next to bicubic interpolation::
 
-    python experiments/super_resolution/run.py                       # l2, feature-alexnet:1, lpips-alex; ~1 h, 2 CPU cores
+    python experiments/super_resolution/run.py                       # the 6 default losses: ~1 h on 2 CPU cores
     python experiments/super_resolution/run.py --losses l2 deeploss-squeeze feature-vgg16:8@random
-    python experiments/super_resolution/run.py --losses feature-alexnet:4 --tv-weight 3 --out results/sr_tv
+    python experiments/super_resolution/run.py --losses feature-alexnet:1+tv=1 lpips-alex+tv=1   # with a TV term
     python experiments/super_resolution/run.py --quick               # ~1 minute (tests)
 
 Losses: any registry name (``percept.list_metrics()``: ``l2``, ``lpips-alex``, ``deeploss-squeeze``, ``dps-alex``,
@@ -14,12 +14,14 @@ Losses: any registry name (``percept.list_metrics()``: ``l2``, ``lpips-alex``, `
 (not channel-normalised) features of child ``layer`` of a torchvision network fed un-normalised [0, 1] images
 (``--feature-input-norm imagenet`` normalises them first). ImageNet weights exist offline for AlexNet and
 SqueezeNet 1.1 only; ``@random`` uses torchvision's random initialisation (seeded), and the ``weights`` column
-says which one each row used. A missing weight file is an error, never a silent fallback. ``--tv-weight``
-adds Johnson et al.'s total-variation regulariser to every loss (default 0: the loss alone).
+says which one each row used. A missing weight file is an error, never a silent fallback. A suffix ``+tv=W``
+(e.g. ``feature-alexnet:1+tv=1``) adds W x Johnson et al.'s total-variation regulariser (mean squared
+neighbour difference of the output) to that loss; ``--tv-weight`` sets W for losses without the suffix
+(default 0: the loss alone). The ``tv_weight`` column says which weight each row used.
 
 The default feature loss is AlexNet relu1 (child 1), not relu2 (child 4, the usual "relu2_2-like" choice): on
 64x64 faces relu2 is a 7x7 map, and in a 500-step probe its loss left fine detail unconstrained and drew a
-visible grid of blotches (relu1 is 15x15); ``feature-alexnet:4 --tv-weight 3`` suppresses most of that.
+visible grid of blotches (relu1 is 15x15); ``feature-alexnet:4+tv=3`` suppresses most of that.
 
 Protocol, with what differs from Pihlgren et al.'s re-run of Johnson et al. 2016 (spec dps_analysis.md §3.2 B2):
 
@@ -51,7 +53,9 @@ import csv
 import importlib.util
 import json
 import logging
+import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -88,11 +92,15 @@ SUMMARY_COLUMNS = [
 CURVE_COLUMNS = ["loss", "step", "train_loss", "val_psnr", "val_ssim", "val_lpips_alex", "val_lpips_squeeze",
                  "train_seconds"]
 N_EXAMPLES = 8
+#: the committed run: pixel L2, Pihlgren et al.'s raw-feature loss on the two ImageNet networks available offline,
+#: LPIPS-alex, and the AlexNet losses again with Johnson et al.'s TV regulariser
+DEFAULT_LOSSES = ["l2", "feature-alexnet:1", "feature-squeezenet1_1:1", "lpips-alex", "feature-alexnet:1+tv=1",
+                  "lpips-alex+tv=1"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--losses", nargs="+", default=["l2", "feature-alexnet:1", "lpips-alex"],
+    p.add_argument("--losses", nargs="+", default=DEFAULT_LOSSES,
                    help="registry names or feature-<arch>:<layer>[@imagenet|@random]")
     p.add_argument("--factor", type=int, default=4, choices=sr.FACTORS, help="upscaling factor (the paper's x4)")
     p.add_argument("--steps", type=int, default=3000)
@@ -104,8 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select", default="last", choices=["last", "best-psnr"],
                    help="model kept: the last step, or the best validation PSNR (the paper's rule)")
     p.add_argument("--tv-weight", type=float, default=0.0,
-                   help="add this x the squared total variation of the output to every loss (Johnson et al.'s "
-                        "regulariser; 0: the loss alone)")
+                   help="TV regulariser weight for losses without a +tv=W suffix (Johnson et al.'s; 0: the loss alone)")
     p.add_argument("--feature-input-norm", default="none", choices=["none", "imagenet"],
                    help="feature-* losses: un-normalised [0, 1] input (the paper's SR loss) or ImageNet mean/std")
     p.add_argument("--n-train", type=int, default=None, help="training faces (default: all but --n-val)")
@@ -134,12 +141,29 @@ def weights_of(spec: str, loss: torch.nn.Module) -> str:
     return "imagenet" if hasattr(loss, "backbone") else "n/a"
 
 
-def _row(loss: str, weights: str, label: str, args, scores: dict, train_seconds: float) -> dict:
+_TV_SUFFIX = re.compile(r"^(?P<loss>.+?)\+tv=(?P<w>[0-9.eE+-]+)$")
+
+
+def split_tv(spec: str, default: float) -> tuple[str, float]:
+    """``"feature-alexnet:1+tv=1"`` -> ``("feature-alexnet:1", 1.0)``; no suffix: ``(spec, default)``."""
+    m = _TV_SUFFIX.match(spec.strip())
+    if not m:
+        return spec.strip(), default
+    try:
+        w = float(m.group("w"))
+    except ValueError:
+        raise RunError(f"--losses {spec}: bad TV weight {m.group('w')!r}") from None
+    if not w >= 0:
+        raise RunError(f"--losses {spec}: the TV weight must be >= 0")
+    return m.group("loss"), w
+
+
+def _row(loss: str, weights: str, label: str, args, scores: dict, train_seconds: float, tv: float = 0.0) -> dict:
     s = sr.summarise(scores)
     return {
         "loss": loss, "weights": weights, "data": label, "factor": args.factor,
         "steps": args.steps if loss != "bicubic" else 0, "select": args.select if loss != "bicubic" else "",
-        "tv_weight": args.tv_weight if loss != "bicubic" else "",
+        "tv_weight": tv if loss != "bicubic" else "",
         "n_test": len(scores["psnr"]), **s, "train_seconds": train_seconds,
         "seconds_per_step": train_seconds / args.steps if loss != "bicubic" and args.steps else float("nan"),
     }
@@ -154,8 +178,7 @@ def _check_folder(out: Path, label: str, args) -> None:
         old = json.loads(info.read_text())
     except ValueError:
         return
-    same = {"data": label, "factor": args.factor, "steps": args.steps, "n_test": args.n_test, "quick": args.quick,
-            "tv_weight": args.tv_weight}
+    same = {"data": label, "factor": args.factor, "steps": args.steps, "n_test": args.n_test, "quick": args.quick}
     was = {k: old.get("protocol", {}).get(k) for k in same}
     if was != same:
         raise RunError(
@@ -170,12 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT)
     device = select_device(args.device)
     # build every loss first: a bad name or a missing weight file stops the run before any training
-    losses = {}
+    losses = {}  # row label -> (loss module, TV weight, loss name)
     for spec in args.losses:
-        if spec in losses:
-            raise RunError(f"--losses names {spec!r} twice")
+        name, tv = split_tv(spec, args.tv_weight)
+        label = f"{name}+tv={tv:g}" if tv else name
+        if label in losses:
+            raise RunError(f"--losses names {label!r} twice")
         try:
-            losses[spec] = sr.build_loss(spec, device, input_norm=args.feature_input_norm)
+            losses[label] = (sr.build_loss(name, device, input_norm=args.feature_input_norm), tv, name)
         except KeyError as err:
             raise RunError(str(err.args[0])) from None
         except ValueError as err:
@@ -195,7 +220,7 @@ def _run(args, losses: dict, faces: dict, out: Path, device) -> int:
     evaluator = sr.Evaluator(device)
     config = sr.TrainConfig(
         factor=args.factor, steps=args.steps, batch_size=args.batch_size, lr=args.lr, channels=args.channels,
-        blocks=args.blocks, eval_every=args.eval_every, select=args.select, tv_weight=args.tv_weight, seed=args.seed,
+        blocks=args.blocks, eval_every=args.eval_every, select=args.select, seed=args.seed,
     )
     hr = sr.to_float(faces["test"])
     lr_images = sr.downscale(hr, args.factor)
@@ -214,7 +239,7 @@ def _run(args, losses: dict, faces: dict, out: Path, device) -> int:
         "data_source": faces["data_source"],
         "test_source": faces["test_source"],
         "protocol": {"data": label, "factor": args.factor, "steps": args.steps, "n_test": args.n_test,
-                     "quick": args.quick, "tv_weight": args.tv_weight},
+                     "quick": args.quick},
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "scores": "PSNR on RGB (dB); SSIM on BT.601 luma (Gaussian 11x11, sigma 1.5, valid); LPIPS-alex and "
                   "LPIPS-squeeze v0.1",
@@ -240,19 +265,20 @@ def _run(args, losses: dict, faces: dict, out: Path, device) -> int:
         writer = csv.DictWriter(handle, fieldnames=CURVE_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(kept_curves)
-        for spec, loss_fn in losses.items():
+        for spec, (loss_fn, tv, name) in losses.items():
             print(f"training with {spec} ...", flush=True)
 
             def on_eval(record, spec=spec):
                 writer.writerow({"loss": spec, **{k: _fmt(record.get(k, "")) for k in CURVE_COLUMNS if k != "loss"}})
                 handle.flush()
 
-            model, history = sr.train_sr(loss_fn, faces["train"], faces["val"], config, device=device,
+            model, history = sr.train_sr(loss_fn, faces["train"], faces["val"], replace(config, tv_weight=tv),
+                                         device=device,
                                          evaluator=evaluator, on_eval=on_eval, progress=not args.no_progress)
             output = sr.predict(model, lr_images, device)
             per_image[spec] = evaluator.scores(output, hr)
             examples[f"out:{spec}"] = (output[:N_EXAMPLES] * 255).round().to(torch.uint8).numpy()
-            row = _row(spec, weights_of(spec, loss_fn), label, args, per_image[spec], history[-1]["train_seconds"])
+            row = _row(spec, weights_of(name, loss_fn), label, args, per_image[spec], history[-1]["train_seconds"], tv)
             rows.append(row)
             save()
             print(f"  {spec}: PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}, LPIPS-alex {row['lpips_alex']:.4f}, "
