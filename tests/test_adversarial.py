@@ -41,7 +41,8 @@ def quick(run_module, tmp_path_factory):
         pytest.skip("needs the E-LPIPS photographs: set PERCEPT_ASSETS to the offline asset folder")
     out = tmp_path_factory.mktemp("adversarial")
     metrics = ",".join(list(run_module.METRICS) + [BOGUS])
-    assert run_module.main(["--quick", "--out", str(out), "--no-progress", "--metrics", metrics]) == 0
+    argv = ["--quick", "--out", str(out), "--no-progress", "--metrics", metrics, "--all-images"]
+    assert run_module.main(argv) == 0
     return out
 
 
@@ -225,3 +226,15 @@ def test_bad_arguments_are_refused(run_module):
         run_module.parse_args(["--eps", "-0.1"])
     args = run_module.parse_args(["--quick", "--eps", "0.2,0.05"])
     assert args.eps == [0.05, 0.2]
+
+
+def test_images_of_the_largest_budget_only_by_default(run_module, tmp_path):
+    """Without --all-images, images.npz holds the adversarial images the figures show (largest budget)."""
+    if not _have_photos(run_module):
+        pytest.skip("needs the E-LPIPS photographs: set PERCEPT_ASSETS to the offline asset folder")
+    assert run_module.main(["--quick", "--out", str(tmp_path), "--no-progress", "--metrics", "l2"]) == 0
+    data = np.load(tmp_path / "images.npz")
+    eps = [float(e) for e in data["eps"]]
+    assert len(eps) > 1
+    assert sorted(k for k in data.files if k.startswith("adv__")) == [f"adv__l2__eps{max(eps):g}"]
+    assert len(pd.read_csv(tmp_path / "attacks.csv").eps.unique()) == len(eps)  # every budget was still attacked

@@ -44,7 +44,8 @@ Writes ``--out`` (default results/adversarial_robustness/):
                        fraction fooled / geometric-mean ratio
     skipped.csv        metrics (and photographs) that could not be used, with the reason
     images.npz         uint8 (N, H, W, 3) arrays: reference, honest, source, adv__<metric>__eps<eps> (the exact
-                       images that were judged), and their names
+                       images that were judged) for the largest budget (every budget with --all-images: about
+                       5 MB for the default run, as the adversarial noise does not compress), and their names
     barycenter.npz / barycenter.csv   the barycenter demo's images and distances
     machine.json       machine info and the protocol
     attacks.png        quick look (analysis.ipynb draws the figures)
@@ -527,6 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "decayed linearly to 10 %%)")
     p.add_argument("--bary-samples", type=int, default=None, help="E-LPIPS draws per barycenter step (default "
                    f"{DEFAULTS['bary_samples']}, --quick {QUICK['bary_samples']})")
+    p.add_argument("--all-images", action="store_true", help="save the adversarial images of every budget in "
+                   "images.npz (default: the largest budget's, which the figures show)")
     p.add_argument("--batch", type=int, default=64, help="images per forward pass when judging (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise, the attacks and the E-LPIPS draws")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
@@ -718,7 +721,8 @@ def _main(argv: list[str], cleanup: contextlib.ExitStack) -> int:
     skipped_rows += [{"kind": "photograph", "name": n, "reason": r} for n, r in skipped_photos.items()]
     write_csv(out / "skipped.csv", skipped_rows, ["kind", "name", "reason"])
     images = {"reference": to_uint8(refs), "honest": to_uint8(honest), "source": to_uint8(sources)}
-    images.update({adv_key(*job): to_uint8(adversarial[job]) for job in jobs})
+    kept = jobs if args.all_images else [job for job in jobs if job[1] == max(args.eps)]
+    images.update({adv_key(*job): to_uint8(adversarial[job]) for job in kept})
     np.savez_compressed(out / "images.npz", **images, reference_names=np.array([names[i] for i in ref_idx]),
                         source_names=np.array([names[i] for i in src_idx]), metrics=np.array(labels),
                         eps=np.array(args.eps))
