@@ -684,7 +684,7 @@ def test_scratch_run_writes_a_trunk_that_rebuilds_the_tuned_metric(folder, tmp_p
         "lpips-squeeze", lin_weights=str(result["weights"]), backbone_weights=str(result["trunk"]), reduction="none"
     )
     tuned = ev.build_tunable(config)
-    ev._load_trainable_state(tuned, ckpt["metric"])
+    ev.tuning._load_trainable_state(tuned, ckpt["metric"])
     tuned.eval()
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(refs[1:], refs[:-1]), tuned(refs[1:], refs[:-1]))
