@@ -65,7 +65,8 @@ import torch.nn.functional as F
 import percept
 from percept import assets
 from percept.guard import RunLock, add_debug_flag, atomic_output, driver_main
-from percept.metrics.deep import METHODS, modify_features, normalize_channels, scale_input, squared_difference_mean
+from percept.metrics.deep import METHODS
+from percept.metrics.deep_core import modify_features, normalize_channels, scale_input, squared_difference_mean
 from percept.runinfo import machine_info, select_device, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -403,7 +404,7 @@ def dps_distances(taps: list[torch.Tensor], i, j, method: str, channel_norm: boo
     """DPS distances d(image i, image j) for index arrays i, j, from precomputed taps: per branch of ``method``
     the modifier and optional channel normalisation (once per image), then the squared difference summed over
     channels and averaged over positions (pairs in chunks of ``chunk``); summed over layers and branches. The
-    functions are percept.metrics.deep's, as the dps-* metrics use them."""
+    functions are percept.metrics.deep_core's, as the dps-* metrics use them."""
     i, j = torch.as_tensor(i), torch.as_tensor(j)
     total = torch.zeros(len(i), dtype=torch.float64)
     for branch in method.split("+"):

@@ -346,8 +346,8 @@ def perturbed_barycenter(
 # ------------------------------------------------------------------------------------------- options
 def scale_levels_option(value: str | int, height: int, width: int) -> int:
     """E-LPIPS scale levels for the examples: an integer >= 1, or "auto" (what an H x W image allows,
-    :func:`percept.metrics.elpips.scale_levels_for`). The reference examples effectively used 1."""
-    from percept.metrics.elpips import scale_levels_for
+    :func:`percept.metrics.elpips_sampling.scale_levels_for`). The reference examples effectively used 1."""
+    from percept.metrics.elpips_sampling import scale_levels_for
 
     if str(value).strip().lower() == "auto":
         return scale_levels_for(height, width)

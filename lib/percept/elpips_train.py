@@ -91,7 +91,7 @@ class ElpipsTrainConfig:
 
     metric: str = "elpips_vgg"
     name: str = ""
-    transforms: str = "none"  # "none" (the reference), "all", or a comma list of percept.metrics.elpips.TRANSFORMS
+    transforms: str = "none"  # "none" (the reference), "all", or a comma list of percept.metrics.elpips_sampling.TRANSFORMS
     net_dropout: bool = False  # the ensemble's dropout inside the network (off in the reference's training)
     lpips_dropout: bool = False  # the reference's --use_dropout
     lr: float = 1e-4
@@ -137,7 +137,7 @@ class ElpipsTrainConfig:
         return self.nepoch + self.nepoch_decay
 
     def transform_names(self) -> tuple[str, ...]:
-        from percept.metrics.elpips import TRANSFORMS
+        from percept.metrics.elpips_sampling import TRANSFORMS
 
         text = str(self.transforms).strip().lower()
         if text in ("none", "", "off"):

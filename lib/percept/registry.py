@@ -191,7 +191,7 @@ METRICS: dict[str, MetricRecord] = _records(
                  original=("Deeploss-squeeze",), weights_option="lin_weights",
                  tuned_file="{cs}_pnet_lin_squeeze_trial0.pth", lr=1e-4,
                  vae_k={"mnist": {"head": 9, "paper": 9}, "celeba": {"head": 9, "paper": 9}}),
-    MetricRecord("watson-vgg", "percept.metrics.deep:WatsonVGG", "watson-vgg",
+    MetricRecord("watson-vgg", "percept.metrics.watson_vgg:WatsonVGG", "watson-vgg",
                  "Watson-style masking on VGG-16 features (experimental; Czolbe et al.'s trained weights: an asset "
                  "to fetch; pretrained=False: initial values)", original=("Watson-vgg", "watson-deep"),
                  weights_option="weights", identical=None),
