@@ -155,6 +155,49 @@ def test_fused_functions_gradcheck():
     assert torch.autograd.gradcheck(deep.squared_difference_mean, (u[..., 0], v[..., 0], w))  # (N, C, P) inputs
 
 
+def test_fused_functions_double_backward():
+    """The fused backward passes are differentiable again (a gradient penalty through a deep loss)."""
+    torch.manual_seed(0)
+    f = torch.randn(2, 5, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(deep.normalize_channels, (f,))
+    u = torch.randn(2, 5, 3, 4, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 5, 3, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(1, 5, 1, 1, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(deep.squared_difference_mean, (u, v, w))
+    assert torch.autograd.gradgradcheck(lambda a, b: deep.squared_difference_mean(a, b), (u, v))
+    from percept.backbones import StemConv2d
+
+    stem = StemConv2d.from_conv(nn.Conv2d(3, 4, 5, stride=2, padding=2).double())
+    x = torch.rand(2, 3, 11, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(stem, (x,))
+
+
+@pytest.mark.parametrize("net", ["alex", "squeeze"])
+def test_gradient_penalty_through_lpips_equals_the_lpips_package(net):
+    """d/dx ||d LPIPS(x, y) / dx||^2 (double backward through the fused backward passes and the stem
+    convolution) equals the lpips package's, which is plain autograd, given the same weights."""
+    state = _random_state(net)
+    ref = _reference_lpips(net, state).double()
+    metric = LPIPS(net=net, backbone_weights=state, reduction="sum").double()
+    torch.manual_seed(2)
+    x0, y = torch.rand(2, 3, 64, 64, dtype=torch.float64), torch.rand(2, 3, 64, 64, dtype=torch.float64)
+
+    def penalty_gradient(distance):
+        x = x0.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(distance(x).sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g.square().sum(), x)
+        return g.detach(), gg
+
+    g_ours, gg_ours = penalty_gradient(lambda x: metric(x, y))
+    g_ref, gg_ref = penalty_gradient(lambda x: ref(x, y, normalize=True))
+    # eps inside the square root (ours) or added to the norm (lpips): a difference of ~1e-10 relative to the
+    # features, so the comparison is relative to each tensor's largest element
+    for ours, want in ((g_ours, g_ref), (gg_ours, gg_ref)):
+        scale = want.abs().max().item()
+        assert scale > 0
+        torch.testing.assert_close(ours, want, rtol=0, atol=1e-6 * scale)
+
+
 def test_gradients_finite_at_identity_and_zero_features():
     torch.manual_seed(0)
     metric = LPIPS(net="squeeze", pretrained=False)

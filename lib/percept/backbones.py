@@ -49,7 +49,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from percept import assets
 
@@ -236,8 +235,7 @@ class _StemConvFunction(torch.autograd.Function):
         return F.conv2d(x, weight, bias, stride=stride, padding=padding)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, g):
+    def backward(ctx, g):  # every operation below is differentiable: double backward works through it
         x, weight = ctx.saved_tensors
         s, (ph, pw) = ctx.stride, ctx.padding
         grad_x = grad_w = grad_b = None

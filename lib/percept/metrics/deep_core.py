@@ -44,7 +44,7 @@ when only ``input`` does (a training loss), the target pass runs without autogra
 tensor object (unmodified) is passed again. On CPU the backbone runs in channels-last memory format where
 that is faster (chosen per input size; no forward pass changes the module's state) and computes the first layer's input gradient in space-to-depth form
 (:class:`percept.backbones.StemConv2d`); the channel normalisation and the weighted squared difference have
-fused backward passes (first derivatives only: double backward raises).
+fused backward passes, differentiable again through autograd (double backward).
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from percept import assets, checks
 from percept.backbones import FeatureExtractor, build_backbone, load_checkpoint
@@ -143,19 +142,24 @@ def _sum_of_squares_over_channels(f: torch.Tensor) -> torch.Tensor:
 
 
 class _ChannelNorm(torch.autograd.Function):
-    """u = f / sqrt(sum_c f^2 + eps^2) with a fused backward: grad_f = (g - u * sum_c(u g)) / sqrt(...)."""
+    """u = f / sqrt(sum_c f^2 + eps^2) with a fused backward: grad_f = (g - u * sum_c(u g)) / sqrt(...).
+
+    A backward pass that builds a graph (double backward) differentiates the same formula with autograd."""
 
     @staticmethod
     def forward(ctx, f: torch.Tensor, eps: float) -> torch.Tensor:
         inv = torch.rsqrt(_sum_of_squares_over_channels(f).add_(eps * eps))
         u = f * inv
-        ctx.save_for_backward(u, inv)
+        ctx.eps = eps
+        ctx.save_for_backward(u, inv, f)  # f: kept alive by the layer before anyway (its ReLU saves it)
         return u
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, g: torch.Tensor):
-        u, inv = ctx.saved_tensors
+        u, inv, f = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            u = f * torch.rsqrt(f.square().sum(dim=1, keepdim=True) + ctx.eps * ctx.eps)
+            return torch.autograd.grad(u, f, g, create_graph=True)[0], None
         s = (u * g).sum(dim=1, keepdim=True)
         return torch.addcmul(g, u, s, value=-1).mul_(inv), None
 
@@ -170,7 +174,8 @@ def _sum_of_squares_over_positions(r: torch.Tensor) -> torch.Tensor:
 class _SquaredDifferenceMean(torch.autograd.Function):
     """(N,) = mean over positions of sum_c w_c (u_c - v_c)^2 for (N, C, ...) tensors; w (C,) or None (w = 1).
 
-    Same value as the autograd composition, with a two-pass backward."""
+    Same value as the autograd composition, with a two-pass backward; a backward pass that builds a graph
+    (double backward) differentiates the composition with autograd."""
 
     @staticmethod
     def forward(ctx, u: torch.Tensor, v: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
@@ -179,13 +184,19 @@ class _SquaredDifferenceMean(torch.autograd.Function):
         per_channel = _sum_of_squares_over_positions(r).div_(positions)  # (N, C)
         d = per_channel.sum(dim=1) if w is None else per_channel @ w.to(per_channel.dtype)
         ctx.positions = positions
-        ctx.save_for_backward(r, w, per_channel if (w is not None and ctx.needs_input_grad[2]) else None)
+        keep = per_channel if (w is not None and ctx.needs_input_grad[2]) else None
+        ctx.save_for_backward(r, w, keep, u, v)  # u, v: the features, alive anyway
         return d
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, gd: torch.Tensor):
-        r, w, per_channel = ctx.saved_tensors
+        r, w, per_channel, u, v = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            inputs = [t for t, need in zip((u, v, w), ctx.needs_input_grad) if need]
+            per = (u - v).square().flatten(2).mean(dim=2)
+            d = per.sum(dim=1) if w is None else per @ w.to(per.dtype)
+            grads = iter(torch.autograd.grad(d, inputs, gd, create_graph=True))
+            return tuple(next(grads) if need else None for need in ctx.needs_input_grad)
         coef = gd.view(-1, 1) * (2.0 / ctx.positions)  # (N, 1)
         if w is not None:
             coef = coef * w.to(coef.dtype).view(1, -1)
@@ -202,7 +213,7 @@ def normalize_channels(f: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     The epsilon sits inside the square root, so all-zero vectors map to 0 with a finite gradient (the
     reference's ``f / (||f|| + eps)`` gives NaN there). For a vector of norm n the value differs from the
     reference's by about eps / n relative (1e-10 for n = 1). Half-precision features are normalised in
-    float32. First derivatives only (a fused backward; double backward raises).
+    float32. A fused backward; double backward works (autograd on the same formula).
     """
     if f.dtype in (torch.float16, torch.bfloat16):
         return _ChannelNorm.apply(f.float(), eps).to(f.dtype)
