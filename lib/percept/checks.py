@@ -9,6 +9,13 @@ loop that has validated its data can turn them off, as torchmetrics' ``validate_
 
     with percept.checks.value_checks(False):     # or percept.checks.set_value_checks(False),
         loss = metric(recon, x)                   # or PERCEPT_VALUE_CHECKS=0 in the environment
+
+>>> import torch
+>>> from percept.checks import check_pair
+>>> check_pair(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8) * 255, name="l2")   # doctest: +ELLIPSIS
+Traceback (most recent call last):
+    ...
+ValueError: l2: target values span [...], expected [0, 1] (0-255 images must be divided by 255)
 """
 
 from __future__ import annotations

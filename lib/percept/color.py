@@ -1,4 +1,12 @@
-"""Colour conversions used by the metrics: RGB -> YCbCr (full-range BT.601, as in JPEG), grey and CIELAB."""
+"""Colour conversions used by the metrics: RGB -> YCbCr (full-range BT.601, as in JPEG), grey and CIELAB.
+
+>>> import torch
+>>> from percept.color import rgb_to_grey, rgb_to_ycbcr
+>>> rgb_to_ycbcr(torch.ones(1, 3, 1, 1)).flatten()         # white: Y = 1, Cb = Cr = 0.5
+tensor([1.0000, 0.5000, 0.5000])
+>>> rgb_to_grey(torch.ones(1, 3, 2, 2)).shape
+torch.Size([1, 1, 2, 2])
+"""
 
 from __future__ import annotations
 

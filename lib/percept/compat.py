@@ -24,6 +24,12 @@ images); the original's reductions live here, on top of the same per-image value
 
 Fixed rather than reproduced: ``'gray'``/``'Gray'`` mean grey (the original silently used RGB), grey
 conversion checks the channel count rather than the batch size, and modules move with ``.to(device)``.
+
+>>> import torch
+>>> from percept.compat import LossProvider
+>>> loss = LossProvider().get_loss_function("Watson-fft", "RGB", reduction="sum")   # as in the original code
+>>> loss(torch.rand(4, 3, 64, 64), torch.rand(4, 3, 64, 64)).shape                  # summed over the batch
+torch.Size([])
 """
 
 from __future__ import annotations

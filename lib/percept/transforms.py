@@ -5,6 +5,14 @@ orders them). The block DCT is one matrix product with a fixed ``b*b x b*b`` ope
 is a batched FFT over all blocks at once. Nothing loops over blocks or images. The adjoints
 (gradients) of the block DFT and of the random shift are here too, for the Watson metrics'
 closed-form gradients; each is tested against autograd.
+
+>>> import torch
+>>> from percept.transforms import block_dct, to_blocks
+>>> x = torch.rand(2, 1, 16, 24)
+>>> to_blocks(x).shape                 # (N, C, blocks, 8 * 8), row-major block order
+torch.Size([2, 1, 6, 64])
+>>> block_dct(x).shape                 # each block's 64 DCT coefficients
+torch.Size([2, 1, 6, 64])
 """
 
 from __future__ import annotations

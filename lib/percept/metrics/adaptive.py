@@ -7,6 +7,13 @@ metric (``percept.get_metric("adaptive")``): per-image value = the sum of the el
 It is an NLL, so it can be negative, and it is not 0 for identical images (it is then
 ``sum(log c + log Z(alpha))``, a constant of the weights). The reproduction of the original ``LossProvider``
 Adaptive loss, bugs included, on the same formula, is :func:`percept.compat.original_adaptive`.
+
+>>> import torch
+>>> from percept.metrics.adaptive import Adaptive
+>>> metric = Adaptive(reduction="none")            # the shipped weights: one (alpha, c) per 64x64 coefficient
+>>> x = torch.rand(2, 3, 64, 64)
+>>> metric(x, x.flip(-1)).shape
+torch.Size([2])
 """
 
 from __future__ import annotations

@@ -4,6 +4,12 @@ Thin wrappers over :mod:`percept.functional.pixel` (the formulas, the Lab varian
 gradient are documented there). Each takes NCHW float tensors in [0, 1] of the same shape, computes one
 value per image, shape (N,), averaged over C, H and W, then applies ``reduction`` ("sum", "mean" or "none").
 The original LossProvider's L1/L2 (sums over every element) are in :mod:`percept.compat`.
+
+>>> import torch
+>>> from percept.metrics.pixel import L2, PSNR
+>>> black, grey = torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.5)
+>>> L2(reduction="none")(black, grey), PSNR(reduction="none")(black, grey)
+(tensor([0.2500]), tensor([6.0206]))
 """
 
 from __future__ import annotations

@@ -4,6 +4,12 @@ Thin wrappers over :mod:`percept.functional.ssim`, where the window, the three p
 "zeros" = the original Czolbe et al. code, "reflect" = torchmetrics), MS-SSIM, the fused backward and the
 execution strategies ("chunked" on CPU, "batched" on GPUs: :mod:`percept.execution`) are documented. The
 original LossProvider's SSIM (its 'sum' is a batch mean) is :class:`percept.compat.OriginalSSIM`.
+
+>>> import torch
+>>> from percept.metrics.ssim import SSIM
+>>> x = torch.rand(2, 3, 32, 32)
+>>> SSIM(reduction="none")(x, x)                   # 1 - SSIM: 0 for identical images
+tensor([0., 0.])
 """
 
 from __future__ import annotations

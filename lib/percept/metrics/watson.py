@@ -29,6 +29,14 @@ Differences from the original code, all documented in the README:
   (one 8-bit grey level) before masking: blocks at least that bright are untouched, and the value stays
   finite and continuous as a block darkens to black.
 - The random shift of up to 8 px uses torch's RNG (seedable), not numpy's global RNG.
+
+>>> import torch
+>>> from percept.metrics.watson import WatsonDFT
+>>> metric = WatsonDFT(colorspace="grey", reduction="none", pretrained=False)   # the initial values, no file
+>>> x = torch.rand(2, 1, 32, 32)                  # (N, C, H, W) in [0, 1], H and W multiples of 8
+>>> d = metric(x, (x + 0.05 * torch.randn_like(x)).clamp(0, 1))
+>>> d.shape, bool((d > metric(x, x)).all())       # identical images: a small eps floor, not 0 (spec)
+(torch.Size([2]), True)
 """
 
 from __future__ import annotations
