@@ -94,7 +94,7 @@ from percept.evaluate import (
     tuned_trunk_file,
     tuned_weight_file,
 )
-from percept.guard import RunLock, add_debug_flag, driver_main
+from percept.guard import RunLock, add_run_flags, driver_main
 from percept.metrics.deep import METHODS as DPS_METHODS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,11 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size", type=int, default=None, help="evaluation 128 (the original's); training 50 (DPS: 256)"
     )
-    p.add_argument("--out", type=Path, default=None, help=f"output folder (default {DEFAULT_OUT.relative_to(ROOT)})")
-    p.add_argument(
-        "--quick", action="store_true", help="a ~1 minute run on a few triplets (synthetic data without BAPPS)"
-    )
     p.add_argument("--limit", type=int, default=None, help="use the first N entries of each subset")
+    add_run_flags(p, default_out=DEFAULT_OUT.relative_to(ROOT),
+                  quick="a ~1 minute run on a few triplets (synthetic data without BAPPS)")
     p.add_argument(
         "--resize",
         default="pil-bilinear",
@@ -203,13 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="tap indices (children of the network's feature trunk; default the LPIPS taps / Pihlgren et al.'s)",
     )
-    p.add_argument("--device", default="auto")
     p.add_argument(
         "--workers", type=int, default=None, help="DataLoader workers decoding PNGs (default: min(4, CPUs/2))"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
-    add_debug_flag(p)
     t = p.add_argument_group("tuning (--train)")
     t.add_argument("--train", action="store_true", help="tune on 2AFC train, then score the tuned metrics on val")
     t.add_argument("--train-subsets", nargs="+", default=list(bapps.SUBSETS_2AFC["train"]))

@@ -33,7 +33,6 @@ Runtime: that of ``experiments/2afc/run.py`` for the same metrics (the VGG-16 me
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 import sys
@@ -45,8 +44,8 @@ import torch
 
 from percept import registry
 from percept.data import DatasetError, bapps
-from percept.guard import RunLock, add_debug_flag, atomic_output, driver_main
-from percept.runinfo import machine_info, select_device, write_json
+from percept.guard import RunLock, add_run_flags, atomic_output, driver_main
+from percept.runinfo import machine_info, select_device, write_csv, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "results" / "2afc_errors"
@@ -68,16 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--resize", default="pil-bilinear", choices=bapps.RESIZE_MODES)
     p.add_argument("--limit", type=int, default=None, help="use the first N triplets of each subset")
-    p.add_argument("--out", type=Path, default=None, help=f"output folder (default {DEFAULT_OUT.relative_to(ROOT)})")
-    p.add_argument("--quick", action="store_true",
-                   help=f"{QUICK_TRIPLETS} triplets per subset, metrics {' '.join(QUICK_METRICS)} (SYNTHETIC without BAPPS)")
     p.add_argument("--synthetic", type=int, default=None, metavar="N",
                    help="without BAPPS: build a SYNTHETIC BAPPS-layout folder of N triplets per subset and use it")
-    p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(4, CPUs / 2))")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
-    add_debug_flag(p)
+    add_run_flags(p, default_out=DEFAULT_OUT.relative_to(ROOT),
+                  quick=f"{QUICK_TRIPLETS} triplets per subset, metrics {' '.join(QUICK_METRICS)} (SYNTHETIC without BAPPS)")
     return p
 
 
@@ -124,15 +118,6 @@ def summary_row(name: str, cs: str, subset: str, d0, d1, judge) -> dict:
 
 def _uint8(x: torch.Tensor) -> np.ndarray:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    columns = list(dict.fromkeys(k for r in rows for k in r)) if rows else ["case"]
-    with atomic_output(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({c: (f"{r[c]:.8g}" if isinstance(r.get(c), float) else r.get(c, "")) for c in columns})
 
 
 def _save_npz(path: Path, arrays: dict) -> None:
@@ -216,8 +201,8 @@ def _run(args, names: list[str], root: Path, synthetic: bool, out: Path) -> int:
                           "human_choice": "p1" if judge[i] > 0.5 else "p0", "metric_choice": "p0" if d0[i] < d1[i] else "p1",
                           "d0": float(d0[i]), "d1": float(d1[i]), "human_margin": float(abs(judge[i] - 0.5)),
                           "metric_margin": float(abs(d0[i] - d1[i]) / total) if total > 0 else 0.0})
-    _write_csv(out / "summary.csv", summary)
-    _write_csv(out / "cases.csv", cases)
+    write_csv(out / "summary.csv", summary)
+    write_csv(out / "cases.csv", cases)
     _save_npz(out / "cases.npz", {k: np.stack(v) if v else np.zeros((0, 64, 64, 3), np.uint8)
                                   for k, v in patches.items()})
     _save_npz(out / "distances.npz", distances)

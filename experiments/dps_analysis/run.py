@@ -50,7 +50,6 @@ Writes ``--out`` (default results/dps_analysis/):
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 import textwrap
@@ -67,7 +66,7 @@ from percept import assets
 from percept.guard import RunLock, add_debug_flag, atomic_output, driver_main
 from percept.metrics.deep import METHODS
 from percept.metrics.deep_core import modify_features, normalize_channels, scale_input, squared_difference_mean
-from percept.runinfo import machine_info, select_device, write_json
+from percept.runinfo import machine_info, select_device, write_csv, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "results" / "dps_analysis"
@@ -706,8 +705,8 @@ def _run(args, out: Path) -> int:
     if not summary:
         raise SystemExit("error: no network could be run (see the skipped reasons above)")
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv(out / "results.csv", results, RESULT_COLUMNS)
-    _write_csv(out / "passes.csv", summary, PASS_COLUMNS)
+    write_csv(out / "results.csv", results, RESULT_COLUMNS)
+    write_csv(out / "passes.csv", summary, PASS_COLUMNS)
     with atomic_output(out / "passes.txt", "w") as f:
         f.write("\n".join(lines) + "\n")
     info = machine_info(device)
@@ -735,14 +734,6 @@ def _run(args, out: Path) -> int:
         + ("" if images.label == "original" else f" on {images.label.upper()} images")
     )
     return 0
-
-
-def _write_csv(path: Path, rows: list[dict], columns) -> None:
-    with atomic_output(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), lineterminator="\n")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({c: (f"{r[c]:.8g}" if isinstance(r[c], float) else r[c]) for c in columns})
 
 
 if __name__ == "__main__":

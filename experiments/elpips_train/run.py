@@ -41,7 +41,6 @@ perception (``run.json`` says ``"synthetic": true``).
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 import sys
@@ -52,8 +51,8 @@ import numpy as np
 import torch
 
 from percept.data import DatasetError, bapps
-from percept.guard import RunLock, add_debug_flag, driver_main
-from percept.runinfo import machine_info, select_device, write_json
+from percept.guard import RunLock, add_run_flags, driver_main
+from percept.runinfo import machine_info, select_device, write_csv, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "results" / "elpips_train"
@@ -71,8 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"network and configuration: {', '.join(METRICS)} (dashes accepted; default elpips_vgg)")
     p.add_argument("--name", default=None, help="run name: output subfolder and <name>-latest.npy (default: --metric)")
     p.add_argument("--data", type=Path, default=None, help=f"BAPPS root (default {bapps.default_root()})")
-    p.add_argument("--out", type=Path, default=None, help="output folder; the run goes to OUT/<name> "
-                   f"(default {DEFAULT_OUT.relative_to(ROOT)})")
     p.add_argument("--transforms", default="none",
                    help="random transformations while training: none (the reference), all, or a comma list of "
                         "scale,shift,flip,transpose,permute,color")
@@ -90,9 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="patch resampling (default: the E-LPIPS loader's non-antialiased bilinear)")
     p.add_argument("--limit", type=int, default=None, help="use the first N triplets of each training subset")
     p.add_argument("--backbone-weights", default="imagenet", help="trunk: imagenet (default), random or a checkpoint")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(4, CPUs / 2))")
+    add_run_flags(p, default_out=DEFAULT_OUT.relative_to(ROOT), out_help="output folder; the run goes to OUT/<name>",
+                  quick="~1 minute: SqueezeNet, 1 + 1 epochs of 3 batches of 8 (SYNTHETIC data without BAPPS)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT/<name> from its checkpoint")
     p.add_argument("--max-batches", type=int, default=None, help="stop each epoch after N batches")
     p.add_argument("--log-every", type=int, default=10, help="steps between rows of steps.csv")
@@ -101,10 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-samples", type=int, default=50, help="E-LPIPS draws per validation triplet (default 50)")
     p.add_argument("--eval-batch-size", type=int, default=50)
     p.add_argument("--eval-limit", type=int, default=None, help="score the first N triplets of each val subset")
-    p.add_argument("--quick", action="store_true",
-                   help="~1 minute: SqueezeNet, 1 + 1 epochs of 3 batches of 8 (SYNTHETIC data without BAPPS)")
-    p.add_argument("--no-progress", action="store_true")
-    add_debug_flag(p)
     return p
 
 
@@ -134,16 +127,8 @@ def _layer_table(trained: dict, shipped: dict | None) -> list[dict]:
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    from percept.guard import atomic_output
-
-    if not rows:
-        return
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    with atomic_output(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({c: (f"{r[c]:.6g}" if isinstance(r.get(c), float) else r.get(c, "")) for c in columns})
+    if rows:
+        write_csv(path, rows, float_format=".6g")
 
 
 def _evaluate(args, config, weights: Path, shipped: Path, root: Path, device) -> tuple[list[dict], dict]:

@@ -74,7 +74,7 @@ from percept import assets
 from percept.backbones import PIHLGREN_LAYERS, canonical_arch, flatten_children, imagenet_checkpoint
 from percept.data import bapps
 from percept.evaluate import HarnessMetric, evaluate_bapps, jnd_map
-from percept.guard import RunError, RunLock, add_debug_flag, driver_main
+from percept.guard import RunError, RunLock, add_run_flags, driver_main
 from percept.runinfo import machine_info, select_device, write_json
 
 HERE = Path(__file__).resolve().parent
@@ -364,12 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", nargs="+", type=int, default=None,
                    help="child indices used for every --archs (default: each architecture's 4 paper layers)")
     p.add_argument("--weights", default="auto", choices=["auto", "imagenet", "random"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", type=Path, default=None, help=f"output folder (default {DEFAULT_OUT.relative_to(ROOT)})")
-    p.add_argument("--quick", action="store_true", help="~1 minute: 3 architectures, SYNTHETIC 2AFC, a few steps")
-    p.add_argument("--no-progress", action="store_true")
-    add_debug_flag(p)
+    add_run_flags(p, default_out=DEFAULT_OUT.relative_to(ROOT), quick="~1 minute: 3 architectures, SYNTHETIC 2AFC, a few steps")
     m = p.add_argument_group("metric study (BAPPS 2AFC / JND)")
     m.add_argument("--metric-norms", nargs="+", default=["channel"], choices=["channel", "raw"],
                    help="channel: channel-normalised features (the paper's); raw: the features themselves")

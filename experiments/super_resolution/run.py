@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 from percept.evaluate import merge_rows
-from percept.guard import RunError, RunLock, add_debug_flag, driver_main
+from percept.guard import RunError, RunLock, add_run_flags, driver_main
 from percept.runinfo import machine_info, select_device, write_json
 
 HERE = Path(__file__).resolve().parent
@@ -118,12 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=None, help="training faces (default: all but --n-val)")
     p.add_argument("--n-val", type=int, default=100)
     p.add_argument("--n-test", type=int, default=None, help="held-out test faces (default: all 1,000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", type=Path, default=None, help=f"output folder (default {DEFAULT_OUT.relative_to(ROOT)})")
-    p.add_argument("--quick", action="store_true", help="a ~1 minute run on a few faces (tests)")
-    p.add_argument("--no-progress", action="store_true")
-    add_debug_flag(p)
+    add_run_flags(p, default_out=DEFAULT_OUT.relative_to(ROOT), quick="a ~1 minute run on a few faces (tests)")
     return p
 
 

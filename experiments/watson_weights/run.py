@@ -27,15 +27,14 @@ values in the original state dict, learnable parameters), ``run.json`` (weights 
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 from pathlib import Path
 
 import torch
 
-from percept.guard import add_debug_flag, atomic_output, driver_main
-from percept.runinfo import machine_info, write_json
+from percept.guard import add_debug_flag, driver_main
+from percept.runinfo import machine_info, write_csv, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "results" / "watson_weights"
@@ -109,15 +108,6 @@ def counts(state: dict, metric: str, colorspace: str) -> dict:
     return {"metric": metric, "colorspace": colorspace, "stored": stored, "learnable": learnable}
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    with atomic_output(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({c: (f"{r[c]:.8g}" if isinstance(r.get(c), float) else r.get(c, "")) for c in columns})
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=Path, default=None,
@@ -152,9 +142,9 @@ def _main(argv: list[str]) -> int:
                     count_rows.append(counts(state, metric, cs))
                     read[f"{metric}/{cs}"] = (str(args.weights / original_file(metric, cs)) if args.weights
                                               else f"shipped: weights/czolbe/{original_file(metric, cs)}")
-    _write_csv(out / "matrices.csv", matrices)
-    _write_csv(out / "scalars.csv", scalars)
-    _write_csv(out / "counts.csv", count_rows)
+    write_csv(out / "matrices.csv", matrices)
+    write_csv(out / "scalars.csv", scalars)
+    write_csv(out / "counts.csv", count_rows)
     write_json(out / "run.json", {"experiment": "watson_weights", "weights": read,
                                   "args": {k: str(v) for k, v in vars(args).items()}, "machine": machine_info("cpu")})
     for row in scalars:

@@ -32,7 +32,6 @@ which recovers the stored 64 x 64 content of BAPPS's nearest-upscaled files.
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from collections.abc import Mapping
@@ -46,7 +45,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from percept.evaluate import RankingHead, lr_at_epoch
-from percept.runinfo import atomic_save, get_rng_state, set_rng_state
+from percept.runinfo import atomic_save, get_rng_state, set_rng_state, write_csv
 
 __all__ = [
     "METRICS",
@@ -240,15 +239,8 @@ def save_lin_weights(weights: Mapping[str, np.ndarray], path: str | Path) -> Pat
 
 # ----------------------------------------------------------------------------------------- training
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    from percept.guard import atomic_output
-
-    with atomic_output(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in r.items()})
+    if rows:
+        write_csv(path, rows, list(rows[0]))
 
 
 def train_elpips(

@@ -146,6 +146,18 @@ def add_debug_flag(parser) -> None:
     )
 
 
+def add_run_flags(parser, *, default_out: str, quick: str, out_help: str | None = None, device: str = "auto") -> None:
+    """The flags every experiment driver shares: ``--out`` (None: the driver's default folder, named in the
+    help as ``default_out``), ``--quick`` (help ``quick``), ``--seed`` (0), ``--device``, ``--no-progress`` and
+    ``--debug``."""
+    parser.add_argument("--out", type=Path, default=None, help=f"{out_help or 'output folder'} (default {default_out})")
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=device)
+    parser.add_argument("--no-progress", action="store_true")
+    add_debug_flag(parser)
+
+
 # --------------------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------------------
@@ -330,6 +342,7 @@ __all__ = [
     "run_guarded",
     "driver_main",
     "add_debug_flag",
+    "add_run_flags",
     "describe_error",
     "debug_requested",
     "is_disk_full",

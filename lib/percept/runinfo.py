@@ -12,6 +12,7 @@ and a rename (:func:`write_json`, :func:`atomic_save`), so an interrupted run ne
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
 import json
 import os
@@ -136,6 +137,19 @@ def write_json(path: str | Path, obj: dict) -> None:
         f.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def write_csv(path: str | Path, rows: list[dict], columns=None, float_format: str = ".8g") -> None:
+    """Write ``rows`` (dicts) as CSV, atomically; creates the folder. ``columns``: every key in order of first
+    appearance unless given; missing values are empty; floats are written with ``float_format``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for r in rows for k in r)) if columns is None else list(columns)
+    with atomic_output(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({c: (format(r[c], float_format) if isinstance(r.get(c), float) else r.get(c, "")) for c in columns})
+
+
 def atomic_save(obj, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, flush to disk, then rename over ``path``."""
     path = Path(path)
@@ -258,6 +272,6 @@ def _to_tuples(x):
 
 
 __all__ = [
-    "machine_info", "cpu_model", "device_name", "git_commit", "load_average", "write_json", "atomic_save",
+    "machine_info", "cpu_model", "device_name", "git_commit", "load_average", "write_json", "write_csv", "atomic_save",
     "select_device", "DistInfo", "init_distributed", "launched_rank", "get_rng_state", "set_rng_state",
 ]  # fmt: skip
