@@ -11,6 +11,10 @@ asset root, with the same layout everywhere):
 Every file found is checked against the sha256 in :data:`ASSETS` before use (see :class:`Asset` for the
 checkpoints the project derives from an upstream file). Nothing is downloaded implicitly: a missing file raises :class:`MissingAssetError` naming the file, the folders searched and
 the command that fetches it (``make assets`` or ``python -m percept.assets fetch <relpath>``).
+
+>>> from percept import assets
+>>> path = assets.locate("weights/czolbe/rgb_watson_fft_trial0.pth")   # doctest: +SKIP
+>>> assets.fetch("weights/czolbe/rgb_watson_fft_trial0.pth")           # with internet; checked  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -24,6 +24,11 @@ levels the image size allows (the intent). Any percept metric can stand in for E
 ...); a metric with ``sample_distances`` (E-LPIPS) draws once per step, any other is called directly.
 
 Images are (1, C, H, W) tensors in [0, 1]; results are the same shape.
+
+>>> import percept
+>>> from percept.elpips_tools import pairwise_average
+>>> metric = percept.get_metric("elpips-vgg")                    # doctest: +SKIP
+>>> result = pairwise_average(a, b, metric, steps=500)           # a, b: (1, 3, H, W) in [0, 1]  # doctest: +SKIP
 """
 
 from __future__ import annotations

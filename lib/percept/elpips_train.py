@@ -28,6 +28,9 @@ trainer that differs from LPIPS's (lpips_elpips.md part B) and from Czolbe et al
 The training accuracy logged is the reference's: the mean of h where d1 < d0, else 1 - h (a tie counts as
 choosing p0). Patches are read with the E-LPIPS loader's non-antialiased bilinear resize (``bilinear-noaa``),
 which recovers the stored 64 x 64 content of BAPPS's nearest-upscaled files.
+
+>>> from percept.elpips_train import ElpipsTrainConfig, train_elpips
+>>> summary = train_elpips(ElpipsTrainConfig(metric="elpips_squeeze"), "data/bapps", "runs/squeeze")  # doctest: +SKIP
 """
 
 from __future__ import annotations

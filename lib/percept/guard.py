@@ -7,6 +7,13 @@
 - :func:`atomic_output`: files are written to a temporary file in the same folder and renamed over the
   destination only on success, so a failing or killed run never leaves a truncated result behind.
 - :func:`clean_stale_temps`: removes the temporary files that a killed run left in its folder.
+
+>>> from percept.guard import RunLock, atomic_output
+>>> with RunLock("run"):                            # a second run into "run" now stops with RunLockedError
+...     with atomic_output("run/table.csv", "w") as f:   # renamed into place only when the block succeeds
+...         _ = f.write("a,b")
+>>> open("run/table.csv").read()
+'a,b'
 """
 
 from __future__ import annotations

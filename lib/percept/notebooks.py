@@ -16,6 +16,9 @@ the exit status is 1 (the remaining notebooks still run).
 - Environment: inherited, so ``PERCEPT_QUICK=1`` (set by callers that want quick mode; notebooks may
   ignore it), ``PERCEPT_RESULTS`` and ``PERCEPT_ASSETS`` reach the kernel.
 - Timeout: 600 s per cell (``--timeout``).
+
+>>> from percept.notebooks import main
+>>> main(["experiments/vae_mnist/analysis.ipynb"])         # 0 when every notebook ran  # doctest: +SKIP
 """
 
 from __future__ import annotations

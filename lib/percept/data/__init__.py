@@ -11,6 +11,10 @@ Where data is looked for (``root=None``):
 
 A folder that exists but is empty, incomplete or corrupt raises :class:`DatasetError` naming what is
 missing and the command that fetches it.
+
+>>> from percept.data.mnist import load_mnist
+>>> train = load_mnist("train")                  # doctest: +SKIP
+>>> train.info["data_source"]                    # what the images are, for the results files  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ No BAPPS with human judgements is available offline. :func:`make_synthetic_bapps
 same layout from real photographs (the asset folder), synthetic distortions and *simulated* judges; such a
 folder holds a marker file (:data:`SYNTHETIC_MARKER`) and :func:`is_synthetic` reports it, so scores
 computed on it are never mistaken for BAPPS scores.
+
+>>> from percept.data import bapps
+>>> val = bapps.TwoAFCDataset("data/bapps", "val", "traditional")   # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -7,6 +7,13 @@ Both VAEs convolve the image down to a ``channels`` x 16 x 16 map, pass it throu
 convolutions in ``__init__``, implements ``decode(z) -> images in [0, 1]`` (starting from
 :meth:`PaperVAE.latent_to_map`) and sets the class attributes ``name``, ``image_shape`` (C, H, W) and
 ``colorspace`` that the trainer (:mod:`percept.vae`) reads.
+
+>>> import torch
+>>> from percept.models import build_vae
+>>> vae = build_vae("mnist", hidden_dim=16).eval()
+>>> mu, logvar = vae.encode(torch.rand(3, 1, 32, 32))
+>>> vae.decode(mu).shape, vae.config()["latent_dim"]
+(torch.Size([3, 1, 32, 32]), 2)
 """
 
 from __future__ import annotations

@@ -13,6 +13,12 @@ Encoder                                                  Decoder
 All convolutions are 3x3 with padding 1; LeakyReLU has slope 0.01; upsampling uses align_corners=True.
 The original also appended two BatchNorm layers to the decoder's layer list after the list had been
 wrapped, so they were never used (pitfall P16); they are left out here and the parameter count matches.
+
+>>> import torch
+>>> from percept.models.celeba import CelebaVAE
+>>> recon, mu, logvar = CelebaVAE(hidden_dim=16)(torch.rand(2, 3, 64, 64))  # hidden 16: a small test copy
+>>> recon.shape, mu.shape
+(torch.Size([2, 3, 64, 64]), torch.Size([2, 256]))
 """
 
 from __future__ import annotations

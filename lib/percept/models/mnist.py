@@ -11,6 +11,12 @@ Encoder                                            Decoder
                                                       Conv 64->32, LReLU; Conv 32->32, LReLU
                                                       Conv 32->1, Sigmoid
 All convolutions are 3x3 with padding 1; LeakyReLU has slope 0.01.
+
+>>> import torch
+>>> from percept.models.mnist import MnistVAE
+>>> recon, mu, logvar = MnistVAE(hidden_dim=16)(torch.rand(2, 1, 32, 32))   # hidden 16: a small test copy
+>>> recon.shape, mu.shape
+(torch.Size([2, 1, 32, 32]), torch.Size([2, 2]))
 """
 
 from __future__ import annotations

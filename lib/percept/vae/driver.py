@@ -2,12 +2,14 @@
 
 A driver file describes what differs between the two experiments as a :class:`VAEExperiment` and hands it
 to :func:`run_experiment`, which parses the flags (the paper's values as defaults), trains every requested
-loss with :func:`percept.vae.train_vae` and writes the results::
+loss with :func:`percept.vae.train_vae` and writes the results:
 
-    EXPERIMENT = VAEExperiment(model="mnist", dataset=load_mnist,
-                               figures=Figures(figure_positions, n_samples=64, sample_rows=8, interpolation_steps=10),
-                               quick={"epochs": 1, "train_limit": 512, "test_limit": 128})
-    sys.exit(run_experiment(EXPERIMENT))                 # python experiments/vae_mnist/run.py --quick
+>>> from percept.data.mnist import load_mnist
+>>> from percept.vae.driver import Figures, VAEExperiment, first_positions, run_experiment
+>>> EXPERIMENT = VAEExperiment(model="mnist", dataset=load_mnist,
+...                            figures=Figures(first_positions, n_samples=64, sample_rows=8, interpolation_steps=10),
+...                            quick={"epochs": 1, "train_limit": 512, "test_limit": 128})
+>>> run_experiment(EXPERIMENT, ["--quick", "--loss", "l2"])    # python experiments/vae_mnist/run.py --quick  # doctest: +SKIP
 """
 
 from __future__ import annotations
