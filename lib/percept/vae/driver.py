@@ -35,7 +35,15 @@ import torch.nn as nn
 from percept.guard import RunError, RunLock, add_debug_flag, driver_main
 from percept.runinfo import init_distributed, machine_info, select_device, write_json
 from percept.vae.checkpoint import CheckpointError, CheckpointMismatch, load_model
-from percept.vae.outputs import interpolate, manifold, reconstruct, sample, score_reconstructions, to_uint8
+from percept.vae.outputs import (
+    append_snapshot,
+    interpolate,
+    manifold,
+    reconstruct,
+    sample,
+    score_reconstructions,
+    to_uint8,
+)
 from percept.vae.paper import PAPER_LOSSES, PAPER_SCHEDULE, build_metric, canonical_loss
 from percept.vae.trainer import TrainConfig, train_vae
 
@@ -180,6 +188,13 @@ def build_parser(exp: VAEExperiment) -> argparse.ArgumentParser:
         help="epochs between checkpoints (1: every epoch; the last epoch is always saved)",
     )
     parser.add_argument(
+        "--snapshots",
+        type=int,
+        default=8,
+        help="reconstructions of this many fixed test images after every epoch, in <loss>/snapshots.npz "
+        "(when do the images appear?); 0: none",
+    )
+    parser.add_argument(
         "--keep-checkpoints",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -310,7 +325,7 @@ def run_experiment(exp: VAEExperiment, argv: list[str] | None = None) -> int:
 def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Flags that would fail deep inside training: refused here with one line naming the flag."""
     for flag, minimum in (("epochs", 1), ("batch_size", 1), ("checkpoint_every", 1), ("num_workers", 0),
-                          ("train_limit", 1), ("test_limit", 1)):  # fmt: skip
+                          ("train_limit", 1), ("test_limit", 1), ("snapshots", 0)):  # fmt: skip
         value = getattr(args, flag)
         if value is not None and value < minimum:
             parser.error(f"--{flag.replace('_', '-')} must be at least {minimum}, got {value}")
@@ -426,10 +441,20 @@ def _run_experiment(exp: VAEExperiment, argv: list[str], cleanup: contextlib.Exi
         np.random.seed(args.seed)
         random.seed(args.seed)
         model = build_vae(exp.model)
+        snapshot = None
+        if args.snapshots and info.is_main:
+            shown = exp.figures.positions(test_set)[0][: args.snapshots]
+            shown_images = test_set.images(shown)
+            shown_ids = test_set.indices[torch.as_tensor(shown, dtype=torch.long)].numpy()
+
+            def snapshot(epoch, trained, row, loss_dir=loss_dir, images=shown_images, ids=shown_ids):
+                append_snapshot(loss_dir / "snapshots.npz", trained, images, ids, epoch)
+
         try:
             result = train_vae(
-                model, train_set, test_set, config, loss_dir, resume=args.resume, overwrite=args.overwrite
-            )
+                model, train_set, test_set, config, loss_dir, resume=args.resume, overwrite=args.overwrite,
+                on_epoch_end=snapshot,
+            )  # fmt: skip
         except (CheckpointMismatch, CheckpointError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

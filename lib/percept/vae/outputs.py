@@ -11,9 +11,13 @@ Every function runs the model in eval mode without gradients and returns CPU ten
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn as nn
+
+from percept.guard import atomic_output
 
 
 @torch.no_grad()
@@ -26,6 +30,27 @@ def reconstruct(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(out)
+
+
+def append_snapshot(path: Path, model: nn.Module, images: torch.Tensor, test_ids, epoch: int) -> None:
+    """Add epoch ``epoch``'s reconstructions (z = mu) of ``images`` to ``path`` (npz: ``test_ids``, ``images``,
+    ``epochs`` (E,), ``reconstructions`` (E, K, C, H, W), uint8), so one can see when the images appear.
+
+    Entries of epoch ``epoch`` or later (from a run that was interrupted and resumed) are replaced."""
+    epochs, recons = [], []
+    if path.is_file():
+        with np.load(path) as old:
+            keep = old["epochs"] < epoch
+            epochs, recons = list(old["epochs"][keep]), list(old["reconstructions"][keep])
+    was_training = model.training
+    with torch.no_grad():
+        recon = reconstruct(model, images)
+    model.train(was_training)
+    epochs.append(epoch)
+    recons.append(to_uint8(recon))
+    with atomic_output(path, "wb") as f:
+        np.savez_compressed(f, test_ids=np.asarray(test_ids), images=to_uint8(images), epochs=np.asarray(epochs),
+                            reconstructions=np.stack(recons))  # fmt: skip
 
 
 @torch.no_grad()

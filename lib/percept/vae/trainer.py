@@ -101,6 +101,7 @@ HISTORY_FIELDS = (
     "test_loss",
     "test_rec",
     "test_kl",
+    "test_pixel_mse",
     "seconds",
     "images_per_second",
 )
@@ -125,7 +126,8 @@ def mean_objective(
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[str, float]:
-    """The test loss of an epoch: ``{"loss": objective per image, "rec": mean per-image distance, "kl": mean KL}``.
+    """The test loss of an epoch: ``{"loss": objective per image, "rec": mean per-image distance, "kl": mean KL,
+    "pixel_mse": mean per-image pixel MSE}`` (the last in the same units for every loss).
 
     Computed over ``dataset`` with z = mu (the model in eval mode, no gradients).
 
@@ -137,7 +139,7 @@ def mean_objective(
     was_training = model.training
     model.eval()
     positions = list(range(rank, len(dataset), world_size))
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # objective, rec, kl, count
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # objective, rec, kl, count, pixel squared error
     with torch.no_grad():
         for start in range(0, len(positions), batch_size):
             x = torch.stack([dataset[i] for i in positions[start : start + batch_size]]).to(device)
@@ -145,14 +147,15 @@ def mean_objective(
             per_image = metric(recon, x).reshape(len(x), -1).sum(1)
             kl = kl_divergence(mu, logvar)
             objective = weighting.term(per_image, len(x)) + kl
-            stats = [objective.item(), per_image.sum().item(), kl.item(), len(x)]
+            pixel = (recon - x).square().flatten(1).mean(1).sum()
+            stats = [objective.item(), per_image.sum().item(), kl.item(), len(x), pixel.item()]
             sums += torch.tensor(stats, dtype=torch.float64, device=device)
     if world_size > 1:
         dist.all_reduce(sums)
     model.train(was_training)
-    total, rec, kl, count = sums.tolist()
+    total, rec, kl, count, pixel = sums.tolist()
     count = max(count, 1)
-    return {"loss": total / count, "rec": rec / count, "kl": kl / count}
+    return {"loss": total / count, "rec": rec / count, "kl": kl / count, "pixel_mse": pixel / count}
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
@@ -435,6 +438,7 @@ def _train_vae(model, train_set, test_set, config, out_dir, resume, overwrite, o
             "test_loss": test["loss"],
             "test_rec": test["rec"],
             "test_kl": test["kl"],
+            "test_pixel_mse": test["pixel_mse"],
             "seconds": seconds,
             "images_per_second": sums[3].item() / seconds,
         }
