@@ -72,6 +72,39 @@ class _Original(nn.Module):
         return self.loss(x, y)
 
 
+class _Unchecked(nn.Module):
+    """A percept loss called with its value checks off (``percept.checks.value_checks(False)``): no
+    device-to-host synchronisation per call, as a training loop that validated its data would run it."""
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from percept.checks import value_checks
+
+        with value_checks(False):
+            return self.loss(x, y)
+
+
+#: metrics also timed without value checks (the cost of the check's host sync on the GPU)
+UNCHECKED = ("ssim", "watson-dct (shift)", "watson-dft (shift)", "adaptive")
+
+
+def _unchecked_candidates() -> dict[str, Candidate]:
+    out = {}
+    for key in UNCHECKED:
+        cand = CANDIDATES[key]
+
+        def build(*args, cand=cand) -> Built:
+            built = cand.build(*args)
+            return Built(_Unchecked(built.loss), built.weights, "value checks off (no host sync per call)")
+
+        out[f"{key} [no value checks]"] = Candidate(f"{key} [no value checks]", "percept",
+                                                    f"{cand.implementation} under value_checks(False)", build)
+    return out
+
+
 def _original_candidates(path: str) -> dict[str, Candidate]:
     sys.path.insert(0, str(Path(path).resolve()))
     if not hasattr(torch, "rfft"):  # the original calls torch.rfft (removed in torch 1.8): its old meaning
@@ -198,6 +231,7 @@ def _cases(quick: bool, original: bool) -> list[tuple[str, str, tuple, str | Non
                   ("watson-dct", space, shape, None), ("watson-dct (shift)", space, shape, None),
                   ("watson-dft", space, shape, None), ("watson-dft (shift)", space, shape, None),
                   ("adaptive", space, shape, None)]
+        cases += [(f"{k} [no value checks]", space, shape, None) for k in UNCHECKED]
         if original:
             cases += [(k, space, shape, None) for k in ("original SSIM", "original Watson-dct",
                                                         "original Watson-fft", "original Adaptive")]
@@ -253,7 +287,7 @@ def finalise(path: Path) -> None:
 
 def run_bench(device: torch.device, out: Path, quick: bool, original: str | None, repeats: int, log,
               only: set[str] | None = None) -> None:
-    candidates = dict(CANDIDATES)
+    candidates = dict(CANDIDATES) | _unchecked_candidates()
     if original:
         candidates.update(_original_candidates(original))
     handle, writer = _writer(out / "bench.csv", FIELDS)
