@@ -50,8 +50,9 @@ def test_registry_builds_watson_vgg_from_its_module():
     assert METRICS["watson-vgg"].cls() is WatsonVGG
 
 
-def test_metric_modules_stay_under_600_lines():
-    folder = Path(percept.metrics.__file__).parent
-    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in folder.glob("*.py")}
-    assert {"deep.py", "deep_core.py", "watson_vgg.py", "elpips.py", "elpips_sampling.py"} <= set(sizes)
-    assert max(sizes.values()) <= 600, sizes
+def test_library_modules_stay_under_600_lines():
+    """One topic per module: none of the library's modules grows past 600 lines (split it instead)."""
+    folder = Path(percept.__file__).parent
+    sizes = {str(p.relative_to(folder)): len(p.read_text(encoding="utf-8").splitlines()) for p in folder.rglob("*.py")}
+    assert {"metrics/deep.py", "metrics/deep_core.py", "metrics/watson_vgg.py", "evaluate/tuning.py"} <= set(sizes)
+    assert max(sizes.values()) <= 600, {k: v for k, v in sizes.items() if v > 600}
