@@ -205,6 +205,52 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, digits,
     assert [r["train_loss"] for r in full.history] == [r["train_loss"] for r in resumed.history]
 
 
+class _StopAfter(torch.utils.data.Dataset):
+    """A dataset that raises KeyboardInterrupt at its ``limit``-th item: a run stopped in the middle of an epoch."""
+
+    def __init__(self, dataset, limit: int):
+        self.dataset, self.limit, self.served = dataset, limit, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        self.served += 1
+        if self.served > self.limit:
+            raise KeyboardInterrupt
+        return self.dataset[i]
+
+
+@pytest.mark.parametrize("loss", ["l2", "watson-dft"])
+def test_a_run_stopped_inside_an_epoch_resumes_at_its_last_step_checkpoint(tmp_path, digits, loss):
+    """checkpoint_steps = 2: stopped during step 6 of epoch 2, resumed from the step-4 checkpoint, the run ends
+    with the weights, history and RNG of an uninterrupted one (Watson-DFT: its random shifts too)."""
+    train, test = digits
+    cfg = dict(loss=loss, epochs=3, checkpoint_steps=2, batch_size=8)
+    full = train_vae(_tiny_model(), train, test, _tiny_config(**cfg), tmp_path / "full")
+    steps = len(train) // 8
+    assert steps > 6
+    stop_at = (steps + 5) * 8 + 3  # epoch 1 whole, 5 batches of epoch 2, then 3 images of the 6th
+    with pytest.raises(KeyboardInterrupt):
+        train_vae(_tiny_model(), _StopAfter(train, stop_at), test, _tiny_config(**cfg), tmp_path / "split")
+    state = load_checkpoint(tmp_path / "split/checkpoints/last.pt")
+    assert (state["epoch"], state["step_in_epoch"], len(state["history"])) == (1, 4, 1)
+    resumed = train_vae(_tiny_model(seed=7), train, test, _tiny_config(**cfg), tmp_path / "split", resume=True)
+    a, b = _weights(full.model), _weights(resumed.model)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    for row_full, row_resumed in zip(full.history, resumed.history, strict=True):
+        for key in ("train_loss", "train_rec", "train_kl", "test_loss", "test_pixel_mse"):
+            assert row_full[key] == row_resumed[key], key
+    # the epoch-end checkpoint after a mid-epoch one is an ordinary one
+    final = load_checkpoint(tmp_path / "split/checkpoints/last.pt")
+    assert final["epoch"] == 3 and "step_in_epoch" not in final
+    # every random stream ends where the uninterrupted run's did (the DataLoader's seeds its workers)
+    reference = load_checkpoint(tmp_path / "full/checkpoints/last.pt")["rng"][0]
+    for key in ("torch", "loader"):
+        assert torch.equal(final["rng"][0][key], reference[key]), key
+
+
 def test_checkpoint_contents_and_history(tmp_path, digits):
     train, test = digits
     result = train_vae(_tiny_model(), train, test, _tiny_config(epochs=1), tmp_path)
@@ -355,8 +401,9 @@ def test_snapshots_and_pixel_mse_per_epoch_survive_a_resume(tmp_path):
     run = _driver("vae_mnist")
     out = tmp_path / "vae_mnist"
     argv = ["--loss", "l2", "--train-limit", "128", "--test-limit", "40", "--batch-size", "64", "--snapshots", "3",
-            "--eval-metrics", "l2", "--out", str(out), "--no-progress", "--device", "cpu"]  # fmt: skip
+            "--eval-metrics", "l2", "--out", str(out), "--no-progress", "--device", "cpu", "--checkpoint-steps", "1"]  # fmt: skip
     assert run.run_experiment(run.EXPERIMENT, argv + ["--epochs", "1"]) == 0
+    assert load_checkpoint(out / "l2" / "checkpoints" / "last.pt")["meta"]["config"]["checkpoint_steps"] == 1
     assert run.run_experiment(run.EXPERIMENT, argv + ["--epochs", "2", "--resume"]) == 0
     snaps = np.load(out / "l2" / "snapshots.npz")
     outputs = np.load(out / "l2" / "outputs.npz")
@@ -382,6 +429,9 @@ def test_driver_rejects_unknown_losses(capsys):
         run.run_experiment(run.EXPERIMENT, ["--loss", "l2,watsn"])
     err = capsys.readouterr().err
     assert "watsn" in err and "watson-dft" in err and "deeploss-squeeze" in err
+    with pytest.raises(SystemExit):
+        run.run_experiment(run.EXPERIMENT, ["--loss", "l2", "--checkpoint-steps", "-5"])
+    assert "--checkpoint-steps must be at least 0, got -5" in capsys.readouterr().err
 
 
 def test_driver_reports_a_corrupt_dataset_folder(tmp_path, capsys):

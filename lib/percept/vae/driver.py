@@ -188,6 +188,13 @@ def build_parser(exp: VAEExperiment) -> argparse.ArgumentParser:
         help="epochs between checkpoints (1: every epoch; the last epoch is always saved)",
     )
     parser.add_argument(
+        "--checkpoint-steps",
+        type=int,
+        default=0,
+        help="also checkpoint every this many training steps inside an epoch, so that a run stopped mid-epoch "
+        "resumes at that step (long CPU epochs); 0: at epoch ends only",
+    )
+    parser.add_argument(
         "--snapshots",
         type=int,
         default=8,
@@ -324,7 +331,8 @@ def run_experiment(exp: VAEExperiment, argv: list[str] | None = None) -> int:
 
 def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Flags that would fail deep inside training: refused here with one line naming the flag."""
-    for flag, minimum in (("epochs", 1), ("batch_size", 1), ("checkpoint_every", 1), ("num_workers", 0),
+    for flag, minimum in (("epochs", 1), ("batch_size", 1), ("checkpoint_every", 1), ("checkpoint_steps", 0),
+                          ("num_workers", 0),
                           ("train_limit", 1), ("test_limit", 1), ("snapshots", 0)):  # fmt: skip
         value = getattr(args, flag)
         if value is not None and value < minimum:
@@ -417,6 +425,7 @@ def _run_experiment(exp: VAEExperiment, argv: list[str], cleanup: contextlib.Exi
             num_workers=args.num_workers,
             progress=not args.no_progress,
             checkpoint_every=args.checkpoint_every,
+            checkpoint_steps=args.checkpoint_steps,
         )
         try:  # can this loss be built here (weights present, metric implemented, a distance)?
             check = build_metric(

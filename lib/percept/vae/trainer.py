@@ -17,7 +17,9 @@ model, optimiser, scheduler, epoch, the RNG states of every process (torch, CUDA
 DataLoader generator), the training history and metadata (model name and configuration, loss, k, lambda,
 seed). ``best_model.pt`` holds the weights with the lowest test loss (the paper kept those).
 ``resume=True`` continues from ``last.pt``; an interrupted run resumed this way ends with bit-identical
-weights on CPU (``tests/test_vae.py`` checks it). A checkpoint from a different model, model
+weights on CPU (``tests/test_vae.py`` checks it). With ``checkpoint_steps = S`` ``last.pt`` is also written
+every S training steps inside an epoch (with the step, the epoch's running sums and the RNG states at that
+point): a run stopped mid-epoch resumes at that step and loses at most S steps, again bit-identically. A checkpoint from a different model, model
 configuration, loss or k is refused with :class:`percept.vae.checkpoint.CheckpointMismatch`.
 
 Launched with ``torchrun --nproc_per_node G`` the trainer uses DistributedDataParallel (NCCL on GPUs, gloo on
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import itertools
 import logging
 import math
 import time
@@ -73,6 +76,7 @@ class TrainConfig:
     progress: bool = True
     deterministic_algorithms: bool = False  # torch.use_deterministic_algorithms (exact resume on GPU)
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
+    checkpoint_steps: int = 0  # also save last.pt every this many steps inside an epoch (0: at epoch ends only)
 
 
 @dataclass
@@ -163,6 +167,19 @@ def _write_history(path: Path, history: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
+
+
+class _SkipSampler(torch.utils.data.Sampler):
+    """An epoch's sampler order without its first ``skip`` indices: the rest of an epoch resumed mid-way."""
+
+    def __init__(self, sampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
 
 
 def _adam_implementation(device: torch.device) -> dict:
@@ -320,21 +337,26 @@ def _train_vae(model, train_set, test_set, config, out_dir, resume, overwrite, o
     sampler = DistributedSampler(
         train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=config.seed, drop_last=True
     )
-    loader = DataLoader(
-        train_set,
-        batch_size=local_batch,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=config.num_workers,
-        generator=loader_generator,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
+
+    def make_loader(skip_images: int = 0) -> DataLoader:
+        return DataLoader(
+            train_set,
+            batch_size=local_batch,
+            sampler=_SkipSampler(sampler, skip_images) if skip_images else sampler,
+            drop_last=True,
+            num_workers=config.num_workers,
+            generator=loader_generator,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    loader = make_loader()
 
     ckpt_dir = out_dir / "checkpoints"
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best_model.pt"
     history: list[dict] = []
     start_epoch, best_loss, best_epoch = 0, math.inf, 0
+    resume_step, partial = 0, None  # a checkpoint written inside an epoch: its step and running sums
     if info.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         ignore = ckpt_dir / ".gitignore"  # checkpoints are large: keep them out of version control
@@ -354,6 +376,14 @@ def _train_vae(model, train_set, test_set, config, out_dir, resume, overwrite, o
         history = list(state["history"])
         best_loss, best_epoch = float(state["best_test_loss"]), int(state["best_epoch"])
         rng = state["rng"]
+        resume_step = int(state.get("step_in_epoch", 0))
+        if resume_step:
+            if len(rng) != info.world_size:
+                raise RunError(
+                    f"{resume_path} was written inside epoch {start_epoch + 1} by {len(rng)} processes; this run "
+                    f"has {info.world_size}. Resume it with {len(rng)} processes, or from an epoch-end checkpoint"
+                )
+            partial = state["partial"][info.rank]
         if len(rng) == info.world_size:
             set_rng_state(rng[info.rank], loader_generator)
         else:
@@ -371,7 +401,8 @@ def _train_vae(model, train_set, test_set, config, out_dir, resume, overwrite, o
                     stacklevel=2,
                 )
         if info.is_main:
-            log.info("resumed %s at epoch %d", resume_path, start_epoch)
+            where = f", step {resume_step} of epoch {start_epoch + 1}" if resume_step else ""
+            log.info("resumed %s at epoch %d%s", resume_path, start_epoch, where)
     if info.distributed and start_epoch == 0:
         # every process starts from rank 0's weights (DDP broadcasts them) but draws its own noise
         torch.manual_seed(config.seed + 1000 * (info.rank + 1))
@@ -394,13 +425,46 @@ def _train_vae(model, train_set, test_set, config, out_dir, resume, overwrite, o
         initial=start_epoch,
         total=config.epochs,
     )
+
+    def gather(obj) -> list:
+        if not info.distributed:
+            return [obj]
+        gathered = [None] * info.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def save_last(epoch_done: int, rng: list, **extra) -> None:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "meta": meta,
+            "epoch": epoch_done,
+            "model": _unwrap(train_model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng,
+            "history": history,
+            "best_test_loss": best_loss,
+            "best_epoch": best_epoch,
+            **extra,
+        }
+        atomic_save(state, last_path)
+
+    steps_per_epoch = len(loader)
     for epoch in epochs_bar:
         t0 = time.time()
         sampler.set_epoch(epoch)
         train_model.train()
         sums = torch.zeros(4, dtype=torch.float64)
         lr = optimizer.param_groups[0]["lr"]
-        for batch in tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not show, unit="batch"):
+        step, epoch_loader = 0, loader
+        if resume_step and epoch == start_epoch:  # the rest of an epoch that a checkpoint interrupted
+            step, epoch_loader = resume_step, make_loader(resume_step * local_batch)
+            sums = torch.tensor(partial["sums"], dtype=torch.float64)
+            t0 -= float(partial["seconds"])
+            loader_generator.set_state(partial["loader_at_epoch_start"])
+        loader_at_epoch_start = loader_generator.get_state()  # the DataLoader draws its base seed from it
+        for batch in tqdm(epoch_loader, desc=f"epoch {epoch + 1}", leave=False, disable=not show, unit="batch",
+                          initial=step, total=steps_per_epoch):  # fmt: skip
             x = _batch_images(batch).to(device, non_blocking=True, memory_format=memory_format)
             recon, mu, logvar = train_model(x)
             per_image = train_metric(recon, x).reshape(len(x), -1).sum(1)
@@ -412,6 +476,17 @@ def _train_vae(model, train_set, test_set, config, out_dir, resume, overwrite, o
             optimizer.step()
             stats = [local.item(), per_image.sum().item(), kl.item(), len(x)]
             sums += torch.tensor(stats, dtype=torch.float64)
+            step += 1
+            if config.checkpoint_steps and step % config.checkpoint_steps == 0 and step < steps_per_epoch:
+                rng = get_rng_state(loader_generator)
+                here = {
+                    "sums": sums.tolist(),
+                    "seconds": time.time() - t0,
+                    "loader_at_epoch_start": loader_at_epoch_start,
+                }
+                gathered = gather((rng, here))
+                if info.is_main:
+                    save_last(epoch, [g[0] for g in gathered], step_in_epoch=step, partial=[g[1] for g in gathered])
         if info.distributed:
             sums = sums.to(device)
             dist.all_reduce(sums)
@@ -446,31 +521,13 @@ def _train_vae(model, train_set, test_set, config, out_dir, resume, overwrite, o
         improved = row["test_loss"] < best_loss
         if improved:
             best_loss, best_epoch = row["test_loss"], epoch + 1
-        rng = get_rng_state(loader_generator)
-        if info.distributed:
-            gathered = [None] * info.world_size
-            dist.all_gather_object(gathered, rng)
-            rng = gathered
-        else:
-            rng = [rng]
+        rng = gather(get_rng_state(loader_generator))
         if info.is_main:
             bare = _unwrap(train_model)
             if improved:
                 atomic_save({"meta": meta, "epoch": epoch + 1, "model": bare.state_dict()}, best_path)
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "meta": meta,
-                "epoch": epoch + 1,
-                "model": bare.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng,
-                "history": history,
-                "best_test_loss": best_loss,
-                "best_epoch": best_epoch,
-            }
             if (epoch + 1) % max(1, config.checkpoint_every) == 0 or epoch + 1 == config.epochs:
-                atomic_save(state, last_path)
+                save_last(epoch + 1, rng)
             _write_history(out_dir / "history.csv", history)
             epochs_bar.set_postfix(train=f"{row['train_loss']:.4g}", test=f"{row['test_loss']:.4g}")
             if on_epoch_end is not None:
@@ -494,4 +551,3 @@ def _train_vae(model, train_set, test_set, config, out_dir, resume, overwrite, o
         device=str(device),
         world_size=info.world_size,
     )
-
