@@ -143,13 +143,49 @@ def test_luminance_floor_driver_quick(tmp_path):
     import csv
     import json
 
+    import numpy as np
+
     module = load_script("experiments/luminance_floor/run.py", "luminance_floor_run")
-    assert module.main(["--quick", "--losses", "watson-dft", "--out", str(tmp_path)]) == 0
+    argv = ["--quick", "--losses", "watson-dft", "--phase", "on,off", "--snapshots", "3", "--out", str(tmp_path)]
+    assert module.main(argv) == 0
     with open(tmp_path / "curves.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted({round(float(r["luminance_floor"]), 6) for r in rows}) == [0.0, round(1 / 255, 6)]
+    assert {r["implementation"] for r in rows} == {"percept", "percept-no-phase"}
     assert {int(r["step"]) for r in rows} == {0, 2, 4}
     start = [float(r["test_pixel_mse"]) for r in rows if r["step"] == "0"]
     assert len(set(start)) == 1  # every run starts from the same model
     assert "RECOVERED" in json.loads((tmp_path / "machine.json").read_text())["data_source"]
     assert (tmp_path / "curves.png").stat().st_size > 0
+    snaps = np.load(tmp_path / "snapshots.npz")
+    assert snaps["targets"].shape == (3, 32, 32)
+    for key in ("watson-dft/percept/floor=0", "watson-dft/percept-no-phase/floor=0.00392157"):
+        assert snaps[f"{key}/steps"].tolist() == [0, 2, 4]
+        assert snaps[f"{key}/images"].shape == (3, 3, 32, 32) and snaps[f"{key}/images"].dtype == np.uint8
+    # the snapshots are the reconstructions whose error the curve reports (step 0: the same untrained model)
+    first = snaps["watson-dft/percept/floor=0/images"][0].astype(np.float64) / 255
+    mse = float(np.mean((first - snaps["targets"].astype(np.float64) / 255) ** 2))
+    assert abs(mse / start[0] - 1) < 0.5  # 3 of the 64 test digits, rounded to grey levels
+    assert (tmp_path / "snapshots.png").stat().st_size > 0
+
+
+def test_phase_off_is_the_amplitude_term_alone():
+    """The driver's ``--phase off`` equals Watson-DFT with zero phase weights, in value and gradient."""
+    from percept.functional.watson import watson_dft
+
+    module = load_script("experiments/luminance_floor/run.py", "luminance_floor_run")
+    metric = build_metric("watson-dft", colorspace="grey", image_shape=(1, 32, 32), deterministic=True)
+    kwargs = metric.functional_kwargs()
+    torch.manual_seed(0)
+    y = torch.rand(4, 1, 32, 32)
+    x = (y + 0.1 * torch.randn_like(y)).clamp(0, 1).requires_grad_(True)
+    with_phase = metric(x, y).detach()
+    module.phase_weights_off(metric)
+    d = metric(x, y)
+    (g,) = torch.autograd.grad(d.sum(), x)
+    x_ref = x.detach().double().requires_grad_(True)
+    ref = watson_dft(x_ref, y.double(), **(kwargs | {"phase_weights": torch.zeros_like(kwargs["phase_weights"])}))
+    (g_ref,) = torch.autograd.grad(ref.sum(), x_ref)
+    assert _rel(d.double(), ref) < 1e-5
+    assert ((g.double() - g_ref).norm() / g_ref.norm()) < 1e-3  # float32 against float64
+    assert (d < with_phase).all()  # the phase term was there before

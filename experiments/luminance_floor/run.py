@@ -18,13 +18,20 @@ initialisation and the batch order, not the shift sequence.
 
 Data: the MNIST training digits (offline: the recovered 60,000-digit training set, see
 :mod:`percept.data.mnist`), held-out error on the first ``--test`` official test digits.
-Writes ``results/luminance_floor/curves.csv`` (row by row) and ``machine.json``.
+Writes ``results/luminance_floor/curves.csv`` (row by row) and ``machine.json``. With ``--snapshots K`` it
+also keeps the reconstructions of the first K test digits at every evaluation (``snapshots.npz``, one array
+per run: evaluations x K x 32 x 32, with the steps) and draws them (``snapshots.png``): what the images look
+like, not only their error, e.g. to compare the original's texture with percept's over a few epochs::
+
+    python experiments/luminance_floor/run.py --original PATH --losses watson-dft --floors 0 \
+        --steps 1876 --eval-every 469 --snapshots 10 --out results/luminance_floor/epochs
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import math
 import sys
 import time
 from pathlib import Path
@@ -67,20 +74,36 @@ def held_out(model: MnistVAE, images: torch.Tensor) -> dict:
     }
 
 
-def train_run(loss_fn, train: torch.Tensor, test: torch.Tensor, args, label: dict, writer, handle) -> None:
-    """Train a fresh VAE (seed ``args.seed``) with ``loss_fn(recon, x) -> per-batch sum`` and log its curve."""
+@torch.no_grad()
+def reconstruct(model: MnistVAE, images: torch.Tensor) -> np.ndarray:
+    """Reconstructions (z = mu) of ``images`` as uint8 grey levels (N x 32 x 32)."""
+    model.eval()
+    recon = model.decode(model.encode(images)[0])
+    model.train()
+    return (recon.clamp(0, 1) * 255).round().to(torch.uint8).squeeze(1).cpu().numpy()
+
+
+def train_run(loss_fn, train: torch.Tensor, test: torch.Tensor, args, label: dict, writer, handle) -> dict:
+    """Train a fresh VAE (seed ``args.seed``) with ``loss_fn(recon, x) -> per-batch sum`` and log its curve.
+
+    Returns ``{"steps": [...], "images": evaluations x K x 32 x 32}`` for the first ``args.snapshots`` test
+    digits (empty arrays when it is 0)."""
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     model = MnistVAE(hidden_dim=args.hidden_dim).to(args.device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))
     t0, objective = time.time(), float("nan")
+    steps, images = [], []
     for step in range(args.steps + 1):
-        if step % args.eval_every == 0:
+        if step % args.eval_every == 0 or step == args.steps:
             row = {**label, "step": step, **held_out(model, test), "train_objective": objective,
                    "seconds": time.time() - t0}
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
             handle.flush()
+            if args.snapshots:
+                steps.append(step)
+                images.append(reconstruct(model, test[: args.snapshots]))
         if step == args.steps:
             break
         ids = order[(step * args.batch_size) % len(train):][: args.batch_size]
@@ -91,6 +114,42 @@ def train_run(loss_fn, train: torch.Tensor, test: torch.Tensor, args, label: dic
         loss.backward()
         opt.step()
         objective = loss.item() / len(x)
+    shape = (0, args.snapshots, 32, 32)
+    return {"steps": np.array(steps, dtype=np.int64), "images": np.stack(images) if images else np.zeros(shape, np.uint8)}
+
+
+def run_key(label: dict) -> str:
+    """A snapshot array's name: ``<loss>/<implementation>/floor=<floor>``."""
+    return f"{label['loss']}/{label['implementation']}/floor={label['luminance_floor']:g}"
+
+
+def save_snapshots(out: Path, snapshots: dict, test: torch.Tensor) -> Path:
+    """``snapshots.npz`` (per run: ``<key>/steps`` and ``<key>/images``; ``targets``) and ``snapshots.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = next(iter(snapshots.values()))["images"].shape[1]
+    targets = (test[:k].clamp(0, 1) * 255).round().to(torch.uint8).squeeze(1).cpu().numpy()
+    arrays = {"targets": targets}
+    for key, snap in snapshots.items():
+        arrays[f"{key}/steps"], arrays[f"{key}/images"] = snap["steps"], snap["images"]
+    np.savez_compressed(out / "snapshots.npz", **arrays)
+    rows = [("held-out digits", targets)] + [
+        (f"{key}, step {step}", images) for key, snap in snapshots.items()
+        for step, images in zip(snap["steps"], snap["images"], strict=True)
+    ]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(0.55 * k + 2.6, 0.62 * len(rows) + 0.2), squeeze=False)
+    for ax, (title, images) in zip(axes[:, 0], rows, strict=True):
+        ax.imshow(np.concatenate(list(images), axis=1), cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(title, rotation=0, ha="right", va="center", fontsize=7)
+    fig.tight_layout(pad=0.3)
+    fig.savefig(out / "snapshots.png", dpi=100)
+    plt.close(fig)
+    return out / "snapshots.png"
 
 
 def quick_look(out: Path) -> Path:
@@ -117,6 +176,14 @@ def quick_look(out: Path) -> Path:
     return out / "curves.png"
 
 
+def phase_weights_off(metric: torch.nn.Module) -> None:
+    """Zero Watson-DFT's phase weights (w_phase = exp(w_phase_tild) = 0): its amplitude term alone."""
+    if not hasattr(metric, "w_phase_tild"):
+        raise SystemExit(f"--phase off: {type(metric).__name__} has no phase term (only watson-dft has)")
+    with torch.no_grad():
+        metric.w_phase_tild.fill_(-math.inf)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     from percept.guard import add_debug_flag
@@ -134,9 +201,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test", type=int, default=1000, help="held-out test digits")
     p.add_argument("--hidden-dim", type=int, default=1024, help="the VAE's hidden layer (the paper's 1024)")
     p.add_argument("--original", help="the original repository's src/loss folder: adds its loss as a reference row")
+    p.add_argument("--phase", default="on",
+                   help="Watson-DFT's phase term in percept's runs: 'on' (the paper), 'off' (phase weights 0: the "
+                        "amplitude term alone, implementation 'percept-no-phase') or 'on,off'")
+    p.add_argument("--snapshots", type=int, default=0,
+                   help="keep the reconstructions of the first K test digits at every evaluation (snapshots.npz/png)")
     p.add_argument("--out", default=str(ROOT / "results" / "luminance_floor"))
     p.add_argument("--quick", action="store_true", help="a few steps on a few digits (tests)")
     args = p.parse_args(argv)
+    if not set(args.phase.split(",")) <= {"on", "off"}:
+        p.error(f"--phase: use 'on', 'off' or 'on,off', not {args.phase!r}")
     if args.quick:
         args.steps, args.eval_every, args.test, args.floors = 4, 2, 64, "0,0.00392156862745098"
         args.hidden_dim = 32
@@ -154,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "machine.json", {**machine_info(args.device), "data_source": train_set.info["data_source"],
                                       "test_source": test_set.info["data_source"], "args": vars(args)})
     floors = [float(f) for f in args.floors.split(",")]
+    snapshots = {}
     with open(out / "curves.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS)
         writer.writeheader()
@@ -163,18 +238,24 @@ def main(argv: list[str] | None = None) -> int:
                 original = original_loss(args.original, name, args.device)
                 runs.append(({"implementation": "original", "luminance_floor": 0.0}, original))
             for floor in floors:
-                metric = build_metric(name, colorspace="grey", image_shape=(1, 32, 32), deterministic=False,
-                                      device=args.device)
-                metric.luminance_floor = floor
+                for phase in args.phase.split(","):
+                    metric = build_metric(name, colorspace="grey", image_shape=(1, 32, 32), deterministic=False,
+                                          device=args.device)
+                    metric.luminance_floor = floor
+                    if phase == "off":
+                        phase_weights_off(metric)
 
-                def loss_fn(recon, x, metric=metric):
-                    return metric(recon, x).sum()
+                    def loss_fn(recon, x, metric=metric):
+                        return metric(recon, x).sum()
 
-                runs.append(({"implementation": "percept", "luminance_floor": floor}, loss_fn))
+                    implementation = "percept" if phase == "on" else "percept-no-phase"
+                    runs.append(({"implementation": implementation, "luminance_floor": floor}, loss_fn))
             for label, loss_fn in runs:
                 label = {"loss": name, **label}
                 print(f"{label} ...", flush=True)
-                train_run(loss_fn, train, test, args, label, writer, handle)
+                snapshots[run_key(label)] = train_run(loss_fn, train, test, args, label, writer, handle)
+                if args.snapshots:
+                    save_snapshots(out, snapshots, test)  # after every run: a stopped job keeps what finished
     print(f"wrote {out / 'curves.csv'} and {quick_look(out)}")
     return 0
 
