@@ -189,3 +189,19 @@ def test_phase_off_is_the_amplitude_term_alone():
     assert _rel(d.double(), ref) < 1e-5
     assert ((g.double() - g_ref).norm() / g_ref.norm()) < 1e-3  # float32 against float64
     assert (d < with_phase).all()  # the phase term was there before
+
+
+def test_luminance_floor_driver_on_celeba_faces(tmp_path):
+    """--model celeba: the paper's CelebA VAE on RGB faces (REDUCED offline set), snapshots in colour."""
+    import json
+
+    import numpy as np
+
+    module = load_script("experiments/luminance_floor/run.py", "luminance_floor_run")
+    argv = ["--model", "celeba", "--quick", "--batch-size", "2", "--losses", "watson-dft", "--snapshots", "2",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert module.main(argv) == 0
+    snaps = np.load(tmp_path / "snapshots.npz")
+    assert snaps["targets"].shape == (2, 3, 64, 64)
+    assert snaps["watson-dft/percept/floor=0/images"].shape == (3, 2, 3, 64, 64)
+    assert "CelebA" in json.loads((tmp_path / "machine.json").read_text())["data_source"]

@@ -25,6 +25,9 @@ like, not only their error, e.g. to compare the original's texture with percept'
 
     python experiments/luminance_floor/run.py --original PATH --losses watson-dft --floors 0 \
         --steps 1876 --eval-every 469 --snapshots 10 --out results/luminance_floor/epochs
+
+``--model celeba`` does the same with the paper's CelebA VAE on RGB faces (the original's 'RGB' loss; the
+offline faces are the REDUCED set, see :mod:`percept.data.celeba`; the paper's batch is 64).
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from percept.data.celeba import load_celeba
 from percept.data.mnist import load_mnist
+from percept.models import build_vae
 from percept.models.mnist import MnistVAE
 from percept.runinfo import machine_info, write_json
 from percept.vae import build_metric, kl_divergence
@@ -49,20 +54,30 @@ FIELDS = ["loss", "implementation", "luminance_floor", "step", "test_pixel_mse",
           "train_objective", "seconds"]
 
 
-def original_loss(path: str, name: str, device: str) -> torch.nn.Module:
-    """The original code's loss ``name`` ('LA', reduction 'sum', random shift), imported from ``path``."""
+#: per model: (data loader, colorspace of the metric, the original's colorspace name, image shape)
+MODELS = {
+    "mnist": (load_mnist, "grey", "LA", (1, 32, 32)),
+    "celeba": (load_celeba, "rgb", "RGB", (3, 64, 64)),
+}
+
+
+def original_loss(path: str, name: str, device: str, colorspace: str = "LA") -> torch.nn.Module:
+    """The original code's loss ``name`` (``colorspace`` 'LA' or 'RGB', reduction 'sum', random shift), imported
+    from ``path``."""
     sys.path.insert(0, str(Path(path).resolve()))
     if not hasattr(torch, "rfft"):  # the original calls torch.rfft (removed in torch 1.8): its old meaning
         torch.rfft = lambda x, signal_ndim: torch.view_as_real(torch.fft.rfftn(x, dim=tuple(range(-signal_ndim, 0))))
     from loss_provider import LossProvider as OriginalProvider  # optional, outside the package
 
     original_name = {"watson-dft": "Watson-fft", "watson-dct": "Watson-dct"}[name]
-    return OriginalProvider().get_loss_function(original_name, "LA", reduction="sum", deterministic=False).to(device)
+    provider = OriginalProvider()
+    return provider.get_loss_function(original_name, colorspace, reduction="sum", deterministic=False).to(device)
 
 
 @torch.no_grad()
-def held_out(model: MnistVAE, images: torch.Tensor) -> dict:
-    """Pixel MSE of the reconstructions (z = mu), and their mean grey level on background / digit pixels."""
+def held_out(model: torch.nn.Module, images: torch.Tensor) -> dict:
+    """Pixel MSE of the reconstructions (z = mu), and their mean grey level on background / digit pixels (NaN
+    for images without black pixels, e.g. faces)."""
     model.eval()
     recon = torch.cat([model.decode(model.encode(x)[0]) for x in images.split(500)])
     model.train()
@@ -75,12 +90,17 @@ def held_out(model: MnistVAE, images: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def reconstruct(model: MnistVAE, images: torch.Tensor) -> np.ndarray:
-    """Reconstructions (z = mu) of ``images`` as uint8 grey levels (N x 32 x 32)."""
+def reconstruct(model: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
+    """Reconstructions (z = mu) of ``images`` as uint8 (N x H x W grey, N x 3 x H x W RGB)."""
     model.eval()
     recon = model.decode(model.encode(images)[0])
     model.train()
-    return (recon.clamp(0, 1) * 255).round().to(torch.uint8).squeeze(1).cpu().numpy()
+    return _uint8(recon)
+
+
+def _uint8(images: torch.Tensor) -> np.ndarray:
+    images = images[:, 0] if images.shape[1] == 1 else images
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
 def train_run(loss_fn, train: torch.Tensor, test: torch.Tensor, args, label: dict, writer, handle) -> dict:
@@ -90,7 +110,7 @@ def train_run(loss_fn, train: torch.Tensor, test: torch.Tensor, args, label: dic
     digits (empty arrays when it is 0)."""
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    model = MnistVAE(hidden_dim=args.hidden_dim).to(args.device)
+    model = (MnistVAE(hidden_dim=args.hidden_dim) if args.model == "mnist" else build_vae(args.model)).to(args.device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))
     t0, objective = time.time(), float("nan")
@@ -114,7 +134,7 @@ def train_run(loss_fn, train: torch.Tensor, test: torch.Tensor, args, label: dic
         loss.backward()
         opt.step()
         objective = loss.item() / len(x)
-    shape = (0, args.snapshots, 32, 32)
+    shape = (0, args.snapshots, *_uint8(test[:1]).shape[1:])
     return {"steps": np.array(steps, dtype=np.int64), "images": np.stack(images) if images else np.zeros(shape, np.uint8)}
 
 
@@ -131,7 +151,7 @@ def save_snapshots(out: Path, snapshots: dict, test: torch.Tensor) -> Path:
     import matplotlib.pyplot as plt
 
     k = next(iter(snapshots.values()))["images"].shape[1]
-    targets = (test[:k].clamp(0, 1) * 255).round().to(torch.uint8).squeeze(1).cpu().numpy()
+    targets = _uint8(test[:k])
     arrays = {"targets": targets}
     for key, snap in snapshots.items():
         arrays[f"{key}/steps"], arrays[f"{key}/images"] = snap["steps"], snap["images"]
@@ -142,7 +162,8 @@ def save_snapshots(out: Path, snapshots: dict, test: torch.Tensor) -> Path:
     ]
     fig, axes = plt.subplots(len(rows), 1, figsize=(0.55 * k + 2.6, 0.62 * len(rows) + 0.2), squeeze=False)
     for ax, (title, images) in zip(axes[:, 0], rows, strict=True):
-        ax.imshow(np.concatenate(list(images), axis=1), cmap="gray", vmin=0, vmax=255)
+        strip = np.concatenate(list(images), axis=-1)  # H x (K W) grey, or 3 x H x (K W) RGB
+        ax.imshow(strip if strip.ndim == 2 else strip.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=255)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(title, rotation=0, ha="right", va="center", fontsize=7)
@@ -189,6 +210,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from percept.guard import add_debug_flag
 
     add_debug_flag(p)
+    p.add_argument("--model", choices=sorted(MODELS), default="mnist",
+                   help="the paper's MNIST VAE (grey digits) or CelebA VAE (RGB faces; use --batch-size 64)")
     p.add_argument("--losses", default="watson-dft,watson-dct")
     p.add_argument("--floors", default="0,1e-4,1e-3,0.00392156862745098",
                    help="luminance_floor values (0: the original formula; 1/255: percept's former default)")
@@ -221,10 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_set, test_set = load_mnist("train"), load_mnist("test")
-    train = train_set.images()
-    train = train[: 4096] if args.quick else train
-    test = test_set.images()[: args.test].to(args.device)
+    load, colorspace, original_colorspace, image_shape = MODELS[args.model]
+    train_set, test_set = load("train"), load("test")
+    train = train_set.images(range(min(len(train_set), 4096))) if args.quick else train_set.images()
+    test = test_set.images(range(min(len(test_set), args.test))).to(args.device)
     write_json(out / "machine.json", {**machine_info(args.device), "data_source": train_set.info["data_source"],
                                       "test_source": test_set.info["data_source"], "args": vars(args)})
     floors = [float(f) for f in args.floors.split(",")]
@@ -235,11 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.losses.split(","):
             runs = []
             if args.original:
-                original = original_loss(args.original, name, args.device)
+                original = original_loss(args.original, name, args.device, original_colorspace)
                 runs.append(({"implementation": "original", "luminance_floor": 0.0}, original))
             for floor in floors:
                 for phase in args.phase.split(","):
-                    metric = build_metric(name, colorspace="grey", image_shape=(1, 32, 32), deterministic=False,
+                    metric = build_metric(name, colorspace=colorspace, image_shape=image_shape, deterministic=False,
                                           device=args.device)
                     metric.luminance_floor = floor
                     if phase == "off":
