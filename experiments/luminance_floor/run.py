@@ -145,29 +145,43 @@ def run_key(label: dict) -> str:
 
 def save_snapshots(out: Path, snapshots: dict, test: torch.Tensor) -> Path:
     """``snapshots.npz`` (per run: ``<key>/steps`` and ``<key>/images``; ``targets``) and ``snapshots.png``."""
+    k = next(iter(snapshots.values()))["images"].shape[1]
+    arrays = {"targets": _uint8(test[:k])}
+    for key, snap in snapshots.items():
+        arrays[f"{key}/steps"], arrays[f"{key}/images"] = snap["steps"], snap["images"]
+    np.savez_compressed(out / "snapshots.npz", **arrays)
+    return draw_snapshots(out)
+
+
+def draw_snapshots(out: Path) -> Path:
+    """``snapshots.png`` from ``snapshots.npz``: the held-out images, then one row per run and evaluation."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    k = next(iter(snapshots.values()))["images"].shape[1]
-    targets = _uint8(test[:k])
-    arrays = {"targets": targets}
-    for key, snap in snapshots.items():
-        arrays[f"{key}/steps"], arrays[f"{key}/images"] = snap["steps"], snap["images"]
-    np.savez_compressed(out / "snapshots.npz", **arrays)
-    rows = [("held-out digits", targets)] + [
-        (f"{key}, step {step}", images) for key, snap in snapshots.items()
-        for step, images in zip(snap["steps"], snap["images"], strict=True)
-    ]
-    fig, axes = plt.subplots(len(rows), 1, figsize=(0.55 * k + 2.6, 0.62 * len(rows) + 0.2), squeeze=False)
+    data = np.load(out / "snapshots.npz")
+    targets = data["targets"]
+    keys = [name.removesuffix("/steps") for name in data.files if name.endswith("/steps")]
+    rows = [("held-out images", targets)]
+    for key in keys:
+        loss, implementation, floor = key.split("/")
+        label = implementation + ("" if floor == "floor=0" else f", {floor.replace('=', ' ')}")
+        rows += [(f"{label}, step {step}", images) for step, images in zip(data[f"{key}/steps"], data[f"{key}/images"],
+                                                                            strict=True)]  # fmt: skip
+    k = len(targets)
+    height, width = targets.shape[-2:]
+    strip_width = 0.75 * k * width / height  # inches per row of images
+    fig, axes = plt.subplots(len(rows), 1, figsize=(strip_width + 2.2, 0.78 * len(rows) + 0.3), squeeze=False)
     for ax, (title, images) in zip(axes[:, 0], rows, strict=True):
         strip = np.concatenate(list(images), axis=-1)  # H x (K W) grey, or 3 x H x (K W) RGB
         ax.imshow(strip if strip.ndim == 2 else strip.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=255)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_ylabel(title, rotation=0, ha="right", va="center", fontsize=7)
-    fig.tight_layout(pad=0.3)
+        ax.set_ylabel(title, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(f"{keys[0].split('/')[0] if keys else ''}: reconstructions (z = mu) during training", fontsize=9)
+    fig.subplots_adjust(left=2.1 / (strip_width + 2.2), right=0.99, top=1 - 0.3 / (0.78 * len(rows) + 0.3),
+                        bottom=0.01, hspace=0.08)  # fmt: skip
     fig.savefig(out / "snapshots.png", dpi=100)
     plt.close(fig)
     return out / "snapshots.png"
