@@ -172,7 +172,7 @@ def draw_snapshots(out: Path) -> Path:
     k = len(targets)
     height, width = targets.shape[-2:]
     strip_width = 0.75 * k * width / height  # inches per row of images
-    fig, axes = plt.subplots(len(rows), 1, figsize=(strip_width + 2.2, 0.78 * len(rows) + 0.3), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(strip_width + 2.2, 0.78 * len(rows) + 0.45), squeeze=False)
     for ax, (title, images) in zip(axes[:, 0], rows, strict=True):
         strip = np.concatenate(list(images), axis=-1)  # H x (K W) grey, or 3 x H x (K W) RGB
         ax.imshow(strip if strip.ndim == 2 else strip.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=255)
@@ -180,7 +180,7 @@ def draw_snapshots(out: Path) -> Path:
         ax.set_yticks([])
         ax.set_ylabel(title, rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(f"{keys[0].split('/')[0] if keys else ''}: reconstructions (z = mu) during training", fontsize=9)
-    fig.subplots_adjust(left=2.1 / (strip_width + 2.2), right=0.99, top=1 - 0.3 / (0.78 * len(rows) + 0.3),
+    fig.subplots_adjust(left=2.1 / (strip_width + 2.2), right=0.99, top=1 - 0.45 / (0.78 * len(rows) + 0.45),
                         bottom=0.01, hspace=0.08)  # fmt: skip
     fig.savefig(out / "snapshots.png", dpi=100)
     plt.close(fig)
@@ -203,7 +203,7 @@ def quick_look(out: Path) -> Path:
         axes[0].plot(g.step, g.test_pixel_mse, style, label=label)
         axes[1].plot(g.step, g.background, style, label=label)
     axes[0].set(xlabel="training step", ylabel="held-out pixel MSE")
-    axes[1].set(xlabel="training step", ylabel="mean grey level of the background")
+    axes[1].set(xlabel="training step", ylabel="mean output where the target is black")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=110)
