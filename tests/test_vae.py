@@ -25,6 +25,7 @@ from scripts import load_script  # noqa: E402
 import percept
 from percept.data import ImageSet
 from percept.data.mnist import load_mnist
+from percept.guard import RunError
 from percept.models import CelebaVAE, MnistVAE, build_vae, count_parameters
 from percept.vae import (
     K_EXPONENTS,
@@ -235,6 +236,9 @@ def test_a_run_stopped_inside_an_epoch_resumes_at_its_last_step_checkpoint(tmp_p
         train_vae(_tiny_model(), _StopAfter(train, stop_at), test, _tiny_config(**cfg), tmp_path / "split")
     state = load_checkpoint(tmp_path / "split/checkpoints/last.pt")
     assert (state["epoch"], state["step_in_epoch"], len(state["history"])) == (1, 4, 1)
+    with pytest.raises(RunError, match="inside epoch 2 with batch size 8; this run has 16"):
+        train_vae(_tiny_model(), train, test, _tiny_config(**(cfg | {"batch_size": 16})), tmp_path / "split",
+                  resume=True)  # fmt: skip
     resumed = train_vae(_tiny_model(seed=7), train, test, _tiny_config(**cfg), tmp_path / "split", resume=True)
     a, b = _weights(full.model), _weights(resumed.model)
     for key in a:

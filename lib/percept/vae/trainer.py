@@ -383,6 +383,12 @@ def _train_vae(model, train_set, test_set, config, out_dir, resume, overwrite, o
                     f"{resume_path} was written inside epoch {start_epoch + 1} by {len(rng)} processes; this run "
                     f"has {info.world_size}. Resume it with {len(rng)} processes, or from an epoch-end checkpoint"
                 )
+            if state["meta"]["config"].get("batch_size") != config.batch_size:
+                raise RunError(
+                    f"{resume_path} was written inside epoch {start_epoch + 1} with batch size "
+                    f"{state['meta']['config'].get('batch_size')}; this run has {config.batch_size}. Resume it with "
+                    "the same batch size (the rest of the epoch is counted in its batches)"
+                )
             partial = state["partial"][info.rank]
         if len(rng) == info.world_size:
             set_rng_state(rng[info.rank], loader_generator)
