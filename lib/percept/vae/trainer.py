@@ -19,8 +19,9 @@ seed). ``best_model.pt`` holds the weights with the lowest test loss (the paper 
 ``resume=True`` continues from ``last.pt``; an interrupted run resumed this way ends with bit-identical
 weights on CPU (``tests/test_vae.py`` checks it). With ``checkpoint_steps = S`` ``last.pt`` is also written
 every S training steps inside an epoch (with the step, the epoch's running sums and the RNG states at that
-point): a run stopped mid-epoch resumes at that step and loses at most S steps, again bit-identically. A checkpoint from a different model, model
-configuration, loss or k is refused with :class:`percept.vae.checkpoint.CheckpointMismatch`.
+point): a run stopped mid-epoch resumes at that step and loses at most S steps, again bit-identically.
+A checkpoint from a different model, model configuration, loss or k is refused with
+:class:`percept.vae.checkpoint.CheckpointMismatch`.
 
 Launched with ``torchrun --nproc_per_node G`` the trainer uses DistributedDataParallel (NCCL on GPUs, gloo on
 CPU). ``batch_size`` stays the global minibatch (each process takes ``batch_size / G`` images) and the
