@@ -19,8 +19,8 @@ initialisation and the batch order, not the shift sequence.
 Data: the MNIST training digits (offline: the recovered 60,000-digit training set, see
 :mod:`percept.data.mnist`), held-out error on the first ``--test`` official test digits.
 Writes ``results/luminance_floor/curves.csv`` (row by row) and ``machine.json``. With ``--snapshots K`` it
-also keeps the reconstructions of the first K test digits at every evaluation (``snapshots.npz``, one array
-per run: evaluations x K x 32 x 32, with the steps) and draws them (``snapshots.png``): what the images look
+also keeps the reconstructions of the first K test images at every evaluation (``snapshots.npz``, one array
+per run: evaluations x K x H x W, or x 3 x H x W for RGB, with the steps) and draws them (``snapshots.png``): what the images look
 like, not only their error, e.g. to compare the original's texture with percept's over a few epochs::
 
     python experiments/luminance_floor/run.py --original PATH --losses watson-dft --floors 0 \
@@ -48,6 +48,7 @@ from percept.models import build_vae
 from percept.models.mnist import MnistVAE
 from percept.runinfo import machine_info, write_json
 from percept.vae import build_metric, kl_divergence
+from percept.vae.outputs import to_uint8
 
 ROOT = Path(__file__).resolve().parents[2]
 FIELDS = ["loss", "implementation", "luminance_floor", "step", "test_pixel_mse", "background", "foreground",
@@ -75,12 +76,17 @@ def original_loss(path: str, name: str, device: str, colorspace: str = "LA") -> 
 
 
 @torch.no_grad()
-def held_out(model: torch.nn.Module, images: torch.Tensor) -> dict:
-    """Pixel MSE of the reconstructions (z = mu), and their mean grey level on background / digit pixels (NaN
-    for images without black pixels, e.g. faces)."""
+def reconstruct(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The model's reconstructions (z = mu) of ``images``, in chunks of 500."""
     model.eval()
     recon = torch.cat([model.decode(model.encode(x)[0]) for x in images.split(500)])
     model.train()
+    return recon
+
+
+def held_out(recon: torch.Tensor, images: torch.Tensor) -> dict:
+    """Pixel MSE of the reconstructions, and their mean grey level on background / digit pixels (NaN for
+    images without black pixels)."""
     background, foreground = images == 0, images > 0.5
     return {
         "test_pixel_mse": (recon - images).square().mean().item(),
@@ -89,25 +95,16 @@ def held_out(model: torch.nn.Module, images: torch.Tensor) -> dict:
     }
 
 
-@torch.no_grad()
-def reconstruct(model: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
-    """Reconstructions (z = mu) of ``images`` as uint8 (N x H x W grey, N x 3 x H x W RGB)."""
-    model.eval()
-    recon = model.decode(model.encode(images)[0])
-    model.train()
-    return _uint8(recon)
-
-
 def _uint8(images: torch.Tensor) -> np.ndarray:
-    images = images[:, 0] if images.shape[1] == 1 else images
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    """Images as uint8: N x H x W (grey) or N x 3 x H x W (RGB)."""
+    return to_uint8((images[:, 0] if images.shape[1] == 1 else images).cpu())
 
 
 def train_run(loss_fn, train: torch.Tensor, test: torch.Tensor, args, label: dict, writer, handle) -> dict:
     """Train a fresh VAE (seed ``args.seed``) with ``loss_fn(recon, x) -> per-batch sum`` and log its curve.
 
-    Returns ``{"steps": [...], "images": evaluations x K x 32 x 32}`` for the first ``args.snapshots`` test
-    digits (empty arrays when it is 0)."""
+    Returns ``{"steps": [...], "images": evaluations x K x ...}`` (:func:`_uint8`) for the first
+    ``args.snapshots`` test images (empty arrays when it is 0)."""
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     model = (MnistVAE(hidden_dim=args.hidden_dim) if args.model == "mnist" else build_vae(args.model)).to(args.device)
@@ -117,13 +114,14 @@ def train_run(loss_fn, train: torch.Tensor, test: torch.Tensor, args, label: dic
     steps, images = [], []
     for step in range(args.steps + 1):
         if step % args.eval_every == 0 or step == args.steps:
-            row = {**label, "step": step, **held_out(model, test), "train_objective": objective,
+            recon = reconstruct(model, test)
+            row = {**label, "step": step, **held_out(recon, test), "train_objective": objective,
                    "seconds": time.time() - t0}
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
             handle.flush()
             if args.snapshots:
                 steps.append(step)
-                images.append(reconstruct(model, test[: args.snapshots]))
+                images.append(_uint8(recon[: args.snapshots]))
         if step == args.steps:
             break
         ids = order[(step * args.batch_size) % len(train):][: args.batch_size]
