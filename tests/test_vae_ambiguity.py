@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -19,19 +20,22 @@ def quick(tmp_path_factory):
     assert module.main(["--quick", "--out", str(out)]) == 0
     with open(out / "ambiguity.csv") as f:
         rows = {(r["loss"], r["candidate"]): r for r in csv.DictReader(f)}
-    return module, out, rows
+    pairs = json.loads((out / "ambiguity.json").read_text())["pairs"]
+    return module, out, rows, pairs
+
+
+def _pair_images(pairs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    test = load_mnist("test")
+    return test.images(pairs["first"]), test.images(pairs["second"])
 
 
 def test_l2_rows_follow_from_the_algebra(quick):
     """For L2 the average costs |a - b|^2 / 4 per pixel, the union and a single digit exactly twice that."""
-    module, out, rows = quick
+    module, out, rows, pairs = quick
     assert {loss for loss, _ in rows} == {"l2", "watson-dft (paper)"}
     assert {c for _, c in rows} == set(module.CANDIDATES)
-    import json
-
-    pairs = json.loads((out / "ambiguity.json").read_text())["pairs"]
     test = load_mnist("test")
-    a, b = test.images(pairs["first"]), test.images(pairs["second"])
+    a, b = _pair_images(pairs)
     assert all(test.labels[i] != test.labels[j] for i, j in zip(pairs["first"], pairs["second"], strict=True))
     assert all(int(test.labels[i]) in module.ROUND_DIGITS for i in pairs["first"] + pairs["second"])
     want = ((a - b) ** 2).mean().item() / 4
@@ -43,12 +47,8 @@ def test_l2_rows_follow_from_the_algebra(quick):
 
 def test_watson_rows_are_the_metrics_values(quick):
     """Watson-DFT's expected loss of the union is the paper-style metric's, recomputed here on the same pairs."""
-    module, out, rows = quick
-    import json
-
-    pairs = json.loads((out / "ambiguity.json").read_text())["pairs"]
-    test = load_mnist("test")
-    a, b = test.images(pairs["first"]), test.images(pairs["second"])
+    module, out, rows, pairs = quick
+    a, b = _pair_images(pairs)
     metric = percept.get_metric("watson-dft", colorspace="grey", reduction="none", style="paper",
                                 image_shape=(1, 32, 32), deterministic=True)  # fmt: skip
     union = torch.maximum(a, b)

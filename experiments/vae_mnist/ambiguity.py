@@ -42,13 +42,13 @@ from percept.runinfo import machine_info, write_json
 ROOT = Path(__file__).resolve().parents[2]
 ROUND_DIGITS = (0, 2, 3, 5, 6, 8)
 CANDIDATES = ("average", "union", "blurred average", "one digit", "black")
-#: (row name, registry name, options): the paper's losses that can be built offline
+#: row name -> (registry name, style, options): the paper's losses that can be built offline
 LOSSES = {
-    "l2": ("l2", {}),
-    "ssim": ("ssim", {"style": "paper"}),
-    "watson-dft (paper)": ("watson-dft", {"style": "paper", "deterministic": True}),
-    "watson-dft (per image)": ("watson-dft", {"deterministic": True}),
-    "deeploss-squeeze": ("deeploss-squeeze", {"style": "paper"}),
+    "l2": ("l2", "library", {}),
+    "ssim": ("ssim", "paper", {}),
+    "watson-dft (paper)": ("watson-dft", "paper", {"deterministic": True}),
+    "watson-dft (per image)": ("watson-dft", "library", {"deterministic": True}),
+    "deeploss-squeeze": ("deeploss-squeeze", "paper", {}),
 }
 
 
@@ -165,10 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     outputs = candidates(a, b)
     rows, losses = [], args.losses.split(",")
     for loss in losses:
-        name, options = LOSSES[loss]
-        style = options.get("style", "library")
-        extra = {k: v for k, v in options.items() if k != "style"}
-        metric = get_metric(name, colorspace="grey", reduction="none", style=style, image_shape=(1, 32, 32), **extra)
+        name, style, options = LOSSES[loss]
+        metric = get_metric(name, colorspace="grey", reduction="none", style=style, image_shape=(1, 32, 32), **options)
         costs = expected_costs(metric, outputs, a, b, args.batch)
         base = costs["average"]
         for cand in CANDIDATES:
