@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from percept import cli, registry
@@ -125,6 +126,20 @@ def test_usage_errors_exit_2(capsys, images):
         cli.main([])
     assert exit_info.value.code == 2
     capsys.readouterr()
+
+
+def test_device_option(capsys, images, monkeypatch):
+    code, out, err = run(capsys, "dist", images["ref"], images["near"], "-m", "l2", "--device", "cpu")
+    assert code == 0 and float(out) == pytest.approx(_mse(images["ref"], images["near"]), rel=1e-5)
+    code, out, err = run(capsys, "dist", images["ref"], images["near"], "-m", "l2", "--device", "tpu")
+    assert code == 2 and out == "" and "bad --device 'tpu'" in err and "Traceback" not in err
+    # a device this machine lacks is a runtime error (status 1), one line
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = run(capsys, "dist", images["ref"], images["near"], "-m", "l2", "--device", "cuda")
+    assert code == 1 and out == "" and "CUDA is not available" in err and err.count("\n") == 1
+    # auto: CUDA, else the CPU; the commands never pick MPS by themselves
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert cli.common._device("auto") == torch.device("cpu")
 
 
 def test_metric_not_available(capsys, images, monkeypatch):

@@ -162,8 +162,9 @@ def atomic_save(obj, path: str | Path) -> Path:
 # ------------------------------------------------------------------------------------- devices, processes
 
 
-def select_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
-    """ "auto": the process's CUDA device if there is one, else Apple MPS, else CPU; or an explicit device.
+def select_device(preference: str = "auto", local_rank: int = 0, auto_mps: bool = True) -> torch.device:
+    """ "auto": the process's CUDA device if there is one, else Apple MPS (unless ``auto_mps`` is False), else
+    CPU; or an explicit device.
 
     An explicit device that this machine does not have raises :class:`percept.guard.RunError` (one line).
     """
@@ -181,7 +182,7 @@ def select_device(preference: str = "auto", local_rank: int = 0) -> torch.device
         return device
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if auto_mps and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
 

@@ -40,19 +40,22 @@ class UsageError(CLIError):
 
 
 def _device(name: str):
+    """The --device option: ``auto`` is CUDA if available, else the CPU (the commands do not pick MPS by
+    themselves). A string torch cannot parse is a usage error (status 2); a device this machine lacks, a
+    runtime error (status 1)."""
     import torch
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from percept.runinfo import select_device
+
+    if name != "auto":
+        try:
+            torch.device(name)
+        except (RuntimeError, ValueError) as err:
+            raise UsageError(f"bad --device {name!r}: {err}") from None
     try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as err:
-        raise UsageError(f"bad --device {name!r}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise CLIError(f"--device {name}: MPS is not available on this machine (use --device cpu)")
-    return device
+        return select_device(name, auto_mps=False)
+    except RunError as err:
+        raise CLIError(str(err)) from None
 
 
 @contextlib.contextmanager
