@@ -88,8 +88,11 @@ def test_main_counts_snapshots_and_held_out_reconstructions(faces, originals, tm
     assert int(held[0]["faces_found"]) < 0.5 * N  # an untrained decoder draws no faces
     # a second call at a new epoch adds a row; the same epoch again replaces its row
     torch.save({"meta": meta, "epoch": 6, "model": model.state_dict()}, run / "checkpoints" / "best_model.pt")
+    assert faces.main([*argv, "--held-out", "--losses", "ssim"]) == 0  # not this loss: no new row
+    with open(out / "faces_held_out.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["5"]
     assert faces.main([*argv, "--held-out"]) == 0
-    assert faces.main([*argv, "--held-out"]) == 0
+    assert faces.main([*argv, "--held-out", "--losses", "l2"]) == 0
     with open(out / "faces_held_out.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["5", "6"]
     assert (out / "faces.png").stat().st_size > 0

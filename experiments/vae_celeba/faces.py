@@ -175,6 +175,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", default=str(ROOT / "results" / "vae_celeba"), help="folder of the per-loss runs")
     p.add_argument("--out", default=None, help="output folder (default: <runs>/faces)")
     p.add_argument("--held-out", action="store_true", help="also count on every held-out face, from checkpoints")
+    p.add_argument("--losses", default=None, help="--held-out only for these losses (comma-separated; default all)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N held-out faces (tests)")
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 1:
@@ -217,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{loss}: faces found per epoch {counts} (originals: {target} of {len(images)}); "
               f"faces appear at epoch {appear[loss]}", flush=True)  # fmt: skip
         checkpoint = path.parent / "checkpoints" / "best_model.pt"
-        if args.held_out and checkpoint.is_file():
+        wanted = args.losses is None or loss in args.losses.split(",")
+        if args.held_out and wanted and checkpoint.is_file():
             recon_all, epoch = reconstruct_held_out(checkpoint, originals)
             held = [r for r in held if (r["loss"], r["epoch"]) != (loss, epoch)]  # a rerun replaces its row
             held.append({"loss": loss, "epoch": epoch, "faces_found": detector.count(recon_all), "of": len(originals)})
