@@ -55,7 +55,7 @@ def test_appear_epoch(faces):
     assert faces.appear_epoch([1, 2], [7, 6], 7) is None
 
 
-def test_main_counts_snapshots_and_held_out_reconstructions(faces, originals, tmp_path):
+def test_main_counts_snapshots_and_held_out_reconstructions(faces, originals, tmp_path, capsys):
     """Epoch 1 draws grey, epoch 2 the faces themselves: the faces appear at epoch 2. A small checkpoint
     (hidden 16, untrained) stands for --held-out's best_model.pt."""
     run = tmp_path / "runs" / "l2"
@@ -95,6 +95,15 @@ def test_main_counts_snapshots_and_held_out_reconstructions(faces, originals, tm
     assert faces.main([*argv, "--held-out", "--losses", "l2"]) == 0
     with open(out / "faces_held_out.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["5", "6"]
+    # --checkpoint last: an end-of-epoch last.pt is counted; one written inside an epoch is refused
+    last = run / "checkpoints" / "last.pt"
+    torch.save({"meta": meta, "epoch": 7, "step_in_epoch": 3, "model": model.state_dict()}, last)
+    assert faces.main([*argv, "--held-out", "--checkpoint", "last"]) == 0
+    assert "written inside epoch 8" in capsys.readouterr().out
+    torch.save({"meta": meta, "epoch": 7, "step_in_epoch": 0, "model": model.state_dict()}, last)
+    assert faces.main([*argv, "--held-out", "--checkpoint", "last"]) == 0
+    with open(out / "faces_held_out.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["5", "6", "7"]
     assert (out / "faces.png").stat().st_size > 0
 
 

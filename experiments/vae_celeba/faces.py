@@ -14,8 +14,8 @@ against are written next to the counts:
 - the average held-out face.
 
 With ``--held-out`` it also reconstructs every held-out face with each loss's ``checkpoints/best_model.pt``
-(when that local, uncommitted file exists) and counts on all of them: a larger sample, at that checkpoint's
-epoch. Those rows accumulate in ``faces_held_out.csv`` across calls, so running it while training goes on
+(``--checkpoint last``: ``last.pt``, if it was written at the end of an epoch), when that local, uncommitted
+file exists, and counts on all of them: a larger sample, at that checkpoint's epoch. Those rows accumulate in ``faces_held_out.csv`` across calls, so running it while training goes on
 gives a curve over epochs::
 
     python experiments/vae_celeba/faces.py                 # reads results/vae_celeba/*/snapshots.npz
@@ -34,6 +34,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from percept.data.celeba import load_celeba
+from percept.models import build_vae
+from percept.vae.outputs import reconstruct, to_uint8
 
 ROOT = Path(__file__).resolve().parents[2]
 CASCADE = "haarcascade_frontalface_alt2.xml"
@@ -99,25 +104,21 @@ def appear_epoch(epochs: list[int], counts: list[int], target: int) -> int | Non
 
 def held_out_images(limit: int | None = None) -> tuple[np.ndarray, str]:
     """The held-out faces (the first ``limit``, or all) as (N, 3, 64, 64) uint8, and where they come from."""
-
-    from percept.data.celeba import load_celeba
-    from percept.vae.outputs import to_uint8
-
     test = load_celeba("test")
     images = test.images(list(range(min(len(test), limit or len(test)))))
     return to_uint8(images), test.info["data_source"]
 
 
-def reconstruct_held_out(checkpoint: Path, images: np.ndarray) -> tuple[np.ndarray, int]:
-    """Reconstructions (z = mu) of ``images`` by the model in ``checkpoint``, and that checkpoint's epoch."""
-    import torch
-
-    from percept.vae.checkpoint import load_model
-    from percept.vae.outputs import reconstruct, to_uint8
-
-    model = load_model(checkpoint)
-    epoch = int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("epoch", -1))
-    return to_uint8(reconstruct(model, torch.as_tensor(images).float() / 255, batch_size=100)), epoch
+def load_checkpoint_model(path: Path):
+    """The VAE in a ``best_model.pt`` or end-of-epoch ``last.pt``, and its epoch; None (with the reason) for a
+    ``last.pt`` written inside an epoch, whose weights belong to no finished epoch."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if int(state.get("step_in_epoch", 0)):
+        return None, f"{path} was written inside epoch {int(state['epoch']) + 1}; count again at an epoch's end"
+    meta = state["meta"]
+    model = build_vae(meta["model"], **meta.get("model_config", {}))
+    model.load_state_dict(state["model"])
+    return (model, int(state["epoch"])), ""
 
 
 def draw(path: Path, rows: list[dict], held: list[dict], refs: dict, appear: dict) -> None:
@@ -175,6 +176,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", default=str(ROOT / "results" / "vae_celeba"), help="folder of the per-loss runs")
     p.add_argument("--out", default=None, help="output folder (default: <runs>/faces)")
     p.add_argument("--held-out", action="store_true", help="also count on every held-out face, from checkpoints")
+    p.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default="best",
+        help="--held-out from best_model.pt (lowest test loss) or last.pt (the latest finished epoch)",
+    )
     p.add_argument("--losses", default=None, help="--held-out only for these losses (comma-separated; default all)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N held-out faces (tests)")
     args = p.parse_args(argv)
@@ -194,6 +201,16 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no <loss>/snapshots.npz under {runs}: train with experiments/vae_celeba/run.py first")
     detector = FaceDetector()
     originals, data_source = held_out_images(args.limit)
+    models = {}  # loaded first: a last.pt is overwritten by the next in-epoch checkpoint a minute or two later
+    for path in snapshots if args.held_out else []:
+        loss, checkpoint = path.parent.name, path.parent / "checkpoints" / f"{args.checkpoint}_model.pt"
+        checkpoint = checkpoint.with_name("last.pt") if args.checkpoint == "last" else checkpoint
+        if (args.losses is None or loss in args.losses.split(",")) and checkpoint.is_file():
+            loaded, why = load_checkpoint_model(checkpoint)
+            if loaded is None:
+                print(f"{loss}: {why}", flush=True)
+            else:
+                models[loss] = loaded
     mean_face = originals.astype(np.float64).mean(0).round().astype(np.uint8)
     refs = {
         "held_out_faces": len(originals),
@@ -217,10 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         appear[loss] = appear_epoch(epochs, counts, target)
         print(f"{loss}: faces found per epoch {counts} (originals: {target} of {len(images)}); "
               f"faces appear at epoch {appear[loss]}", flush=True)  # fmt: skip
-        checkpoint = path.parent / "checkpoints" / "best_model.pt"
-        wanted = args.losses is None or loss in args.losses.split(",")
-        if args.held_out and wanted and checkpoint.is_file():
-            recon_all, epoch = reconstruct_held_out(checkpoint, originals)
+        if loss in models:
+            model, epoch = models.pop(loss)
+            recon_all = to_uint8(reconstruct(model, torch.as_tensor(originals).float() / 255, batch_size=100))
             held = [r for r in held if (r["loss"], r["epoch"]) != (loss, epoch)]  # a rerun replaces its row
             held.append({"loss": loss, "epoch": epoch, "faces_found": detector.count(recon_all), "of": len(originals)})
             print(f"{loss}: held-out reconstructions at epoch {epoch}: {held[-1]['faces_found']} of {len(originals)}")
