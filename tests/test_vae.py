@@ -427,6 +427,28 @@ def test_snapshots_and_pixel_mse_per_epoch_survive_a_resume(tmp_path):
     np.testing.assert_array_equal(snaps["reconstructions"][-1], (recon[shown].clamp(0, 1) * 255).round().byte().numpy())
 
 
+def test_collecting_a_run_stopped_inside_an_epoch_uses_a_finished_epochs_weights(tmp_path, caplog):
+    """A run stopped inside epoch 2 and collected with --epochs 1 --resume trains nothing; its last.pt holds
+    weights from inside epoch 2, so the outputs must come from best_model.pt (epoch 1), not from those."""
+    run = _driver("vae_mnist")
+    out = tmp_path / "vae_mnist"
+    argv = ["--loss", "l2", "--epochs", "1", "--train-limit", "128", "--test-limit", "40", "--batch-size", "64",
+            "--eval-metrics", "l2", "--out", str(out), "--no-progress", "--device", "cpu", "--checkpoint-steps", "1"]  # fmt: skip
+    assert run.run_experiment(run.EXPERIMENT, argv) == 0
+    before = np.load(out / "l2" / "outputs.npz")["reconstructions"]
+    last_path = out / "l2" / "checkpoints" / "last.pt"
+    state = load_checkpoint(last_path)  # as if the run had gone on and been stopped after step 1 of epoch 2
+    state["model"] = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+                      for k, v in state["model"].items()}  # fmt: skip
+    state["step_in_epoch"], state["partial"] = 1, [torch.zeros(4, dtype=torch.float64)]
+    torch.save(state, last_path)
+    with caplog.at_level("INFO", logger="percept.vae.trainer"):
+        assert run.run_experiment(run.EXPERIMENT, [*argv, "--resume"]) == 0
+    assert "also holds 1 steps of epoch 2" in caplog.text
+    np.testing.assert_array_equal(np.load(out / "l2" / "outputs.npz")["reconstructions"], before)
+    assert load_checkpoint(last_path)["step_in_epoch"] == 1  # kept for a later --resume
+
+
 def test_driver_rejects_unknown_losses(capsys):
     run = _driver("vae_mnist")
     with pytest.raises(SystemExit):

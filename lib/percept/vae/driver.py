@@ -469,7 +469,7 @@ def _run_experiment(exp: VAEExperiment, argv: list[str], cleanup: contextlib.Exi
             return 2
         if not info.is_main:
             continue
-        if result.history and result.best_epoch == result.history[-1]["epoch"]:
+        if result.history and result.best_epoch == result.history[-1]["epoch"] and not result.mid_epoch:
             best = result.model  # the last epoch is the best one: no need to read it back
         else:
             best = load_model(result.best_checkpoint, map_location=device)

@@ -82,7 +82,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    model: nn.Module  # the final (last-epoch) weights, unwrapped, on the training device
+    model: nn.Module  # the final weights, unwrapped, on the training device (see mid_epoch)
     history: list[dict]
     weighting: LossWeighting
     best_epoch: int
@@ -95,6 +95,10 @@ class TrainResult:
     device: str = "cpu"
     world_size: int = 1
     extra: dict = field(default_factory=dict)
+    #: True when nothing was trained and ``model`` holds a checkpoint written inside the epoch after the last one
+    #: in ``history`` (a run stopped mid-epoch, then called with --epochs equal to its finished epochs): those
+    #: weights belong to no finished epoch, so outputs must come from ``best_checkpoint``
+    mid_epoch: bool = False
 
 
 HISTORY_FIELDS = (
@@ -544,6 +548,9 @@ def _train_vae(model, train_set, test_set, config, out_dir, resume, overwrite, o
     epochs_bar.close()
     if start_epoch >= config.epochs and info.is_main:
         log.info("%s already holds %d >= %d epochs: nothing to train", last_path, start_epoch, config.epochs)
+        if resume_step:
+            log.info("%s also holds %d steps of epoch %d; they are kept for a later --resume", last_path,
+                     resume_step, start_epoch + 1)  # fmt: skip
     return TrainResult(
         model=_unwrap(train_model),
         history=history,
@@ -557,4 +564,5 @@ def _train_vae(model, train_set, test_set, config, out_dir, resume, overwrite, o
         resumed_from_epoch=resumed_from,
         device=str(device),
         world_size=info.world_size,
+        mid_epoch=bool(resume_step) and start_epoch >= config.epochs,
     )
