@@ -6,8 +6,8 @@ and reports, per loss and epoch, in how many of the 8 it finds a face, and the f
 stays at least the count on the 8 original faces: that is the measured "faces appear" epoch.
 
 The detector answers "is there a face-shaped pattern of eyes, nose and mouth here?", not "is it this person's
-face?": blur and stripe textures make it fail, and the average face still passes. The references it is read
-against are written next to the counts:
+face?": a stripe texture makes it fail, a strong blur lowers its rate a little, and the average face passes.
+The references it is read against are written next to the counts:
 
 - the 8 original faces, and all held-out originals (the detector's own rate on real 64x64 crops);
 - the held-out originals under a strong Gaussian blur (sigma 3 px): blur alone lowers the rate;
@@ -15,8 +15,8 @@ against are written next to the counts:
 
 With ``--held-out`` it also reconstructs every held-out face with each loss's ``checkpoints/best_model.pt``
 (``--checkpoint last``: ``last.pt``, if it was written at the end of an epoch), when that local, uncommitted
-file exists, and counts on all of them: a larger sample, at that checkpoint's epoch. Those rows accumulate in ``faces_held_out.csv`` across calls, so running it while training goes on
-gives a curve over epochs::
+file exists, and counts on all of them: a larger sample, at that checkpoint's epoch. Those rows accumulate in
+``faces_held_out.csv`` across calls, so running it at the end of every epoch gives a curve over epochs::
 
     python experiments/vae_celeba/faces.py                 # reads results/vae_celeba/*/snapshots.npz
     python experiments/vae_celeba/faces.py --held-out      # + every held-out face, from the checkpoints
@@ -191,6 +191,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from percept.guard import atomic_output
     from percept.runinfo import machine_info, write_json
 
     args = parse_args(argv)
@@ -203,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     originals, data_source = held_out_images(args.limit)
     models = {}  # loaded first: a last.pt is overwritten by the next in-epoch checkpoint a minute or two later
     for path in snapshots if args.held_out else []:
-        loss, checkpoint = path.parent.name, path.parent / "checkpoints" / f"{args.checkpoint}_model.pt"
-        checkpoint = checkpoint.with_name("last.pt") if args.checkpoint == "last" else checkpoint
+        loss = path.parent.name
+        checkpoint = path.parent / "checkpoints" / ("last.pt" if args.checkpoint == "last" else "best_model.pt")
         if (args.losses is None or loss in args.losses.split(",")) and checkpoint.is_file():
             loaded, why = load_checkpoint_model(checkpoint)
             if loaded is None:
@@ -242,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{loss}: held-out reconstructions at epoch {epoch}: {held[-1]['faces_found']} of {len(originals)}")
     held.sort(key=lambda r: (r["loss"], r["epoch"]))
     for name, table in (("faces.csv", rows), ("faces_held_out.csv", held)):
-        if table:
-            with open(out / name, "w", newline="") as f:
+        if table:  # atomic: the held-out rows of earlier epochs cannot be counted again once training moved on
+            with atomic_output(out / name, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=list(table[0]))
                 writer.writeheader()
                 writer.writerows(table)
