@@ -49,6 +49,27 @@ def test_detector_finds_real_faces_and_not_flat_or_striped_images(faces, origina
         detector.found(originals[0].astype(np.float32))
 
 
+def test_identification(faces, originals):
+    """Its own source is the nearest original for a blurred or slightly noisy copy, not for another face or
+    the average face; reconstructions in another order are matched to where they really come from."""
+    detector = faces.FaceDetector()
+    sources = np.arange(N)
+    assert faces.identified(detector.blurred(originals, 1.5), originals, sources).mean() > 0.9
+    noise = np.random.default_rng(0).normal(0, 12, originals.shape)
+    noisy = np.clip(originals + noise, 0, 255).astype(np.uint8)
+    assert faces.identified(noisy, originals, sources).all()
+    shuffled = np.roll(originals, 1, axis=0)
+    assert not faces.identified(shuffled, originals, sources).any()
+    assert faces.identified(shuffled, originals, np.roll(sources, 1)).all()
+    mean = np.broadcast_to(originals.mean(0).round().astype(np.uint8), originals.shape)
+    assert faces.identified(np.ascontiguousarray(mean), originals, sources).sum() <= 1
+    # faces flipped upside down keep their colours and background but lose their layout: rarely their own
+    flipped = np.ascontiguousarray(originals[:, :, ::-1, :])
+    assert faces.identified(flipped, originals, sources).mean() < 0.5
+    assert faces.positions_in(originals[[5, 2]], originals).tolist() == [5, 2]
+    assert faces.positions_in(np.zeros((1, 3, 64, 64), np.uint8), originals) is None
+
+
 def test_appear_epoch(faces):
     assert faces.appear_epoch([1, 2, 3], [7, 7, 7], 7) == 1
     assert faces.appear_epoch([1, 2, 3, 4, 5], [0, 7, 6, 7, 8], 7) == 4  # a later dip restarts it
@@ -76,6 +97,7 @@ def test_main_counts_snapshots_and_held_out_reconstructions(faces, originals, tm
     found = detector.count(snap)
     assert [(r["loss"], r["epoch"], r["faces_found"], r["of"]) for r in rows] == [
         ("l2", "1", "0", "8"), ("l2", "2", str(found), "8")]  # fmt: skip
+    assert int(rows[0]["identified"]) <= 1 and rows[1]["identified"] == "8"  # grey: one face at most; itself: all
     report = json.loads((out / "faces.json").read_text())
     assert report["faces_appear_epoch"] == {"l2": 2}
     refs = report["references"]
@@ -86,6 +108,7 @@ def test_main_counts_snapshots_and_held_out_reconstructions(faces, originals, tm
         held = list(csv.DictReader(f))
     assert [(r["loss"], r["epoch"], r["of"]) for r in held] == [("l2", "5", str(N))]
     assert int(held[0]["faces_found"]) < 0.5 * N  # an untrained decoder draws no faces
+    assert int(held[0]["identified"]) <= 2  # ... and nobody in particular
     # a second call at a new epoch adds a row; the same epoch again replaces its row
     torch.save({"meta": meta, "epoch": 6, "model": model.state_dict()}, run / "checkpoints" / "best_model.pt")
     assert faces.main([*argv, "--held-out", "--losses", "ssim"]) == 0  # not this loss: no new row

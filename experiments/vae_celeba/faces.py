@@ -13,6 +13,10 @@ The references it is read against are written next to the counts:
 - the held-out originals under a strong Gaussian blur (sigma 3 px): blur alone lowers the rate;
 - the average held-out face.
 
+A second count asks "is it this person's face?": a reconstruction is identified when, among all held-out
+originals compared at 16x16, the nearest one is its own source. Chance is 1 in 1,000; a decoder that draws
+the same generic face for every input passes the detector but not this.
+
 With ``--held-out`` it also reconstructs every held-out face with each loss's ``checkpoints/best_model.pt``
 (``--checkpoint last``: ``last.pt``, if it was written at the end of an epoch), when that local, uncommitted
 file exists, and counts on all of them: a larger sample, at that checkpoint's epoch. Those rows accumulate in
@@ -21,7 +25,8 @@ file exists, and counts on all of them: a larger sample, at that checkpoint's ep
     python experiments/vae_celeba/faces.py                 # reads results/vae_celeba/*/snapshots.npz
     python experiments/vae_celeba/faces.py --held-out      # + every held-out face, from the checkpoints
 
-Writes ``<runs>/faces/faces.csv`` (loss, epoch, faces found of 8), ``faces_held_out.csv`` (with --held-out),
+Writes ``<runs>/faces/faces.csv`` (loss, epoch, faces found and identified, of 8), ``faces_held_out.csv``
+(with --held-out),
 ``faces.json`` (references, "faces appear" epochs, detector settings, machine) and ``faces.png``.
 Needs ``opencv-python-headless`` (in requirements.txt), whose wheel ships the cascade files.
 """
@@ -46,6 +51,7 @@ CASCADE = "haarcascade_frontalface_alt2.xml"
 #: around the face, and the cascade needs some margin), then searched for faces at least 48 px wide
 SCALE, BORDER, MIN_SIZE, SCALE_FACTOR, MIN_NEIGHBOURS = 2, 16, 48, 1.05, 3
 BLUR_SIGMA = 3.0
+IDENTIFY_POOL = 4  # identification compares 64x64 faces as 16x16 area means
 
 
 def _cv2():
@@ -91,6 +97,26 @@ class FaceDetector:
         return np.stack(out).transpose(0, 3, 1, 2)
 
 
+def identified(recon: np.ndarray, originals: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """Per reconstruction, whether its nearest held-out original is its own source (``sources``: positions in
+    ``originals``), both compared at 16x16 (4x4 area means, RGB): coarse enough that blur and fine textures do
+    not matter, fine enough to tell faces apart by shape, hair, skin and background. A decoder that draws one
+    face for every input scores at chance, 1 / len(originals)."""
+
+    def small(x: np.ndarray) -> torch.Tensor:
+        return torch.nn.functional.avg_pool2d(torch.as_tensor(x).double() / 255, IDENTIFY_POOL).flatten(1)
+
+    nearest = torch.cdist(small(recon), small(originals)).argmin(dim=1).numpy()
+    return nearest == np.asarray(sources)
+
+
+def positions_in(images: np.ndarray, originals: np.ndarray) -> np.ndarray | None:
+    """Where each of ``images`` stands in ``originals`` (equal pixels), or None if one is not there."""
+    index = {x.tobytes(): i for i, x in enumerate(originals)}
+    found = [index.get(x.tobytes()) for x in images]
+    return None if any(i is None for i in found) else np.asarray(found)
+
+
 def appear_epoch(epochs: list[int], counts: list[int], target: int) -> int | None:
     """The first epoch from which every count is at least ``target`` (None if the last one is below it)."""
     first = None
@@ -129,7 +155,7 @@ def draw(path: Path, rows: list[dict], held: list[dict], refs: dict, appear: dic
 
     losses = sorted({r["loss"] for r in rows + held})
     colour = {loss: f"C{i}" for i, loss in enumerate(losses)}  # the same colour for a loss in both panels
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     ax = axes[0]
     for loss in dict.fromkeys(r["loss"] for r in rows):
         points = [(r["epoch"], r["faces_found"]) for r in rows if r["loss"] == loss]
@@ -140,7 +166,7 @@ def draw(path: Path, rows: list[dict], held: list[dict], refs: dict, appear: dic
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"faces found (of {n} reconstructions)")
     ax.set_ylim(-0.3, n + 0.3)
-    ax.set_title(f"the {n} snapshot faces, every epoch", fontsize=9)
+    ax.set_title(f"a face: the {n} snapshot faces, every epoch", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     ax = axes[1]
     for loss in dict.fromkeys(r["loss"] for r in held):
@@ -152,9 +178,22 @@ def draw(path: Path, rows: list[dict], held: list[dict], refs: dict, appear: dic
     ax.set_xlabel("epoch (of the checkpoint)")
     ax.set_ylabel(f"faces found (% of {refs['held_out_faces']:,} held-out)")
     ax.set_ylim(0, 102)
-    ax.set_title("every held-out face (--held-out, when it was run)", fontsize=9)
+    ax.set_title("a face: every held-out face (--held-out)", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle("A Haar face detector on the VAE reconstructions (REDUCED CelebA)", fontsize=10)
+    ax = axes[2]
+    for loss in dict.fromkeys(r["loss"] for r in held):
+        points = [
+            (r["epoch"], 100 * r["identified"] / r["of"]) for r in held if r["loss"] == loss and r["identified"] != ""
+        ]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="^", color=colour[loss], label=loss)
+    ax.axhline(100 * refs["identified_by_chance"], color="k", lw=0.8, ls=":", label="by chance")
+    ax.set_xlabel("epoch (of the checkpoint)")
+    ax.set_ylabel("nearest original is its own (%)")
+    ax.set_ylim(0, 102)
+    ax.set_title(f"this person's face: identified among the {refs['held_out_faces']:,} (16x16)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("Do the VAE's reconstructions show faces? (REDUCED CelebA)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -165,7 +204,10 @@ def read_rows(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return [{k: (v if k == "loss" else int(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+        rows = [{k: (v if k == "loss" or v in ("", None) else int(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+    for r in rows:  # rows written before the identification column: not counted then
+        r["identified"] = r.get("identified") if r.get("identified") is not None else ""
+    return [{k: r[k] for k in ("loss", "epoch", "faces_found", "identified", "of")} for r in rows]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -218,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "held_out_rate": detector.count(originals) / len(originals),
         "held_out_blurred_rate": detector.count(detector.blurred(originals)) / len(originals),
         "mean_face_found": detector.found(mean_face),
+        "identified_by_chance": 1 / len(originals),
     }
     out.mkdir(parents=True, exist_ok=True)
     rows, appear, held = [], {}, read_rows(out / "faces_held_out.csv")
@@ -229,8 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         refs.setdefault("snapshot_faces", len(images))
         refs.setdefault("snapshot_originals", target)
         counts = [detector.count(r) for r in recon]
+        sources = positions_in(images, originals)  # None when --limit left a snapshot face out
+        ids = [int(identified(r, originals, sources).sum()) if sources is not None else "" for r in recon]
         rows += [
-            {"loss": loss, "epoch": e, "faces_found": n, "of": len(images)} for e, n in zip(epochs, counts, strict=True)
+            {"loss": loss, "epoch": e, "faces_found": n, "identified": i, "of": len(images)}
+            for e, n, i in zip(epochs, counts, ids, strict=True)
         ]
         appear[loss] = appear_epoch(epochs, counts, target)
         print(f"{loss}: faces found per epoch {counts} (originals: {target} of {len(images)}); "
@@ -239,8 +285,11 @@ def main(argv: list[str] | None = None) -> int:
             model, epoch = models.pop(loss)
             recon_all = to_uint8(reconstruct(model, torch.as_tensor(originals).float() / 255, batch_size=100))
             held = [r for r in held if (r["loss"], r["epoch"]) != (loss, epoch)]  # a rerun replaces its row
-            held.append({"loss": loss, "epoch": epoch, "faces_found": detector.count(recon_all), "of": len(originals)})
-            print(f"{loss}: held-out reconstructions at epoch {epoch}: {held[-1]['faces_found']} of {len(originals)}")
+            own = int(identified(recon_all, originals, np.arange(len(originals))).sum())
+            row = {"loss": loss, "epoch": epoch, "faces_found": detector.count(recon_all), "identified": own}
+            held.append(row | {"of": len(originals)})
+            print(f"{loss}: held-out reconstructions at epoch {epoch}: a face in {row['faces_found']}, identified "
+                  f"{own} of {len(originals)}")  # fmt: skip
     held.sort(key=lambda r: (r["loss"], r["epoch"]))
     for name, table in (("faces.csv", rows), ("faces_held_out.csv", held)):
         if table:  # atomic: the held-out rows of earlier epochs cannot be counted again once training moved on
