@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from percept.data.celeba import load_celeba
-from percept.models import build_vae
+from percept.vae.checkpoint import model_from_state
 from percept.vae.outputs import reconstruct, to_uint8
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,10 +141,7 @@ def load_checkpoint_model(path: Path):
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     if int(state.get("step_in_epoch", 0)):
         return None, f"{path} was written inside epoch {int(state['epoch']) + 1}; count again at an epoch's end"
-    meta = state["meta"]
-    model = build_vae(meta["model"], **meta.get("model_config", {}))
-    model.load_state_dict(state["model"])
-    return (model, int(state["epoch"])), ""
+    return (model_from_state(state), int(state["epoch"])), ""
 
 
 def draw(path: Path, rows: list[dict], held: list[dict], refs: dict, appear: dict) -> None:

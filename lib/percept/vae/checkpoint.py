@@ -58,16 +58,21 @@ def check_compatible(meta: dict, expected: dict, path: str | Path = "checkpoint"
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a paper VAE from ``best_model.pt`` or ``last.pt`` (model name and config are stored in it)."""
-    from percept.models import build_vae
-
     path = Path(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise CheckpointError(f"{path} cannot be read as a checkpoint ({type(err).__name__}: {err})") from err
+    return model_from_state(state).to(map_location)
+
+
+def model_from_state(state: dict) -> nn.Module:
+    """The paper VAE of a loaded checkpoint dict (its ``meta`` names the model and its config)."""
+    from percept.models import build_vae
+
     meta = state.get("meta", state)
     with torch.device("meta"):  # no time spent on an initialisation that is overwritten anyway
         model = build_vae(meta["model"], **meta.get("model_config", {}))
     model.load_state_dict(state["model"], assign=True)
-    return model.to(map_location)
+    return model
 
