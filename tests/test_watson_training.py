@@ -205,3 +205,26 @@ def test_luminance_floor_driver_on_celeba_faces(tmp_path):
     assert snaps["targets"].shape == (2, 3, 64, 64)
     assert snaps["watson-dft/percept/floor=0/images"].shape == (3, 2, 3, 64, 64)
     assert "CelebA" in json.loads((tmp_path / "machine.json").read_text())["data_source"]
+
+
+def test_luminance_floor_driver_runs_a_loss_without_a_floor(tmp_path):
+    """--losses deeploss-squeeze: one percept run (no floor to vary), weighted with the paper's lambda = e^9."""
+    import csv
+    import math
+
+    import numpy as np
+
+    module = load_script("experiments/luminance_floor/run.py", "luminance_floor_run")
+    argv = ["--model", "celeba", "--quick", "--batch-size", "2", "--losses", "deeploss-squeeze", "--snapshots", "2",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert module.main(argv) == 0
+    with open(tmp_path / "curves.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["implementation"], r["luminance_floor"], int(r["step"])) for r in rows] == [
+        ("percept", "", 0), ("percept", "", 2), ("percept", "", 4)]  # fmt: skip
+    # Deeploss-Squeeze of an untrained decoder's grey output is of order 0.1-1 per face; lambda e^9 dominates KL
+    per_image = float(rows[-1]["train_objective"]) / math.exp(9)
+    assert 0.02 < per_image < 3, per_image
+    snaps = np.load(tmp_path / "snapshots.npz")
+    assert snaps["deeploss-squeeze/percept/floor=none/images"].shape == (3, 2, 3, 64, 64)
+    assert (tmp_path / "curves.png").stat().st_size > 0

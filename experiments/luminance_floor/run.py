@@ -28,15 +28,28 @@ like, not only their error, e.g. to compare the original's texture with percept'
 
 ``--model celeba`` does the same with the paper's CelebA VAE on RGB faces (the original's 'RGB' loss; the
 offline faces are the REDUCED set, see :mod:`percept.data.celeba`; the paper's batch is 64).
+
+``--losses deeploss-squeeze`` runs the same side-by-side training for a loss without a luminance floor (one
+percept run, ``luminance_floor`` left empty), to check that percept's paper mode trains like the original's
+Deeploss-Squeeze. Every loss is weighted with the paper's lambda = e^k for the model (the original
+repository's HEAD k: 0 for Watson, 9 for Deeploss-Squeeze). The original's ``PNetLin`` moves itself to CUDA
+and asks torchvision for ImageNet SqueezeNet (a download); on a CPU or offline machine the run keeps it on
+the CPU and gives it the same SqueezeNet features percept uses (:mod:`percept.assets`)::
+
+    python experiments/luminance_floor/run.py --model celeba --batch-size 64 --original PATH \
+        --losses deeploss-squeeze --steps 140 --eval-every 35 --test 256 --snapshots 8 \
+        --out results/vae_celeba/deeploss_vs_original
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +60,7 @@ from percept.data.mnist import load_mnist
 from percept.models import build_vae
 from percept.models.mnist import MnistVAE
 from percept.runinfo import machine_info, write_json
-from percept.vae import build_metric, kl_divergence
+from percept.vae import build_metric, kl_divergence, loss_weighting
 from percept.vae.outputs import to_uint8
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,17 +75,52 @@ MODELS = {
 }
 
 
+#: percept's name -> the original LossProvider's
+ORIGINAL_NAMES = {"watson-dft": "Watson-fft", "watson-dct": "Watson-dct", "deeploss-squeeze": "Deeploss-squeeze"}
+
+
+@contextlib.contextmanager
+def _original_pnetlin_here(device: str):
+    """While the original's ``PNetLin`` is built: its unconditional ``.cuda()`` calls become moves to ``device``,
+    and torchvision's ``squeezenet1_1(pretrained=True)`` (a download) gets the ImageNet features from
+    :mod:`percept.assets` (the file percept's Deeploss-Squeeze loads)."""
+    import deep_loss  # the original's module, on sys.path (see original_loss)
+    import torchvision
+
+    from percept.assets import locate
+
+    def squeezenet1_1(pretrained: bool = False, **kwargs):
+        net = torchvision.models.squeezenet1_1(weights=None, **kwargs)
+        if pretrained:
+            state = torch.load(locate("weights/torchvision/squeezenet1_1_features.pth"), map_location="cpu")
+            net.features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()})
+        return net
+
+    saved = deep_loss.models, torch.nn.Module.cuda, torch.Tensor.cuda
+    deep_loss.models = types.SimpleNamespace(squeezenet1_1=squeezenet1_1)
+    torch.nn.Module.cuda = lambda self, *a, **k: self.to(device)
+    torch.Tensor.cuda = lambda self, *a, **k: self.to(device)
+    try:
+        yield
+    finally:
+        deep_loss.models, torch.nn.Module.cuda, torch.Tensor.cuda = saved
+
+
 def original_loss(path: str, name: str, device: str, colorspace: str = "LA") -> torch.nn.Module:
-    """The original code's loss ``name`` (``colorspace`` 'LA' or 'RGB', reduction 'sum', random shift), imported
-    from ``path``."""
+    """The original code's loss ``name`` (``colorspace`` 'LA' or 'RGB', reduction 'sum', random shift for
+    Watson), imported from ``path``."""
     sys.path.insert(0, str(Path(path).resolve()))
     if not hasattr(torch, "rfft"):  # the original calls torch.rfft (removed in torch 1.8): its old meaning
         torch.rfft = lambda x, signal_ndim: torch.view_as_real(torch.fft.rfftn(x, dim=tuple(range(-signal_ndim, 0))))
     from loss_provider import LossProvider as OriginalProvider  # optional, outside the package
 
-    original_name = {"watson-dft": "Watson-fft", "watson-dct": "Watson-dct"}[name]
+    if name not in ORIGINAL_NAMES:
+        raise SystemExit(f"--original: no comparison for {name!r}; it supports {', '.join(ORIGINAL_NAMES)}")
     provider = OriginalProvider()
-    return provider.get_loss_function(original_name, colorspace, reduction="sum", deterministic=False).to(device)
+    building = _original_pnetlin_here(device) if name.startswith("deeploss") else contextlib.nullcontext()
+    with building:
+        loss = provider.get_loss_function(ORIGINAL_NAMES[name], colorspace, reduction="sum", deterministic=False)
+    return loss.to(device)
 
 
 @torch.no_grad()
@@ -101,7 +149,8 @@ def _uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def train_run(loss_fn, train: torch.Tensor, test: torch.Tensor, args, label: dict, writer, handle) -> dict:
-    """Train a fresh VAE (seed ``args.seed``) with ``loss_fn(recon, x) -> per-batch sum`` and log its curve.
+    """Train a fresh VAE (seed ``args.seed``) with ``loss_fn(recon, x) -> lambda * per-batch sum`` (plus the KL
+    term) and log its curve.
 
     Returns ``{"steps": [...], "images": evaluations x K x ...}`` (:func:`_uint8`) for the first
     ``args.snapshots`` test images (empty arrays when it is 0)."""
@@ -127,7 +176,7 @@ def train_run(loss_fn, train: torch.Tensor, test: torch.Tensor, args, label: dic
         ids = order[(step * args.batch_size) % len(train):][: args.batch_size]
         x = train[ids].to(args.device, non_blocking=True)
         recon, mu, logvar = model(x)
-        loss = loss_fn(recon, x) + kl_divergence(mu, logvar)  # lambda = e^0 = 1 (the original HEAD's k)
+        loss = loss_fn(recon, x) + kl_divergence(mu, logvar)  # loss_fn holds the paper's lambda
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -137,8 +186,10 @@ def train_run(loss_fn, train: torch.Tensor, test: torch.Tensor, args, label: dic
 
 
 def run_key(label: dict) -> str:
-    """A snapshot array's name: ``<loss>/<implementation>/floor=<floor>``."""
-    return f"{label['loss']}/{label['implementation']}/floor={label['luminance_floor']:g}"
+    """A snapshot array's name: ``<loss>/<implementation>/floor=<floor>`` (``floor=none`` for a loss without
+    a luminance floor)."""
+    floor = label["luminance_floor"]
+    return f"{label['loss']}/{label['implementation']}/floor={'none' if floor is None else format(floor, 'g')}"
 
 
 def save_snapshots(out: Path, snapshots: dict, test: torch.Tensor) -> Path:
@@ -164,7 +215,7 @@ def draw_snapshots(out: Path) -> Path:
     rows = [("held-out images", targets)]
     for key in keys:
         loss, implementation, floor = key.split("/")
-        label = implementation + ("" if floor == "floor=0" else f", {floor.replace('=', ' ')}")
+        label = implementation + ("" if floor in ("floor=0", "floor=none") else f", {floor.replace('=', ' ')}")
         rows += [(f"{label}, step {step}", images) for step, images in zip(data[f"{key}/steps"], data[f"{key}/images"],
                                                                             strict=True)]  # fmt: skip
     k = len(targets)
@@ -185,8 +236,9 @@ def draw_snapshots(out: Path) -> Path:
     return out / "snapshots.png"
 
 
-def quick_look(out: Path) -> Path:
-    """A quick-look PNG of ``curves.csv``: held-out pixel MSE and background grey level against the step."""
+def quick_look(out: Path, model: str = "mnist") -> Path:
+    """A quick-look PNG of ``curves.csv``: held-out pixel MSE against the step and, for MNIST, the grey level
+    of the reconstructed background (faces have no black background to measure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,15 +246,19 @@ def quick_look(out: Path) -> Path:
     import pandas as pd
 
     df = pd.read_csv(out / "curves.csv")
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for (loss, impl, floor), g in df.groupby(["loss", "implementation", "luminance_floor"], sort=False):
-        label = f"{loss}, {impl}" + ("" if impl == "original" else f", floor {floor:g}")
+    panels = 2 if model == "mnist" else 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.2), squeeze=False)
+    axes = axes[0]
+    for (loss, impl, floor), g in df.groupby(["loss", "implementation", "luminance_floor"], sort=False, dropna=False):
+        label = f"{loss}, {impl}" + ("" if impl == "original" or math.isnan(floor) else f", floor {floor:g}")
         style = "k--" if impl == "original" else "-"
         axes[0].plot(g.step, g.test_pixel_mse, style, label=label)
-        axes[1].plot(g.step, g.background, style, label=label)
+        if panels == 2:
+            axes[1].plot(g.step, g.background, style, label=label)
     axes[0].set(xlabel="training step", ylabel="held-out pixel MSE")
-    axes[1].set(xlabel="training step", ylabel="mean output where the target is black")
-    axes[1].legend(fontsize=7)
+    if panels == 2:
+        axes[1].set(xlabel="training step", ylabel="mean output where the target is black")
+    axes[-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=110)
     plt.close(fig)
@@ -268,20 +324,32 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(handle, fieldnames=FIELDS)
         writer.writeheader()
         for name in args.losses.split(","):
+            weighting = loss_weighting(args.model, name, image_shape=image_shape)
+            print(weighting.describe(), flush=True)
             runs = []
             if args.original:
                 original = original_loss(args.original, name, args.device, original_colorspace)
-                runs.append(({"implementation": "original", "luminance_floor": 0.0}, original))
+
+                def original_fn(recon, x, original=original, lam=weighting.lam):
+                    return lam * original(recon, x)  # already in the original's units
+
+                runs.append(({"implementation": "original", "luminance_floor": 0.0 if "watson" in name else None},
+                             original_fn))  # fmt: skip
             for floor in floors:
                 for phase in args.phase.split(","):
                     metric = build_metric(name, colorspace=colorspace, image_shape=image_shape, deterministic=False,
                                           device=args.device)
-                    metric.luminance_floor = floor
+                    if hasattr(metric, "luminance_floor"):
+                        metric.luminance_floor = floor
+                    elif floor != floors[0]:
+                        continue  # one run: the loss has no floor
+                    else:
+                        floor = None
                     if phase == "off":
                         phase_weights_off(metric)
 
-                    def loss_fn(recon, x, metric=metric):
-                        return metric(recon, x).sum()
+                    def loss_fn(recon, x, metric=metric, weighting=weighting):
+                        return weighting.term(metric(recon, x), n_global=len(x))
 
                     implementation = "percept" if phase == "on" else "percept-no-phase"
                     runs.append(({"implementation": implementation, "luminance_floor": floor}, loss_fn))
@@ -291,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                 snapshots[run_key(label)] = train_run(loss_fn, train, test, args, label, writer, handle)
                 if args.snapshots:
                     save_snapshots(out, snapshots, test)  # after every run: a stopped job keeps what finished
-    print(f"wrote {out / 'curves.csv'} and {quick_look(out)}")
+    print(f"wrote {out / 'curves.csv'} and {quick_look(out, args.model)}")
     return 0
 
 
