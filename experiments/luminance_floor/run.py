@@ -60,7 +60,7 @@ from percept.data.mnist import load_mnist
 from percept.models import build_vae
 from percept.models.mnist import MnistVAE
 from percept.runinfo import machine_info, write_json
-from percept.vae import build_metric, kl_divergence, loss_weighting
+from percept.vae import K_EXPONENTS, build_metric, kl_divergence, loss_weighting
 from percept.vae.outputs import to_uint8
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -324,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(handle, fieldnames=FIELDS)
         writer.writeheader()
         for name in args.losses.split(","):
-            weighting = loss_weighting(args.model, name, image_shape=image_shape)
+            # the paper's lambda for the model; k = 0 (lambda 1) for a loss outside its VAE set (Watson-DCT)
+            k = None if name in K_EXPONENTS[args.model]["head"] else 0.0
+            weighting = loss_weighting(args.model, name, image_shape=image_shape, k=k)
             print(weighting.describe(), flush=True)
             runs = []
             if args.original:
