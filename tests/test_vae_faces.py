@@ -84,6 +84,10 @@ def test_main_counts_snapshots_and_held_out_reconstructions(faces, originals, tm
     snap = originals[:8]
     recon = np.stack([np.full_like(snap, 128), snap])
     np.savez(run / "snapshots.npz", test_ids=np.arange(8), images=snap, epochs=np.array([1, 2]), reconstructions=recon)
+    (run / "history.csv").write_text("epoch,test_pixel_mse\n1,0.1\n2,0.05\n")
+    other = tmp_path / "runs" / "deeploss_vs_original"  # not a VAE run: its snapshots have other arrays
+    other.mkdir()
+    np.savez(other / "snapshots.npz", targets=snap)
     torch.manual_seed(0)
     model = build_vae("celeba-vae", latent_dim=4, hidden_dim=16)
     meta = {"model": "celeba-vae", "model_config": {"latent_dim": 4, "hidden_dim": 16}}

@@ -236,9 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs = Path(args.runs)
     out = Path(args.out) if args.out else runs / "faces"
-    snapshots = sorted(runs.glob("*/snapshots.npz"))
+    # a VAE run's folder (history.csv beside it); other folders, e.g. a side-by-side comparison's, are not runs
+    snapshots = sorted(p for p in runs.glob("*/snapshots.npz") if (p.parent / "history.csv").is_file())
     if not snapshots:
-        raise SystemExit(f"no <loss>/snapshots.npz under {runs}: train with experiments/vae_celeba/run.py first")
+        raise SystemExit(f"no <loss>/snapshots.npz (with history.csv) under {runs}: train with "
+                         "experiments/vae_celeba/run.py first")
     detector = FaceDetector()
     originals, data_source = held_out_images(args.limit)
     models = {}  # loaded first: a last.pt is overwritten by the next in-epoch checkpoint a minute or two later
