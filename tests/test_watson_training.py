@@ -9,6 +9,8 @@ must reproduce it; a luminance floor changes it completely (checked, so that the
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from scripts import load_script
@@ -228,3 +230,34 @@ def test_luminance_floor_driver_runs_a_loss_without_a_floor(tmp_path):
     snaps = np.load(tmp_path / "snapshots.npz")
     assert snaps["deeploss-squeeze/percept/floor=none/images"].shape == (3, 2, 3, 64, 64)
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_luminance_floor_driver_labels_the_original_row_by_the_metric(tmp_path, monkeypatch):
+    """--original: the original's row comes first and carries floor 0 where percept's metric has a floor
+    (Watson), an empty floor otherwise (Deeploss); a floorless loss trains once, whatever --floors says."""
+    import csv
+
+    fake = tmp_path / "original"
+    fake.mkdir()
+    (fake / "deep_loss.py").write_text("models = None\n")
+    (fake / "loss_provider.py").write_text(
+        "import torch\n\n\nclass _SumOfSquares(torch.nn.Module):\n"
+        "    def forward(self, x, y):\n        return (x - y).square().sum()\n\n\n"
+        "class LossProvider:\n    def get_loss_function(self, name, colorspace, reduction, deterministic):\n"
+        "        assert reduction == 'sum'\n        return _SumOfSquares()\n"
+    )
+    for name in ("loss_provider", "deep_loss"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    module = load_script("experiments/luminance_floor/run.py", "luminance_floor_run")
+    argv = ["--quick", "--batch-size", "2", "--losses", "watson-dft,deeploss-squeeze", "--floors",
+            "0,0.00392156862745098", "--original", str(fake), "--out", str(tmp_path / "out")]  # fmt: skip
+    assert module.main(argv) == 0
+    with open(tmp_path / "out" / "curves.csv") as f:
+        rows = list(csv.DictReader(f))
+    runs = list(dict.fromkeys((r["loss"], r["implementation"], r["luminance_floor"]) for r in rows))
+    assert runs == [
+        ("watson-dft", "original", "0"), ("watson-dft", "percept", "0"), ("watson-dft", "percept", "0.00392157"),
+        ("deeploss-squeeze", "original", ""), ("deeploss-squeeze", "percept", ""),
+    ]  # fmt: skip
+    assert len(rows) == 3 * len(runs)  # steps 0, 2, 4 of each run: no run twice under one label

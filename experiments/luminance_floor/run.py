@@ -328,25 +328,16 @@ def main(argv: list[str] | None = None) -> int:
             k = None if name in K_EXPONENTS[args.model]["head"] else 0.0
             weighting = loss_weighting(args.model, name, image_shape=image_shape, k=k)
             print(weighting.describe(), flush=True)
-            runs = []
-            if args.original:
-                original = original_loss(args.original, name, args.device, original_colorspace)
-
-                def original_fn(recon, x, original=original, lam=weighting.lam):
-                    return lam * original(recon, x)  # already in the original's units
-
-                runs.append(({"implementation": "original", "luminance_floor": 0.0 if "watson" in name else None},
-                             original_fn))  # fmt: skip
+            runs, has_floor = [], False
             for floor in floors:
                 for phase in args.phase.split(","):
                     metric = build_metric(name, colorspace=colorspace, image_shape=image_shape, deterministic=False,
                                           device=args.device)
-                    if hasattr(metric, "luminance_floor"):
+                    has_floor = hasattr(metric, "luminance_floor")
+                    if has_floor:
                         metric.luminance_floor = floor
                     elif floor != floors[0]:
-                        continue  # one run: the loss has no floor
-                    else:
-                        floor = None
+                        continue  # one run per phase: the loss has no floor
                     if phase == "off":
                         phase_weights_off(metric)
 
@@ -354,7 +345,17 @@ def main(argv: list[str] | None = None) -> int:
                         return weighting.term(metric(recon, x), n_global=len(x))
 
                     implementation = "percept" if phase == "on" else "percept-no-phase"
-                    runs.append(({"implementation": implementation, "luminance_floor": floor}, loss_fn))
+                    runs.append(({"implementation": implementation, "luminance_floor": floor if has_floor else None},
+                                 loss_fn))  # fmt: skip
+            if args.original:
+                original = original_loss(args.original, name, args.device, original_colorspace)
+
+                def original_fn(recon, x, original=original, lam=weighting.lam):
+                    return lam * original(recon, x)  # already in the original's units
+
+                # the original has no floor: labelled 0 where percept's metric has one, empty otherwise; runs first
+                runs.insert(0, ({"implementation": "original", "luminance_floor": 0.0 if has_floor else None},
+                                original_fn))  # fmt: skip
             for label, loss_fn in runs:
                 label = {"loss": name, **label}
                 print(f"{label} ...", flush=True)
