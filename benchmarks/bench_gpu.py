@@ -10,8 +10,11 @@ row, so a run stopped by a time limit keeps what it measured:
 - ``bench.csv``: the columns of ``results/bench/bench.csv``. One training step (sigmoid, loss, backward,
   SGD) on a 128 x C x 64 x 64 CelebA batch (MS-SSIM: 192 px), the median of ``--repeats`` timed loops;
   ``ratio_to_l2`` divides by torch's L2 step measured in the same run on the same shape just before;
-  ``speedup_vs_peer`` is peer time / our time (> 1: percept is faster). The note column holds the CUDA
-  kernels of one step (profiler count) and, with ``--original``, the original code's rows are timed too;
+  ``speedup_vs_peer`` is peer time / our time (> 1: percept is faster). The note column says where a step's
+  time goes: its CUDA kernels (profiler count), the milliseconds they keep the GPU busy (``gpu_busy_ms``) and
+  the milliseconds the host needs to issue the step (``host_issue_ms``; near ``ms_per_iter``: host-bound,
+  fewer operations or less Python help; near ``gpu_busy_ms``: the kernels themselves are slow). With
+  ``--original``, the original code's rows are timed too;
 - ``machine.json``.
 
     python benchmarks/bench_gpu.py --device cuda --out results/bench_gpu [--original PATH/src/loss]
@@ -176,7 +179,8 @@ def parity(device: torch.device, out: Path, log, only: set[str] | None = None) -
     handle.close()
 
 
-def _kernels_per_step(step, device: torch.device) -> int | None:
+def _kernels_per_step(step, device: torch.device) -> tuple[int, float] | None:
+    """CUDA kernels of one step and the milliseconds they keep the GPU busy (the sum of their durations)."""
     if device.type != "cuda":
         return None
     from torch.profiler import ProfilerActivity, profile
@@ -184,7 +188,21 @@ def _kernels_per_step(step, device: torch.device) -> int | None:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         step()
         torch.cuda.synchronize(device)
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return len(kernels), sum(e.time_range.elapsed_us() for e in kernels) / 1e3
+
+
+def _host_ms_per_step(step, device: torch.device, repeats: int = 5) -> float:
+    """Milliseconds until one step has been issued (the GPU idle before it): what the host spends on Python,
+    dispatch and launches. Near the step's time, the step is host-bound; a host sync inside counts in it."""
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    synchronize(device)
+    return statistics.median(times) * 1e3
 
 
 def time_case(cand: Candidate, space: str, shape: tuple, device: torch.device, repeats: int) -> dict:
@@ -215,8 +233,12 @@ def time_case(cand: Candidate, space: str, shape: tuple, device: torch.device, r
     peak = None
     if device.type == "cuda":
         peak = (torch.cuda.max_memory_allocated(device) - base_mem) / (4 * math.prod(shape))
-    kernels = _kernels_per_step(step, device)
-    note = "; ".join(n for n in (built.note, f"cuda_kernels_per_step={kernels}" if kernels is not None else "") if n)
+    profiled = _kernels_per_step(step, device)
+    timing = ""
+    if profiled is not None:  # where a GPU step's time goes: kernels, their busy time, the host's issue time
+        timing = (f"cuda_kernels_per_step={profiled[0]}; gpu_busy_ms={profiled[1]:.3g}; "
+                  f"host_issue_ms={_host_ms_per_step(step, device):.3g}")  # fmt: skip
+    note = "; ".join(n for n in (built.note, timing) if n)
     return {"ms_per_iter": statistics.median(times) * 1e3, "rounds": repeats, "iters_per_round": n_iter,
             "peak_mem_x_input": peak, "note": note, "implementation": cand.implementation}
 

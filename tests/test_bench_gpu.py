@@ -37,3 +37,18 @@ def test_bench_gpu_script_on_cpu(tmp_path):
     for r in parity:  # CPU against CPU here: identical, and autocast stays finite
         assert r["note"] == "" and float(r["value_rel_diff"]) == 0.0 and r["bf16_finite"] == "True"
     assert json.loads((out / "machine.json").read_text())["device"] == "cpu"
+
+
+def test_host_issue_time_is_the_time_a_step_takes_to_be_issued():
+    """The GPU diagnosis's host time: on CPU every step runs where it is issued, so a step that sleeps 20 ms
+    takes at least 20 ms to issue; the kernel profile is CUDA-only."""
+    import time
+
+    import torch
+    from scripts import load_script
+
+    if str(ROOT / "benchmarks") not in sys.path:  # the script imports its sibling bench_losses
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    module = load_script("benchmarks/bench_gpu.py", "bench_gpu")
+    assert 20 <= module._host_ms_per_step(lambda: time.sleep(0.02), torch.device("cpu"), repeats=3) < 200
+    assert module._kernels_per_step(lambda: None, torch.device("cpu")) is None
