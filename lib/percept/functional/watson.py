@@ -324,7 +324,7 @@ def _mask(params: _Params, transform: _Transform) -> _Masking:
 def bind(
     transform: _Transform,
     target: torch.Tensor,
-    params: _Params,
+    params: _Params | _Masking,
     *,
     offsets: tuple[int, int] | None = None,
     batch_luminance: bool = False,
@@ -337,14 +337,15 @@ def bind(
     gradient of the values into ``grad_out`` (n, C, H, W) when it is given (the protocol of
     :class:`percept.metrics._frozen.FrozenPerImage`).
 
-    ``params`` are full-shaped tensors in the compute dtype (:meth:`_Params.broadcast`). The luminance mean
+    ``params`` are full-shaped tensors in the compute dtype (:meth:`_Params.broadcast`), or the masking
+    tensors derived from them for ``transform`` (:func:`_mask`: a frozen metric keeps them). The luminance mean
     is computed here from the whole ``target``, so a chunk's values do not depend on the chunking. Called
     with ``grad_out=None`` under autograd it is the plain formula (gradients for inputs, targets and
     parameters); ``dropout`` (2AFC tuning) drops pooled terms and phase differences with this probability.
     """
     dtype = params.alpha.dtype
     mean_dc = _mean_dc(target.to(dtype), offsets, transform.dc_scale, batch_luminance)
-    masking = _mask(params, transform)
+    masking = params if isinstance(params, _Masking) else _mask(params, transform)
     floor = transform.dc_scale * luminance_floor
     options = {"phase_eps": phase_eps} if transform is DFT else {}
     if phase_eps and transform is not DFT:

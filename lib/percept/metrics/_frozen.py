@@ -9,11 +9,39 @@ autograd graph. The formula is the metric's one formula (:mod:`percept.functiona
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
 from percept.execution import resolve_strategy
+
+
+def cached_constants(owner: torch.nn.Module, params: Iterable[torch.Tensor], key: Any, compute: Callable[[], Any]):
+    """``compute()``, the parameter-derived constants of a frozen metric, computed again only when they can differ.
+
+    A training loop calls a frozen metric with the same parameters every step; deriving its constants anew
+    (thresholds, masking exponents, log-partition lookups: tens of small operations, on a GPU as many kernel
+    launches) is work repeated for nothing. The result is kept on ``owner`` under a key of ``key`` and each
+    parameter's storage, dtype, device and version counter, so loading weights, in-place edits (optimisers,
+    ``load_state_dict``, ``torch.no_grad()`` assignments) and ``.to()`` all recompute it. Edits through
+    ``param.data`` bypass the version counter (as they bypass autograd's own checks) and are not seen.
+
+    Not cached: while autograd records a graph through a parameter that requires grad (the constants must
+    be differentiable then), and under ``torch.compile`` tracing. The constants are built outside inference
+    mode and without grad, so a later autograd step may use them.
+    """
+    params = tuple(params)
+    if (torch.is_grad_enabled() and any(p.requires_grad for p in params)) or torch.compiler.is_compiling():
+        return compute()
+    full_key = (key, tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params))
+    entry = owner.__dict__.get("_constants_entry")  # one read: replicas in threads may share the dict's value
+    if entry is not None and entry[0] == full_key:
+        return entry[1]
+    with torch.inference_mode(False), torch.no_grad():
+        value = compute()
+    owner.__dict__["_constants_entry"] = (full_key, value)
+    return value
 
 
 def images_per_chunk(strategy: str, device: torch.device, n: int, per_image: int, budget: int) -> int:

@@ -49,7 +49,7 @@ from percept.functional.adaptive import (  # noqa: F401 (the math, re-exported)
     rho,
     scale_from_latent,
 )
-from percept.metrics._frozen import FrozenPerImage, images_per_chunk
+from percept.metrics._frozen import FrozenPerImage, cached_constants, images_per_chunk
 
 __all__ = [
     "Adaptive",
@@ -221,7 +221,9 @@ class Adaptive(nn.Module):
         self._check(input, target)
         dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
         with torch.autocast(input.device.type, enabled=False):
-            per_image = bind(self.formula_constants(dtype), self.layout)
+            params = (self.latent_alpha, self.latent_scale)
+            constants = cached_constants(self, params, dtype, lambda: self.formula_constants(dtype))
+            per_image = bind(constants, self.layout)
             graph = torch.is_grad_enabled() and (
                 target.requires_grad or self.latent_alpha.requires_grad or self.latent_scale.requires_grad
             )

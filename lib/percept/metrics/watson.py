@@ -51,7 +51,7 @@ from percept.color import YCBCR_MATRIX, YCBCR_OFFSET
 from percept.execution import check_strategy
 from percept.functional import watson as formula
 from percept.functional.watson import BLOCK, EPS, PHASE_CLAMP, WATSON_TABLE, smooth_max  # noqa: F401 (re-exported)
-from percept.metrics._frozen import FrozenPerImage, images_per_chunk
+from percept.metrics._frozen import FrozenPerImage, cached_constants, images_per_chunk
 from percept.transforms import random_offsets
 
 _CHANNEL_PREFIXES = ("ly.", "lcb.", "lcr.")
@@ -254,10 +254,14 @@ class _Watson(nn.Module):
         offsets = None if self.deterministic else random_offsets(BLOCK, self.generator)
         dtype = formula._compute_dtype(input)
         with torch.autocast(input.device.type, enabled=False):
+            masking = cached_constants(
+                self, self.parameters(), (dtype, self.trainable),
+                lambda: formula._mask(self.formula_parameters(dtype), self._transform),
+            )  # fmt: skip
             per_image = formula.bind(
                 self._transform,
                 target,
-                self.formula_parameters(dtype),
+                masking,
                 offsets=offsets,
                 batch_luminance=self.batch_luminance,
                 luminance_floor=self.luminance_floor,
