@@ -1,5 +1,10 @@
-"""Frozen Watson and Adaptive metrics keep their parameter-derived constants between calls
-(``percept.metrics._frozen.cached_constants``): fewer operations per training step, never stale values."""
+"""Fewer operations per training step (a GPU step is launch-bound), never different values.
+
+Frozen Watson and Adaptive metrics keep their parameter-derived constants between calls
+(``percept.metrics._frozen.cached_constants``); cached constant tensors are built outside inference mode
+(``percept.execution.cached_constant``); the batched Watson-DCT folds its random shift into whole-side DCT
+matrices (``percept.transforms.shifted_dct_matrix``).
+"""
 
 from __future__ import annotations
 
@@ -128,3 +133,87 @@ def test_the_cache_removes_the_constants_operations(monkeypatch):
     monkeypatch.setattr(adaptive_module, "cached_constants", lambda owner, params, key, compute: compute())
     recomputed = sum(count_ops(step).values())
     assert recomputed - kept >= 25, (kept, recomputed)
+
+
+_INFERENCE_FIRST = r"""
+import torch, percept
+from percept import functional as F
+
+g = torch.Generator().manual_seed(0)
+rgb = lambda: torch.rand(2, 3, 64, 64, generator=g)
+grey = lambda: torch.rand(2, 1, 64, 64, generator=g)
+calls = {
+    "watson_dct": lambda x, y: F.watson_dct(x, y, offsets=(2, 5)),
+    "watson_dft": lambda x, y: F.watson_dft(x, y, offsets=(6, 1)),
+    "watson_dct_grey": lambda x, y: F.watson_dct(x[:, :1], y[:, :1], offsets=(2, 5)),
+    "adaptive": lambda x, y: F.adaptive(x, y),
+    "ssim": lambda x, y: F.ssim(x, y),
+    "ssim_lab": lambda x, y: percept.get_metric("ssim", colorspace="lab")(x, y),
+    "lpips_squeeze": lambda x, y: F.lpips(x, y, net="squeeze"),
+    "metric_watson_dft": lambda x, y: percept.get_metric("watson-dft", deterministic=False)(x, y),
+}
+for name, call in calls.items():  # the first use of every cached constant: under inference mode
+    with torch.inference_mode():
+        call(rgb(), rgb())
+for name, call in calls.items():  # then a training step through the same constants
+    x = rgb().requires_grad_(True)
+    call(x, rgb()).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all(), name
+print("ok", len(calls))
+"""
+
+
+def test_constants_first_built_under_inference_mode_serve_training():
+    """Cached constants (DCT and colour matrices, shift weights, filters, the functional API's modules) first
+    built inside ``torch.inference_mode()``, e.g. by an evaluation before training, must not be inference
+    tensors: autograd cannot save those. A fresh process, so that no other test has filled the caches."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "lib")}
+    proc = subprocess.run([sys.executable, "-c", _INFERENCE_FIRST], capture_output=True, text=True, env=env,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("ok 8")
+
+
+@pytest.mark.parametrize("space", ["rgb", "grey"])
+def test_whole_side_dct_equals_the_blocks_on_shifted_copies(space):
+    """The batched strategy's Watson-DCT (block DCT and shift folded into whole-side matrices) against the 8 x 8
+    products on shifted copies, for offsets at both ends and none, values and input gradients (float64)."""
+    from percept.functional import watson as formula
+
+    metric = percept.get_metric("watson-dct", colorspace=space)
+    masking = formula._mask(metric.formula_parameters(torch.float64), formula.DCT)
+    c = 3 if space == "rgb" else 1
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(2, c, 48, 64, generator=g, dtype=torch.float64), torch.rand(2, c, 48, 64, generator=g, dtype=torch.float64)
+    for offsets in [None, (0, 0), (7, 7), (0, 7), (7, 1), (4, 4), (2, 5)]:
+        mean_dc = formula._mean_dc(y, offsets, formula.DCT.dc_scale, False)
+        results = []
+        for full in (False, True):
+            grad = torch.empty_like(x)
+            values = formula._dct_per_image(x, y, masking, mean_dc, offsets, grad_out=grad, full=full)
+            results.append((values, grad))
+        (v0, g0), (v1, g1) = results
+        assert torch.allclose(v1, v0, rtol=1e-12, atol=0), offsets
+        assert ((g1 - g0).norm() / g0.norm()) < 1e-12, offsets
+
+
+def test_the_batched_shift_costs_no_operations_of_its_own():
+    """With the shift folded into the DCT matrices, Watson-DCT's random shift adds only its draw and the
+    shift-weighted luminance mean to a training step (the shifted copies and their adjoint cost 11)."""
+    from opcount import count_ops, training_step
+
+    counts = []
+    for deterministic in (True, False):
+        metric = percept.get_metric("watson-dct", colorspace="rgb", strategy="batched", deterministic=deterministic)
+        metric.generator = torch.Generator().manual_seed(0)
+        step = training_step(metric, (4, 3, 64, 64))
+        step()
+        metric.generator = torch.Generator().manual_seed(0)  # the same offsets as the step that filled the caches
+        counts.append(sum(count_ops(step).values()))
+    assert counts[1] - counts[0] <= 3, counts

@@ -10,9 +10,9 @@ torch.Size([1, 1, 2, 2])
 
 from __future__ import annotations
 
-import functools
-
 import torch
+
+from percept.execution import cached_constant
 
 #: rows are Y, Cb, Cr; columns are R, G, B (full-range BT.601 / JPEG)
 YCBCR_MATRIX = (
@@ -57,7 +57,7 @@ def rgb_to_ycbcr(x: torch.Tensor, *, scale: float = 1.0, out: torch.Tensor | Non
     return out.add_(coefficients[3].view(shape))
 
 
-@functools.lru_cache(maxsize=32)
+@cached_constant(32)
 def _scaled_coefficients(scale: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     columns = [[row[j] * scale for row in YCBCR_MATRIX] for j in range(3)]
     return torch.tensor(columns + [[o * scale for o in YCBCR_OFFSET]], dtype=dtype, device=device)

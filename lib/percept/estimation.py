@@ -25,11 +25,11 @@ import math
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import torch.nn as nn
 
+from percept.execution import cached_constant
 from percept.metrics.elpips import ELPIPS
 
 __all__ = [
@@ -107,7 +107,7 @@ class Estimate:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-@lru_cache(maxsize=4)
+@cached_constant(4)
 def _cached_metric(net: str, device: str) -> ELPIPS:
     return ELPIPS(net=net, reduction="none").to(device).eval()
 

@@ -15,6 +15,9 @@ The formula of a metric is written once; how a batch goes through it depends on 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 
 STRATEGIES = ("auto", "chunked", "batched")
@@ -33,3 +36,23 @@ def resolve_strategy(strategy: str, device: torch.device | str) -> str:
     if strategy != "auto":
         return strategy
     return "chunked" if torch.device(device).type == "cpu" else "batched"
+
+
+def cached_constant(maxsize: int = 64) -> Callable[[Callable], Callable]:
+    """``functools.lru_cache`` for the builders of constant tensors (and frozen modules) that formulas reuse.
+
+    The value is built outside inference mode and without grad: a constant first needed under
+    ``torch.inference_mode()`` must still serve a later step that autograd records (an inference tensor
+    cannot be saved for backward). Never modify a returned tensor in place.
+    """
+
+    def decorate(build: Callable) -> Callable:
+        @functools.lru_cache(maxsize=maxsize)
+        @functools.wraps(build)
+        def cached(*args, **kwargs):
+            with torch.inference_mode(False), torch.no_grad():
+                return build(*args, **kwargs)
+
+        return cached
+
+    return decorate

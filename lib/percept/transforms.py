@@ -18,12 +18,12 @@ torch.Size([2, 1, 6, 64])
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
 from percept.color import YCBCR_MATRIX, rgb_to_ycbcr
+from percept.execution import cached_constant
 
 
 def to_blocks(x: torch.Tensor, b: int = 8) -> torch.Tensor:
@@ -42,14 +42,14 @@ def dct_matrix(b: int = 8, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     return m.to(dtype)
 
 
-@lru_cache(maxsize=8)
+@cached_constant(8)
 def _block_dct_operator(b: int) -> torch.Tensor:
     a = dct_matrix(b)
     # coefficient (u, v) of block X is sum_{a,b} A[u,a] X[a,b] A[v,b]: the Kronecker product of A with itself
     return torch.kron(a, a).T.contiguous()
 
 
-@lru_cache(maxsize=64)
+@cached_constant(64)
 def _on_device(builder, b: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return builder(b).to(device=device, dtype=dtype)
 
@@ -71,6 +71,41 @@ def block_dct(x: torch.Tensor, b: int = 8) -> torch.Tensor:
     The DC coefficient is ``b * mean(block)``.
     """
     return to_blocks(x, b) @ _operator(_block_dct_operator, b, x)
+
+
+def image_block_dct(x: torch.Tensor, a, adjoint: bool = False) -> torch.Tensor:
+    """``A @ block @ A.T`` for every b x b block of (n, C, H, W), kept in image layout (two small products);
+    ``adjoint``: ``A.T @ block @ A``, the inverse transform (and the gradient map of the forward one). ``a``:
+    the (b, b) DCT matrix (:func:`dct_operator`), or a pair ``(M_h, M_w)`` of whole-side matrices
+    (:func:`shifted_dct_matrix`): ``M_h @ x @ M_w.T`` (two products; adjoint ``M_h.T @ x @ M_w``)."""
+    if isinstance(a, tuple):
+        mh, mw = a
+        return torch.matmul(mh.T, x @ mw) if adjoint else torch.matmul(mh, x @ mw.T)
+    n, c, h, w = x.shape
+    b = a.shape[0]
+    left, right = (a.T, a) if adjoint else (a, a.T)
+    rows = (x.reshape(-1, b) @ right).view(n, c, h // b, b, w)
+    return torch.matmul(left, rows).view(n, c, h, w)
+
+
+#: the largest side for which whole-side DCT matrices are used (by the batched strategy): their products cost
+#: side / 8 times the flops of the 8 x 8 ones, nothing on a GPU at these sizes, and save the shift's copies
+FULL_DCT_MAX_SIDE = 256
+
+
+@cached_constant(128)
+def shifted_dct_matrix(size: int, offset: int, dtype: torch.dtype, device: torch.device, b: int = 8) -> torch.Tensor:
+    """(size, size) ``M`` with ``M @ v`` = the b-point DCT of every block of ``v`` after the translation of
+    :func:`shift_images` with ``max_shift=b`` (by ``offset - b // 2`` samples, replicated ends; offset ``b // 2``:
+    no shift).
+
+    ``M = blockdiag(A, ..., A) @ S`` with ``S`` the shift's 0/1 selection matrix: each tap of the block DCT
+    moves to the sample it reads, and taps reading the same replicated end sample add up (float64, then cast).
+    A cached constant: do not modify it."""
+    blocks = torch.block_diag(*[dct_matrix(b)] * (size // b))
+    source = (torch.arange(size) + offset - b // 2).clamp(0, size - 1)
+    folded = torch.zeros(size, size, dtype=torch.float64).index_add_(1, source, blocks)
+    return folded.to(dtype=dtype, device=device)
 
 
 def block_rdft(
@@ -111,7 +146,7 @@ def block_rdft(
     return planes[0], planes[1]
 
 
-@lru_cache(maxsize=64)
+@cached_constant(64)
 def _block_order(h: int, w: int, b: int, offsets: tuple[int, int] | None, device: torch.device) -> torch.Tensor:
     """For each position of the block-ordered (shifted) image, the index of its source pixel in (H*W)."""
     rows, cols = torch.arange(h), torch.arange(w)
@@ -126,7 +161,7 @@ def _ycbcr_transposed(_: int) -> torch.Tensor:
     return torch.tensor(YCBCR_MATRIX, dtype=torch.float64).T.contiguous()
 
 
-@lru_cache(maxsize=8)
+@cached_constant(8)
 def _rdft_adjoint_operator(b: int) -> torch.Tensor:
     basis = torch.eye(b * b, dtype=torch.float64).view(-1, b, b)
     spectrum = torch.fft.rfft2(basis).reshape(b * b, -1) / (b * b)  # (pixel, coefficient)

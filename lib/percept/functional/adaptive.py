@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from percept import checks
+from percept.execution import cached_constant
 
 __all__ = [
     "adaptive",
@@ -306,7 +307,7 @@ def _partition_table() -> tuple[float, float, np.ndarray]:
     return float(t[0]), dt, cubics
 
 
-@functools.lru_cache(maxsize=16)
+@cached_constant(16)
 def _table_on(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(_partition_table()[2], dtype=dtype, device=device)
 
@@ -366,13 +367,13 @@ def rgb_to_syuv(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return torch.movedim(torch.movedim(x, dim, -1) @ _syuv(x.dtype, x.device).T, -1, dim)
 
 
-@functools.lru_cache(maxsize=32)
+@cached_constant(32)
 def _syuv(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The sYUV matrix (rows Y, U, V; columns R, G, B); a cached constant (do not modify)."""
     return (torch.tensor(YUV_MATRIX, dtype=torch.float64) * SYUV_SCALE).to(dtype=dtype, device=device)
 
 
-@functools.lru_cache(maxsize=32)
+@cached_constant(32)
 def _dct_matrix_cached(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     k = torch.arange(n, dtype=torch.float64)[:, None]
     i = torch.arange(n, dtype=torch.float64)[None, :]

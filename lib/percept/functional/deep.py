@@ -20,17 +20,16 @@ frozen. Missing weights raise :class:`percept.assets.MissingAssetError` naming t
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 import torch.nn as nn
 
 from percept import checks
+from percept.execution import cached_constant
 
 __all__ = ["lpips", "deeploss", "dps", "elpips", "clear_cache"]
 
 
-@lru_cache(maxsize=8)
+@cached_constant(8)
 def _module(kind: str, device: torch.device, options: tuple[tuple[str, object], ...]) -> nn.Module:
     from percept.metrics.deep import DPS, LPIPS, Deeploss
     from percept.metrics.elpips import ELPIPS

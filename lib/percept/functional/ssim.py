@@ -53,7 +53,6 @@ by :func:`ssim` and :func:`ssim_skimage`; for the Gaussian SSIM it only converts
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -96,26 +95,21 @@ def check_padding(padding: str) -> str:
     return padding
 
 
-@functools.lru_cache(maxsize=64)
+@execution.cached_constant(64)
 def _filter_constants(size: tuple[int, int], padding: str, method: str, dtype: torch.dtype, device: torch.device):
-    """The filter's constant tensors, built once per (size, padding, method, dtype, device) and reused.
-
-    Built outside inference mode and without grad, so a cached constant can be used by a later autograd step.
-    """
-    with torch.inference_mode(False), torch.no_grad():
-        window = gaussian_window(dtype, device)
-        if method == "matmul":
-            return _filter_matrix(size[0], padding, window), _filter_matrix(size[1], padding, window)
-        return window.view(1, 1, WINDOW_SIZE, 1), window.view(1, 1, 1, WINDOW_SIZE)
+    """The filter's constant tensors, built once per (size, padding, method, dtype, device) and reused."""
+    window = gaussian_window(dtype, device)
+    if method == "matmul":
+        return _filter_matrix(size[0], padding, window), _filter_matrix(size[1], padding, window)
+    return window.view(1, 1, WINDOW_SIZE, 1), window.view(1, 1, 1, WINDOW_SIZE)
 
 
-@functools.lru_cache(maxsize=16)
+@execution.cached_constant(16)
 def _term_constants(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(C1 / 2, C1) and (C2 / 2, C2), shape (2, 1, 1, 1, 1), the constants of the halved (numerator, denominator)
     pairs of :func:`_local_terms`, and a 0-d zero (the addend of :func:`_value_map`'s ``addcdiv``)."""
-    with torch.inference_mode(False), torch.no_grad():
-        c1, c2 = (torch.tensor([c / 2, c], dtype=dtype, device=device).view(2, 1, 1, 1, 1) for c in (C1, C2))
-        return c1, c2, torch.zeros((), dtype=dtype, device=device)
+    c1, c2 = (torch.tensor([c / 2, c], dtype=dtype, device=device).view(2, 1, 1, 1, 1) for c in (C1, C2))
+    return c1, c2, torch.zeros((), dtype=dtype, device=device)
 
 
 def _filter_matrix(size: int, padding: str, window: torch.Tensor) -> torch.Tensor:

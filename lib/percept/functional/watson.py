@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import lru_cache
 from typing import NamedTuple
 
 import torch
@@ -62,13 +61,17 @@ import torch.nn.functional as F
 
 from percept import checks
 from percept.color import YCBCR_MATRIX, YCBCR_OFFSET
+from percept.execution import cached_constant
 from percept.transforms import (
+    FULL_DCT_MAX_SIDE,
     block_rdft,
     block_rdft_adjoint,
     dct_operator,
+    image_block_dct,
     shift_images,
     shift_images_adjoint,
     shift_weights,
+    shifted_dct_matrix,
 )
 
 __all__ = ["watson_dct", "watson_dft", "smooth_max", "WATSON_TABLE", "EPS", "BLOCK", "PHASE_CLAMP"]
@@ -331,6 +334,7 @@ def bind(
     luminance_floor: float = 0.0,
     phase_eps: float = 0.0,
     dropout: float = 0.0,
+    full_dct: bool = False,
 ) -> Callable:
     """The per-image formula of ``transform`` (:data:`DCT` or :data:`DFT`) against ``target``, as a function
     ``(x, y, part, grad_out) -> values (n,)`` of the images ``part`` of the batch that also writes the input
@@ -342,12 +346,13 @@ def bind(
     is computed here from the whole ``target``, so a chunk's values do not depend on the chunking. Called
     with ``grad_out=None`` under autograd it is the plain formula (gradients for inputs, targets and
     parameters); ``dropout`` (2AFC tuning) drops pooled terms and phase differences with this probability.
+    ``full_dct`` (the batched strategy): Watson-DCT's block transform and shift as whole-side matrix products.
     """
     dtype = params.alpha.dtype
     mean_dc = _mean_dc(target.to(dtype), offsets, transform.dc_scale, batch_luminance)
     masking = params if isinstance(params, _Masking) else _mask(params, transform)
     floor = transform.dc_scale * luminance_floor
-    options = {"phase_eps": phase_eps} if transform is DFT else {}
+    options = {"phase_eps": phase_eps} if transform is DFT else {"full": full_dct}
     if phase_eps and transform is not DFT:
         raise ValueError(f"phase_eps applies to Watson-DFT's phase term; Watson-{transform.name.upper()} has none")
 
@@ -431,18 +436,26 @@ def _minkowski(diff, inv_s, beta, dropout, want_grad):
     return dist, (terms.div_(ratio).mul_(inv_s).mul_(diff.sign_()), dist / total)
 
 
-def _dct_per_image(x, y, k: _Masking, mean_dc, offsets, *, floor=0.0, dropout=0.0, grad_out=None):
+def _dct_per_image(x, y, k: _Masking, mean_dc, offsets, *, floor=0.0, dropout=0.0, grad_out=None, full=False):
     """Watson-DCT of images x, y (n, C, H, W) (see :func:`bind`): values (n,); their gradient w.r.t. ``x`` is
     written into ``grad_out`` when given. ``d D / d C1 = D / total * ratio ** (beta - 1) / S * sign(C1 - C0)``, mapped back by
-    the transposed DCT, colour transform and shift."""
-    if offsets is not None:
-        x, y = shift_images(x, offsets, BLOCK), shift_images(y, offsets, BLOCK)
+    the transposed DCT, colour transform and shift.
+
+    ``full`` (the batched strategy, sides up to ``FULL_DCT_MAX_SIDE``): the block DCT as one product with
+    whole-side matrices that also hold the shift (:func:`percept.transforms.shifted_dct_matrix`), so that neither the shifted
+    copies nor the shift's adjoint cost operations; otherwise 8 x 8 products on shifted copies (fewer flops)."""
     n, c, h, w = x.shape
+    full = full and max(h, w) <= FULL_DCT_MAX_SIDE
+    if full:
+        oy, ox = offsets if offsets is not None else (BLOCK // 2, BLOCK // 2)
+        mats = (shifted_dct_matrix(h, oy, x.dtype, x.device), shifted_dct_matrix(w, ox, x.dtype, x.device))
+    elif offsets is not None:
+        x, y = shift_images(x, offsets, BLOCK), shift_images(y, offsets, BLOCK)
     layout = (n, c, h // BLOCK, BLOCK, w // BLOCK, BLOCK)  # coefficient (u, v) of block (i, j) at (8i+u, 8j+v)
-    a = dct_operator(BLOCK, x)
+    a = mats if full else dct_operator(BLOCK, x)
     colour = _ycbcr(x.dtype, x.device)[0] if c == 3 else None
 
-    c0 = _block_dct(y if colour is None else _mix(y, colour), a).view(layout)
+    c0 = image_block_dct(y if colour is None else _mix(y, colour), a).view(layout)
     if colour is not None:  # the colour offset moves the DC terms (8 x the block mean) of Cb and Cr only
         dc_offset = _constant(tuple(BLOCK * v for v in YCBCR_OFFSET[1:]), x.dtype, x.device)
         c0[:, 1:, :, 0, :, 0].add_(dc_offset.view(1, 2, 1, 1))
@@ -450,7 +463,7 @@ def _dct_per_image(x, y, k: _Masking, mean_dc, offsets, *, floor=0.0, dropout=0.
     inv_s = _inverse_threshold(c0.abs_(), log_lum[:, :, :, None, :, None], k)
     del c0
     # the DCT is linear: the DCT of the (colour-transformed) difference is C1 - C0
-    coef = _block_dct(x - y if colour is None else _mix(x - y, colour), a).view(layout)
+    coef = image_block_dct(x - y if colour is None else _mix(x - y, colour), a).view(layout)
     del x, y  # (the shifted copies, if any: memory)
     if dropout:  # draw the dropout mask in block order (N, C, K, 64), as the original
         coef, inv_s = _block_order(coef), _block_order(inv_s)
@@ -460,16 +473,16 @@ def _dct_per_image(x, y, k: _Masking, mean_dc, offsets, *, floor=0.0, dropout=0.
         return values
     elementwise, per_plane = grad
     del coef, inv_s, grad
-    g = _block_dct(elementwise.view(n, c, h, w), a, adjoint=True)
+    g = image_block_dct(elementwise.view(n, c, h, w), a, adjoint=True)
     del elementwise
     scale = per_plane * k.channel_weights  # (n, C): d value / d dist times dist / total
-    out = grad_out if offsets is None and grad_out.dtype == g.dtype else None
+    out = grad_out if (offsets is None or full) and grad_out.dtype == g.dtype else None
     if colour is None:
         g = torch.mul(g, scale.view(n, c, 1, 1), out=out)
     else:  # the transposed colour matrix with the per-image, per-plane scale folded in
         flat = None if out is None else out.view(n, c, h * w)
         g = torch.matmul(colour.T * scale[:, None, :], g.view(n, c, h * w), out=flat).view(n, c, h, w)
-    if offsets is not None:
+    if offsets is not None and not full:
         g = shift_images_adjoint(g, offsets, BLOCK, out=grad_out if grad_out.dtype == g.dtype else None)
     if g.data_ptr() != grad_out.data_ptr():
         grad_out.copy_(g)
@@ -561,13 +574,13 @@ def _ycbcr(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torc
     return _constant(YCBCR_MATRIX, dtype, device), _constant(YCBCR_OFFSET, dtype, device)
 
 
-@lru_cache(maxsize=64)
+@cached_constant(64)
 def _constant(values: tuple | float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``torch.tensor(values)`` in ``dtype`` on ``device``, cached (never modify it)."""
     return torch.tensor(values, dtype=dtype, device=device)
 
 
-@lru_cache(maxsize=256)
+@cached_constant(256)
 def _shift_weights(size: int, offset: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """How often each source row (column) appears after the shift (a cached constant: do not modify)."""
     return shift_weights(size, offset, BLOCK).to(dtype=dtype, device=device)
@@ -577,15 +590,6 @@ def _mix(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     """Per-pixel colour transform ``out[:, i] = sum_j matrix[i, j] x[:, j]`` of (n, 3, H, W)."""
     n, c, h, w = x.shape
     return torch.matmul(matrix, x.reshape(n, c, h * w)).view(n, c, h, w)
-
-
-def _block_dct(x: torch.Tensor, a: torch.Tensor, adjoint: bool = False) -> torch.Tensor:
-    """``A @ block @ A.T`` for every 8 x 8 block of (n, C, H, W), in image layout (two small products);
-    ``adjoint``: ``A.T @ block @ A``, the inverse transform (and the gradient map of the forward one)."""
-    n, c, h, w = x.shape
-    left, right = (a.T, a) if adjoint else (a, a.T)
-    rows = (x.reshape(-1, BLOCK) @ right).view(n, c, h // BLOCK, BLOCK, w)
-    return torch.matmul(left, rows).view(n, c, h, w)
 
 
 def _block_order(x: torch.Tensor) -> torch.Tensor:

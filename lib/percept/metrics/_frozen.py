@@ -28,11 +28,15 @@ def cached_constants(owner: torch.nn.Module, params: Iterable[torch.Tensor], key
     ``param.data`` bypass the version counter (as they bypass autograd's own checks) and are not seen.
 
     Not cached: while autograd records a graph through a parameter that requires grad (the constants must
-    be differentiable then), and under ``torch.compile`` tracing. The constants are built outside inference
+    be differentiable then), under ``torch.compile`` tracing, and for parameters made under inference mode. The constants are built outside inference
     mode and without grad, so a later autograd step may use them.
     """
     params = tuple(params)
-    if (torch.is_grad_enabled() and any(p.requires_grad for p in params)) or torch.compiler.is_compiling():
+    if (
+        (torch.is_grad_enabled() and any(p.requires_grad for p in params))
+        or torch.compiler.is_compiling()
+        or any(p.is_inference() for p in params)  # a metric built under inference mode: no version counter
+    ):
         return compute()
     full_key = (key, tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params))
     entry = owner.__dict__.get("_constants_entry")  # one read: replicas in threads may share the dict's value

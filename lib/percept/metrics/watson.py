@@ -48,7 +48,7 @@ import torch.nn as nn
 
 from percept import assets, checks
 from percept.color import YCBCR_MATRIX, YCBCR_OFFSET
-from percept.execution import check_strategy
+from percept.execution import check_strategy, resolve_strategy
 from percept.functional import watson as formula
 from percept.functional.watson import BLOCK, EPS, PHASE_CLAMP, WATSON_TABLE, smooth_max  # noqa: F401 (re-exported)
 from percept.metrics._frozen import FrozenPerImage, cached_constants, images_per_chunk
@@ -267,6 +267,7 @@ class _Watson(nn.Module):
                 luminance_floor=self.luminance_floor,
                 phase_eps=self.phase_eps,
                 dropout=self.dropout if self.training else 0.0,
+                full_dct=resolve_strategy(self.strategy, input.device) == "batched",
             )
             graph = torch.is_grad_enabled() and (target.requires_grad or any(p.requires_grad for p in self.parameters()))
             if graph or self.training:  # gradients for the parameters (2AFC tuning) or the target: autograd
