@@ -442,8 +442,9 @@ def _dct_per_image(x, y, k: _Masking, mean_dc, offsets, *, floor=0.0, dropout=0.
     the transposed DCT, colour transform and shift.
 
     ``full`` (the batched strategy, sides up to ``FULL_DCT_MAX_SIDE``): the block DCT as one product with
-    whole-side matrices that also hold the shift (:func:`percept.transforms.shifted_dct_matrix`), so that neither the shifted
-    copies nor the shift's adjoint cost operations; otherwise 8 x 8 products on shifted copies (fewer flops)."""
+    whole-side matrices that also hold the shift (:func:`percept.transforms.shifted_dct_matrix`), so that
+    neither the shifted copies nor the shift's adjoint cost operations; otherwise 8 x 8 products on shifted
+    copies (fewer flops: the CPU's choice)."""
     n, c, h, w = x.shape
     full = full and max(h, w) <= FULL_DCT_MAX_SIDE
     if full:

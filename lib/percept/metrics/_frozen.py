@@ -28,8 +28,8 @@ def cached_constants(owner: torch.nn.Module, params: Iterable[torch.Tensor], key
     ``param.data`` bypass the version counter (as they bypass autograd's own checks) and are not seen.
 
     Not cached: while autograd records a graph through a parameter that requires grad (the constants must
-    be differentiable then), under ``torch.compile`` tracing, and for parameters made under inference mode. The constants are built outside inference
-    mode and without grad, so a later autograd step may use them.
+    be differentiable then), under ``torch.compile`` tracing, and for parameters made under inference mode.
+    The constants are built outside inference mode and without grad, so a later autograd step may use them.
     """
     params = tuple(params)
     if (
