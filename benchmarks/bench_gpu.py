@@ -176,7 +176,46 @@ def parity(device: torch.device, out: Path, log, only: set[str] | None = None) -
             writer.writerow(row)
             handle.flush()
             log(f"parity {name} {options} {space}: {row}")
+    if only is None or "value checks" in only:
+        row = {"metric": "value checks", "options": json.dumps({"mode": "auto"}), "colorspace": "rgb",
+               "note": deferred_value_check(device)}
+        writer.writerow(row)
+        log(f"parity value checks: {row}")
     handle.close()
+
+
+def deferred_value_check(device: torch.device) -> str:
+    """Whether a NaN input, after the metric's first call, is reported by a later call on ``device`` in the
+    default mode (deferred on CUDA: no host sync in the call itself), and at once in mode "sync"."""
+    import percept
+    from percept import checks
+
+    metric = percept.get_metric("l2").to(device)
+    x = torch.rand(2, 3, 16, 16, device=device)
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    expect_deferred = device.type == "cuda"
+    try:
+        with checks.value_checks("auto"):
+            metric(x, x)
+            try:
+                metric(bad, x)
+            except ValueError:
+                return "pass: raised in the call" if not expect_deferred else "FAIL: raised in the call (a host sync)"
+            try:
+                checks.flush_value_checks()
+            except ValueError as err:
+                verdict = "pass" if expect_deferred and "earlier call" in str(err) else f"FAIL: {err}"
+            else:
+                return "FAIL: the NaN was never reported"
+        with checks.value_checks("sync"):
+            try:
+                metric(bad, x)
+            except ValueError:
+                return f"{verdict}: deferred in mode auto, raised in the call in mode sync"
+            return "FAIL: mode sync did not raise"
+    except Exception as err:  # noqa: BLE001 (reported in the row)
+        return f"FAIL: {type(err).__name__}: {err}"
 
 
 def _kernels_per_step(step, device: torch.device) -> tuple[int, float] | None:

@@ -52,3 +52,14 @@ def test_host_issue_time_is_the_time_a_step_takes_to_be_issued():
     module = load_script("benchmarks/bench_gpu.py", "bench_gpu")
     assert 20 <= module._host_ms_per_step(lambda: time.sleep(0.02), torch.device("cpu"), repeats=3) < 200
     assert module._kernels_per_step(lambda: None, torch.device("cpu")) is None
+
+
+def test_deferred_value_check_row_on_cpu():
+    """parity.csv's value-check row: on CPU the default mode raises in the call itself (deferred is CUDA's)."""
+    import torch
+    from scripts import load_script
+
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    module = load_script("benchmarks/bench_gpu.py", "bench_gpu")
+    assert module.deferred_value_check(torch.device("cpu")) == "pass: raised in the call"

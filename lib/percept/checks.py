@@ -3,11 +3,21 @@
 Every metric takes NCHW float tensors in [0, 1]. Bad input raises a ``ValueError`` or
 ``TypeError`` that says what was wrong and what was expected, never silent garbage.
 
-Shape, dtype and size checks cost nothing. The value checks (NaN/inf and the [0, 1] range) read two
-numbers back from the device: on a GPU that is one device-to-host synchronisation per call. A training
-loop that has validated its data can turn them off, as torchmetrics' ``validate_args=False`` does::
+Shape, dtype and size checks cost nothing. The value checks (NaN/inf and the [0, 1] range) need two
+numbers from the device. On CPU they are read at once. On a GPU, reading them at once would stop the host
+until the device catches up, once per call, so by default (mode ``"auto"``) only the first call of each
+metric is checked that way; later calls compute the numbers on the device, copy them to pinned host memory
+without waiting, and a later call (of any metric) reads them once the copy has landed, raising the error
+there and naming the call that got the bad input (:func:`flush_value_checks` waits for the outstanding
+ones, e.g. at the end of an epoch). The modes, for :func:`set_value_checks`, :func:`value_checks` or the
+environment variable ``PERCEPT_VALUE_CHECKS``:
 
-    with percept.checks.value_checks(False):     # or percept.checks.set_value_checks(False),
+- ``"auto"`` (default; ``True``): immediate on CPU and other devices, deferred after the first call on CUDA;
+- ``"sync"``: immediate on every call (the error comes from the call itself; one host sync per call on a GPU);
+- ``"deferred"``: deferred after each metric's first call on every device (on CPU: read at the next call);
+- ``"off"`` (``False``, ``0``): no value checks, as torchmetrics' ``validate_args=False``::
+
+    with percept.checks.value_checks(False):     # or percept.checks.set_value_checks("off"),
         loss = metric(recon, x)                   # or PERCEPT_VALUE_CHECKS=0 in the environment
 
 >>> import torch
@@ -20,32 +30,132 @@ ValueError: l2: target values span [...], expected [0, 1] (0-255 images must be 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import os
+import warnings
+from typing import NamedTuple
 
 import torch
 
 from percept.color import rgb_to_lab_scaled
 
-_value_checks = os.environ.get("PERCEPT_VALUE_CHECKS", "1").strip().lower() not in ("0", "false", "no", "off")
+#: the value-check modes (see the module docstring)
+VALUE_CHECK_MODES = ("auto", "sync", "deferred", "off")
+_MODE_ALIASES = {"1": "auto", "true": "auto", "yes": "auto", "on": "auto", "": "auto",
+                 "0": "off", "false": "off", "no": "off", "none": "off"}
 
 
-def set_value_checks(enabled: bool) -> bool:
-    """Turn the NaN/inf and range checks of every metric on or off; returns the previous setting."""
-    global _value_checks
-    previous, _value_checks = _value_checks, bool(enabled)
+def _parse_mode(mode) -> str:
+    if isinstance(mode, bool):
+        return "auto" if mode else "off"
+    name = str(mode).strip().lower()
+    name = _MODE_ALIASES.get(name, name)
+    if name not in VALUE_CHECK_MODES:
+        raise ValueError(f"unknown value-check mode {mode!r}: use one of {', '.join(VALUE_CHECK_MODES)} (or True/False)")
+    return name
+
+
+def _mode_from_environment() -> str:
+    value = os.environ.get("PERCEPT_VALUE_CHECKS", "auto")
+    try:
+        return _parse_mode(value)
+    except ValueError as err:
+        warnings.warn(f"PERCEPT_VALUE_CHECKS: {err}; using 'auto'", stacklevel=2)
+        return "auto"
+
+
+_mode = _mode_from_environment()
+
+
+def set_value_checks(mode: bool | str) -> str:
+    """Set how every metric checks for NaN/inf and the [0, 1] range: ``"auto"`` (or True), ``"sync"``,
+    ``"deferred"`` or ``"off"`` (or False); see the module docstring. Returns the previous mode."""
+    global _mode
+    previous, _mode = _mode, _parse_mode(mode)
     return previous
 
 
+def get_value_checks() -> str:
+    """The current value-check mode (one of :data:`VALUE_CHECK_MODES`)."""
+    return _mode
+
+
 @contextlib.contextmanager
-def value_checks(enabled: bool):
-    """Context manager form of :func:`set_value_checks` (restores the previous setting on exit)."""
-    previous = set_value_checks(enabled)
+def value_checks(mode: bool | str):
+    """Context manager form of :func:`set_value_checks` (restores the previous mode on exit)."""
+    previous = set_value_checks(mode)
     try:
         yield
     finally:
         set_value_checks(previous)
+
+
+class _Pending(NamedTuple):
+    stats: torch.Tensor  # min and max of input, then of target, on the host once ``ready`` is None or done
+    ready: object  # a torch.cuda.Event recorded after the copy, or None (CPU: nothing to wait for)
+    name: str
+    call: int
+    check_range: bool
+
+
+#: deferred checks not read yet, oldest first; past this many the oldest is waited for
+MAX_PENDING = 16
+_pending: collections.deque = collections.deque()
+_checked_at_once: set[str] = set()  # metrics whose first call was checked immediately
+_calls = 0  # value-checked calls so far (named in a deferred error)
+
+
+def _defer(stats: torch.Tensor, name: str, call: int, check_range: bool) -> None:
+    if stats.device.type == "cuda":
+        host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
+        host.copy_(stats, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record(torch.cuda.current_stream(stats.device))
+        stats = host
+    else:
+        ready = None
+    _pending.append(_Pending(stats, ready, name, call, check_range))
+    while len(_pending) > MAX_PENDING:
+        _resolve(_pending.popleft(), wait=True)
+
+
+def _resolve(item: _Pending, wait: bool) -> None:
+    if item.ready is not None and wait:
+        item.ready.synchronize()
+    since = _calls - item.call
+    when = f"{since} call(s) before this one" if since else "the latest call"
+    _raise_if_bad(item.stats.tolist(), item.name, item.check_range,
+                  f", in an earlier call (value-checked call {item.call}, {when}; after a metric's first call "
+                  "the check is read later, so as not to stop the GPU: set_value_checks('sync') raises in the "
+                  "call itself)")
+
+
+def _drain(wait: bool = False) -> None:
+    """Read the deferred checks whose copy has landed (all of them with ``wait``), oldest first."""
+    while _pending:
+        item = _pending[0]
+        if not wait and item.ready is not None and not item.ready.query():
+            return
+        _pending.popleft()
+        _resolve(item, wait)
+
+
+def flush_value_checks() -> None:
+    """Wait for the deferred value checks still outstanding and raise the first failure (if any)."""
+    _drain(wait=True)
+
+
+def _raise_if_bad(stats: list[float], name: str, check_range: bool, where: str = "") -> None:
+    for label, (lo, hi) in zip(("input", "target"), (stats[:2], stats[2:])):
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{name}: {label} contains NaN or inf{where}")
+        if check_range and (lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE):
+            hint = " (inputs in [-1, 1] must be mapped with (x + 1) / 2)" if lo < 0 else ""
+            hint = hint or (" (0-255 images must be divided by 255)" if hi > 1.5 else "")
+            raise ValueError(f"{name}: {label} values span [{lo:.4g}, {hi:.4g}], expected [0, 1]{hint}{where}")
+
 
 #: values this far outside [0, 1] are still accepted (rounding in resizes, float16, ...)
 RANGE_TOLERANCE = 1e-3
@@ -155,17 +265,28 @@ def check_pair(
             f"{name}: height and width must be multiples of {multiple_of}, got {h}x{w}; "
             f"crop or pad the images (e.g. to {h - h % multiple_of}x{w - w % multiple_of})"
         )
-    if not _value_checks:
+    _check_values(input, target, name, check_range)
+
+
+def _check_values(input: torch.Tensor, target: torch.Tensor, name: str, check_range: bool) -> None:
+    global _calls
+    mode = _mode
+    if mode == "off":
         return
-    # one pass over each tensor and a single host sync: aminmax propagates NaN and inf
-    stats = torch.stack([*torch.aminmax(input.detach()), *torch.aminmax(target.detach())]).tolist()
-    for label, (lo, hi) in zip(("input", "target"), (stats[:2], stats[2:])):
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError(f"{name}: {label} contains NaN or inf")
-        if check_range and (lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE):
-            hint = " (inputs in [-1, 1] must be mapped with (x + 1) / 2)" if lo < 0 else ""
-            hint = hint or (" (0-255 images must be divided by 255)" if hi > 1.5 else "")
-            raise ValueError(f"{name}: {label} values span [{lo:.4g}, {hi:.4g}], expected [0, 1]{hint}")
+    device = input.device
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return  # nothing can be read back inside a CUDA graph capture (the warm-up calls are checked)
+    deferred = mode == "deferred" or (mode == "auto" and device.type == "cuda")
+    _calls += 1
+    if _pending:
+        _drain()
+    # one pass over each tensor: aminmax propagates NaN and inf
+    stats = torch.stack([*torch.aminmax(input.detach()), *torch.aminmax(target.detach())])
+    if deferred and name in _checked_at_once:
+        _defer(stats, name, _calls, check_range)
+        return
+    _raise_if_bad(stats.tolist(), name, check_range)
+    _checked_at_once.add(name)
 
 
 def metric_options(colorspace: str, reduction: str, *, lab: bool = False) -> tuple[str, int, str]:
