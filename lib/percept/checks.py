@@ -277,6 +277,7 @@ def _check_values(input: torch.Tensor, target: torch.Tensor, name: str, check_ra
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return  # nothing can be read back inside a CUDA graph capture (the warm-up calls are checked)
     deferred = mode == "deferred" or (mode == "auto" and device.type == "cuda")
+    deferred = deferred and not torch.compiler.is_compiling()  # traced: read at once, a graph break as before
     _calls += 1
     if _pending:
         _drain()

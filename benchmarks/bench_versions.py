@@ -1,0 +1,231 @@
+"""CPU speed of this checkout's metrics against an earlier version of the library, side by side in one run.
+
+Ratios to torch's L2 (``make bench``) move with the machine: on a shared 2-core machine L2 itself varies
+by half between runs. A regression check therefore times both versions in the same run, interleaved:
+each round starts one process per version (the order alternating between rounds), and each process times
+one training step (sigmoid, loss, backward, SGD) of every case on the same saved inputs. The verdict uses
+the fastest round of each side (noise only ever adds time) and passes a case when this checkout is at most
+10% slower; the medians are reported beside it.
+
+    python benchmarks/bench_versions.py --base b97de10 --out results/bench/versions
+    python benchmarks/bench_versions.py --base /path/to/other/lib --quick     # a folder holding percept/
+
+``--base`` is a git revision (its ``lib/`` is extracted with ``git archive``) or a folder that holds the
+``percept`` package. Only ``percept.get_metric`` is used, so any version with that API can be timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: (label, metric, options, colorspace, batch, size): the percept rows of ``make bench`` (MS-SSIM on 32 images)
+CASES = [
+    (f"{label} {space}", name, options, space, 128, 64)
+    for space in ("rgb", "grey")
+    for label, name, options in (
+        ("l2", "l2", {}),
+        ("ssim", "ssim", {}),
+        ("watson-dct", "watson-dct", {"deterministic": True}),
+        ("watson-dct (shift)", "watson-dct", {"deterministic": False}),
+        ("watson-dft", "watson-dft", {"deterministic": True}),
+        ("watson-dft (shift)", "watson-dft", {"deterministic": False}),
+        ("adaptive", "adaptive", {}),
+    )
+] + [("ms-ssim rgb 192px", "ms-ssim", {}, "rgb", 32, 192)]
+
+#: this checkout may be this much slower than the base before a case fails
+TOLERANCE = 1.10
+
+
+# --------------------------------------------------------------------------------------------------- worker
+def worker(inputs_path: str, cases: list, min_seconds: float) -> dict[str, float]:
+    """Milliseconds per training step of each case, with whatever ``percept`` is importable (one process)."""
+    import warnings
+
+    import torch
+
+    import percept
+
+    warnings.simplefilter("ignore")
+    inputs = torch.load(inputs_path)
+    out = {}
+    for label, name, options, space, batch, size in cases:
+        logits, target = (t[:batch] for t in inputs[f"{space}-{size}"])
+        metric = percept.get_metric(name, colorspace=space, reduction="sum", **options)
+        p = logits.clone().requires_grad_(True)
+        opt = torch.optim.SGD([p], lr=1e-3)
+
+        def step(metric=metric, p=p, opt=opt, target=target):
+            opt.zero_grad(set_to_none=True)
+            torch.manual_seed(0)  # the same random shift in both versions
+            metric(torch.sigmoid(p), target).backward()
+            opt.step()
+
+        step()
+        t0 = time.perf_counter()
+        step()
+        iters = max(1, round(min_seconds / max(time.perf_counter() - t0, 1e-6)))
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            step()
+        out[label] = (time.perf_counter() - t0) / iters * 1e3
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- driver
+def base_lib(base: str, workdir: Path) -> tuple[Path, str]:
+    """The folder to put on PYTHONPATH for ``base`` (a folder, or a git revision extracted there), and its name."""
+    path = Path(base)
+    if (path / "percept" / "__init__.py").is_file():
+        return path.resolve(), str(path)
+    if (path / "lib" / "percept" / "__init__.py").is_file():
+        return (path / "lib").resolve(), str(path)
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", f"{base}^{{commit}}"], cwd=ROOT, check=True,
+                             capture_output=True, text=True).stdout.strip()
+        archive = subprocess.run(["git", "archive", rev, "lib"], cwd=ROOT, check=True, capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError) as err:
+        detail = getattr(err, "stderr", b"") or b""
+        detail = detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
+        raise SystemExit(f"--base {base!r} is neither a folder holding percept/ nor a git revision here: "
+                         f"{detail.strip() or err}") from None
+    subprocess.run(["tar", "-x", "-C", str(workdir)], input=archive, check=True)
+    return workdir / "lib", rev
+
+
+def head_name() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True, capture_output=True,
+                             text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "lib"], cwd=ROOT, check=True,
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "this checkout"
+
+
+def save_inputs(path: Path, cases: list) -> None:
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_losses import celeba_batch
+
+    inputs = {}
+    for _, _, _, space, batch, size in cases:
+        key = f"{space}-{size}"
+        if key in inputs and inputs[key][0].shape[0] >= batch:
+            continue
+        target = celeba_batch(batch, size, space)[0]
+        logits = torch.randn(target.shape, generator=torch.Generator().manual_seed(0))
+        inputs[key] = (logits, target)
+    torch.save(inputs, path)
+
+
+def run_side(lib: Path, inputs: Path, cases_file: Path, min_seconds: float, threads: int | None) -> dict:
+    """One process timing every case with the ``percept`` found in ``lib`` (checked: not another copy)."""
+    env = {**os.environ, "PYTHONPATH": str(lib)}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(inputs), str(cases_file),
+                           str(min_seconds)], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"timing with {lib} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if Path(result["percept"]).resolve().parent.parent != Path(lib).resolve():
+        raise SystemExit(f"the process for {lib} imported percept from {result['percept']}")
+    return result["ms"]
+
+
+def compare(base: dict[str, list[float]], head: dict[str, list[float]]) -> list[dict]:
+    rows = []
+    for label in head:
+        b, h = base[label], head[label]
+        ratio_min = min(h) / min(b)
+        rows.append({"case": label, "base_ms_min": f"{min(b):.4g}", "head_ms_min": f"{min(h):.4g}",
+                     "base_ms_median": f"{statistics.median(b):.4g}", "head_ms_median": f"{statistics.median(h):.4g}",
+                     "head_over_base_min": f"{ratio_min:.3f}",
+                     "head_over_base_median": f"{statistics.median(h) / statistics.median(b):.3f}",
+                     "rounds": len(h), "verdict": "pass" if ratio_min <= TOLERANCE else "FAIL"})
+    return rows
+
+
+def main(argv=None) -> int:
+    if argv is None and len(sys.argv) == 5 and sys.argv[1] == "--worker":  # one side's timing process
+        import percept
+
+        cases = json.loads(Path(sys.argv[3]).read_text())
+        print(json.dumps({"percept": percept.__file__, "ms": worker(sys.argv[2], cases, float(sys.argv[4]))}))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--base", required=True, help="git revision, or a folder holding the percept package")
+    p.add_argument("--rounds", type=int, default=6, help="interleaved rounds per version (default 6)")
+    p.add_argument("--quick", action="store_true", help="batch 8, MS-SSIM 4, short timings (a smoke test)")
+    p.add_argument("--only", help="comma-separated case labels (e.g. 'l2 rgb,adaptive grey')")
+    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both sides (default: torch's choice)")
+    p.add_argument("--out", help="write versions.csv and versions.json into this folder")
+    args = p.parse_args(argv)
+
+    cases = [list(c) for c in CASES]
+    if args.only:
+        wanted = {s.strip() for s in args.only.split(",")}
+        unknown = wanted - {c[0] for c in cases}
+        if unknown:
+            raise SystemExit(f"unknown case(s) {sorted(unknown)}; known: {[c[0] for c in cases]}")
+        cases = [c for c in cases if c[0] in wanted]
+    if args.quick:
+        for c in cases:
+            c[4] = 4 if c[1] == "ms-ssim" else 8
+    min_seconds = 0.05 if args.quick else 0.4
+
+    with tempfile.TemporaryDirectory(prefix="percept-versions-") as tmp:
+        tmp = Path(tmp)
+        base_path, base_label = base_lib(args.base, tmp)
+        inputs = tmp / "inputs.pt"
+        save_inputs(inputs, cases)
+        cases_file = tmp / "cases.json"
+        cases_file.write_text(json.dumps(cases))
+        sides = {"base": (base_path, {}), "head": (ROOT / "lib", {})}
+        for r in range(args.rounds):
+            for side in (("base", "head") if r % 2 == 0 else ("head", "base")):
+                lib, times = sides[side]
+                for label, ms in run_side(lib, inputs, cases_file, min_seconds, args.threads).items():
+                    times.setdefault(label, []).append(ms)
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    rows = compare(sides["base"][1], sides["head"][1])
+    head_label = head_name()
+    print(f"{'case':24s} {base_label:>12s} {head_label:>14s}  ratio (fastest; median)")
+    for row in rows:
+        print(f"{row['case']:24s} {row['base_ms_min']:>10s}ms {row['head_ms_min']:>12s}ms  "
+              f"{row['head_over_base_min']} ; {row['head_over_base_median']}  {row['verdict']}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "versions.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        import torch
+
+        meta = {"base": base_label, "head": head_label, "rounds": args.rounds, "quick": args.quick,
+                "tolerance": TOLERANCE, "machine": platform.processor() or platform.machine(),
+                "cpus": os.cpu_count(), "threads": args.threads or torch.get_num_threads(),
+                "torch": torch.__version__, "python": platform.python_version(),
+                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (out / "versions.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return 0 if all(r["verdict"] == "pass" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

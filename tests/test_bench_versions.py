@@ -1,0 +1,52 @@
+"""The side-by-side version benchmark (the CPU no-regression check) runs and compares what it should."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_versions  # noqa: E402
+
+
+def test_two_libraries_are_timed_side_by_side(tmp_path):
+    out = tmp_path / "versions"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_versions.py"), "--base", str(ROOT / "lib"), "--quick",
+         "--rounds", "2", "--only", "l2 grey,watson-dft (shift) grey", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert "round 2/2 done" in proc.stderr, proc.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "versions.csv")))
+    assert [r["case"] for r in rows] == ["l2 grey", "watson-dft (shift) grey"]
+    for r in rows:
+        assert r["rounds"] == "2" and float(r["base_ms_min"]) > 0 and float(r["head_ms_min"]) > 0
+        ratio = float(r["head_ms_min"]) / float(r["base_ms_min"])
+        assert abs(float(r["head_over_base_min"]) - ratio) < 1e-2
+        assert r["verdict"] == ("pass" if float(r["head_over_base_min"]) <= bench_versions.TOLERANCE else "FAIL")
+    assert proc.returncode == (0 if all(r["verdict"] == "pass" for r in rows) else 1)
+    meta = json.loads((out / "versions.json").read_text())
+    assert meta["rounds"] == 2 and meta["quick"] is True
+
+
+def test_verdict_uses_the_fastest_round_of_each_side():
+    rows = bench_versions.compare({"a": [10.0, 30.0, 12.0], "b": [10.0, 10.0, 10.0]},
+                                  {"a": [10.5, 11.0, 40.0], "b": [11.5, 11.0, 11.2]})
+    by = {r["case"]: r for r in rows}
+    assert by["a"]["head_over_base_min"] == "1.050" and by["a"]["verdict"] == "pass"  # a noisy round is ignored
+    assert by["b"]["head_over_base_min"] == "1.100" and by["b"]["verdict"] == "pass"
+    assert by["a"]["head_over_base_median"] == f"{11.0 / 12.0:.3f}"
+    slower = bench_versions.compare({"c": [10.0]}, {"c": [11.2]})[0]
+    assert slower["verdict"] == "FAIL"
+
+
+def test_a_base_that_is_neither_a_folder_nor_a_revision_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="neither a folder holding percept/ nor a git revision"):
+        bench_versions.base_lib("no-such-revision-xyz", tmp_path)
