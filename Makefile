@@ -13,7 +13,7 @@ endif
 QUICK ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint bench bench-gpu gpu-wheels data data-mnist data-celeba data-bapps assets figures \
+.PHONY: help setup test lint bench bench-versions bench-gpu gpu-wheels data data-mnist data-celeba data-bapps assets figures \
         reproduce-all reproduce-runtime reproduce-convergence reproduce-vae-mnist reproduce-vae-celeba \
         reproduce-2afc reproduce-adversarial reproduce-dps-analysis data-dps-images clean
 
@@ -42,6 +42,9 @@ lint: setup  ## ruff
 
 bench: setup  ## speed of every metric beside L2 and the peer packages, as ratios
 	$(PY) benchmarks/bench.py $(if $(QUICK),--quick,)
+
+bench-versions: setup  ## CPU speed of this checkout against BASE (a git revision), side by side: make bench-versions BASE=b97de10
+	$(PY) benchmarks/bench_versions.py --base $(or $(BASE),b97de10)
 
 bench-gpu:  ## on a GPU machine (its own python and torch, no venv, no network): CUDA vs CPU, bench, runtime rows
 	bash benchmarks/bench_gpu.sh
