@@ -468,3 +468,16 @@ def test_module_fast_path_equals_autograd_through_the_functional(layout, colorsp
     torch.testing.assert_close(d, d_ref, rtol=1e-10, atol=1e-9)
     torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-12 * g_ref.abs().max().item())
     torch.testing.assert_close(gg, gg_ref, rtol=1e-8, atol=1e-12 * gg_ref.abs().max().item())
+
+
+@pytest.mark.parametrize("strategy", ["chunked", "batched"])
+def test_adaptive_under_bfloat16_autocast_computes_in_float32(strategy):
+    """Autocast would run the DCT's matrix products in bfloat16; the metric turns it off for its formula."""
+    metric = get_metric("adaptive", reduction="none", strategy=strategy)
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(4, 3, 64, 64, generator=g), torch.rand(4, 3, 64, 64, generator=g)
+    expected = metric(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = metric(x, y)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)

@@ -15,6 +15,7 @@ The formula of a metric is written once; how a batch goes through it depends on 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 
@@ -36,6 +37,23 @@ def resolve_strategy(strategy: str, device: torch.device | str) -> str:
     if strategy != "auto":
         return strategy
     return "chunked" if torch.device(device).type == "cpu" else "batched"
+
+
+def no_autocast(device_type: str):
+    """A context that turns autocast off for ``device_type`` where it is on, and does nothing otherwise.
+
+    The Watson, Adaptive and SSIM formulas compute in float32 (float16 would overflow the masking powers;
+    bfloat16 statistics cancel in E[x^2] - mu^2). Entering ``torch.autocast`` costs host time in every
+    call, so it is entered only when autocast is on; a device type that autocast does not know (``"meta"``)
+    has nothing to turn off.
+    """
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # a torch whose is_autocast_enabled takes no device type
+        enabled = torch.is_autocast_enabled()
+    except RuntimeError:  # a device type autocast does not know
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False) if enabled else contextlib.nullcontext()
 
 
 def cached_constant(maxsize: int = 64) -> Callable[[Callable], Callable]:

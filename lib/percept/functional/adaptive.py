@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from percept import checks
-from percept.execution import cached_constant
+from percept.execution import cached_constant, no_autocast
 
 __all__ = [
     "adaptive",
@@ -134,7 +134,7 @@ def adaptive(
         raise ValueError(f"adaptive: alpha must lie in [0, 2], got values in [{lo:.4g}, {hi:.4g}]")
     if not smallest > 0:
         raise ValueError(f"adaptive: scale must be > 0, got a minimum of {smallest:.4g}")
-    with torch.autocast(input.device.type, enabled=False):
+    with no_autocast(input.device.type):
         per_image = bind(barron_constants(alpha, scale), layout)(input, target, slice(None))
     return checks.reduce(per_image, reduction)
 

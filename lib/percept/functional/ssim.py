@@ -52,8 +52,6 @@ by :func:`ssim` and :func:`ssim_skimage`; for the Gaussian SSIM it only converts
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
@@ -338,12 +336,8 @@ class _FusedSSIM(torch.autograd.Function):
 
 
 def _no_autocast(device_type: str):
-    """Turn autocast off (bfloat16 statistics would cancel catastrophically in E[x^2] - mu^2)."""
-    try:
-        enabled = torch.is_autocast_enabled(device_type)
-    except (TypeError, RuntimeError):  # older signature or a device type autocast does not know
-        enabled = torch.is_autocast_enabled()
-    return torch.autocast(device_type=device_type, enabled=False) if enabled else contextlib.nullcontext()
+    """Autocast off (bfloat16 statistics would cancel catastrophically in E[x^2] - mu^2)."""
+    return execution.no_autocast(device_type)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -61,7 +61,7 @@ import torch.nn.functional as F
 
 from percept import checks
 from percept.color import YCBCR_MATRIX, YCBCR_OFFSET
-from percept.execution import cached_constant, resolve_strategy
+from percept.execution import cached_constant, no_autocast, resolve_strategy
 from percept.transforms import (
     FULL_DCT_MAX_SIDE,
     block_rdft,
@@ -234,7 +234,7 @@ def _public_per_image(transform, input, target, params, c, dtype, offsets, batch
     if floor < 0:
         raise ValueError(f"luminance_floor must be >= 0, got {floor}")
     params = params.broadcast(c, transform.frequencies, dtype, input.device)
-    with torch.autocast(input.device.type, enabled=False):
+    with no_autocast(input.device.type):
         formula = bind(transform, target, params, offsets=offsets, batch_luminance=batch_luminance,
                        luminance_floor=floor, phase_eps=phase_eps,
                        full_dct=resolve_strategy("auto", input.device) == "batched")  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from percept.execution import resolve_strategy
+from percept.execution import no_autocast, resolve_strategy
 
 
 def cached_constants(owner: torch.nn.Module, params: Iterable[torch.Tensor], key: Any, compute: Callable[[], Any]):
@@ -94,7 +94,7 @@ class FrozenPerImage(torch.autograd.Function):
         """(values (N,), gradients like ``input`` or None), a chunk of images at a time."""
         grads = torch.empty_like(input, memory_format=torch.contiguous_format) if want_grad else None
         values = []
-        with torch.no_grad(), torch.autocast(input.device.type, enabled=False):
+        with torch.no_grad(), no_autocast(input.device.type):
             for start in range(0, input.shape[0], per_chunk):
                 part = slice(start, start + per_chunk)
                 values.append(formula(input[part], target[part], part, None if grads is None else grads[part]))
@@ -104,7 +104,7 @@ class FrozenPerImage(torch.autograd.Function):
     def backward(ctx, grad_values):
         input, target = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: a gradient with a graph, from autograd on the formula
-            with torch.enable_grad(), torch.autocast(input.device.type, enabled=False):
+            with torch.enable_grad(), no_autocast(input.device.type):
                 values = ctx.formula(input, target, slice(0, input.shape[0]))
             (grads,) = torch.autograd.grad(values, input, grad_values.to(values.dtype), create_graph=True)
             return grads, None, None, None

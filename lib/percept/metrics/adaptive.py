@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from percept import checks
 from percept.assets import locate
-from percept.execution import check_strategy
+from percept.execution import check_strategy, no_autocast
 
 # (``percept.functional.adaptive`` is the function; the module's names are imported from it directly)
 from percept.functional.adaptive import (  # noqa: F401 (the math, re-exported)
@@ -220,7 +220,7 @@ class Adaptive(nn.Module):
         """
         self._check(input, target)
         dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-        with torch.autocast(input.device.type, enabled=False):
+        with no_autocast(input.device.type):
             params = (self.latent_alpha, self.latent_scale)
             constants = cached_constants(self, params, dtype, lambda: self.formula_constants(dtype))
             per_image = bind(constants, self.layout)

@@ -48,7 +48,7 @@ import torch.nn as nn
 
 from percept import assets, checks
 from percept.color import YCBCR_MATRIX, YCBCR_OFFSET
-from percept.execution import check_strategy, resolve_strategy
+from percept.execution import check_strategy, no_autocast, resolve_strategy
 from percept.functional import watson as formula
 from percept.functional.watson import BLOCK, EPS, PHASE_CLAMP, WATSON_TABLE, smooth_max  # noqa: F401 (re-exported)
 from percept.metrics._frozen import FrozenPerImage, cached_constants, images_per_chunk
@@ -253,7 +253,7 @@ class _Watson(nn.Module):
         """(N,) distances without input checks or reduction (float64 for float64 input, else float32)."""
         offsets = None if self.deterministic else random_offsets(BLOCK, self.generator)
         dtype = formula._compute_dtype(input)
-        with torch.autocast(input.device.type, enabled=False):
+        with no_autocast(input.device.type):
             masking = cached_constants(
                 self, self.parameters(), (dtype, self.trainable),
                 lambda: formula._mask(self.formula_parameters(dtype), self._transform),
