@@ -81,16 +81,20 @@ def test_deferred_good_calls_never_raise_and_the_queue_stays_bounded():
     with checks.value_checks("deferred"):
         metric(x, x)
         for _ in range(3 * checks.MAX_PENDING):
-            checks._defer(torch.tensor([0.0, 1.0, 0.0, 1.0]), "fake", 0, True)  # never read until forced
+            checks._defer(torch.tensor([0.0, 1.0, 0.0, 1.0]), _fine, 0)  # never read until forced
             assert len(checks._pending) <= checks.MAX_PENDING
         checks.flush_value_checks()
         # a bad input left outstanding is read when the queue overflows, at the latest
         metric(bad, x)
-        fakes = [checks._Pending(torch.tensor([0.0, 1.0, 0.0, 1.0]), _NeverReady(), "fake", 0, True)
+        fakes = [checks._Pending(torch.tensor([0.0, 1.0, 0.0, 1.0]), _NeverReady(), _fine, 0)
                  for _ in range(checks.MAX_PENDING - 1)]
         checks._pending.extend(fakes)
         with pytest.raises(ValueError, match="WatsonDCT: input contains NaN"):
-            checks._defer(torch.tensor([0.0, 1.0, 0.0, 1.0]), "fake", 0, True)
+            checks._defer(torch.tensor([0.0, 1.0, 0.0, 1.0]), _fine, 0)
+
+
+def _fine(values, where):
+    """The judge of a check that always passes."""
 
 
 class _NeverReady:
@@ -108,8 +112,9 @@ def test_an_event_not_ready_is_not_waited_for():
     x, _ = _pair()
     with checks.value_checks("deferred"):
         metric(x, x)
-        checks._pending.append(checks._Pending(torch.tensor([float("nan"), 1.0, 0.0, 1.0]), _NeverReady(),
-                                               "l2", 1, True))
+        bad = checks._Pending(torch.tensor([float("nan"), 1.0, 0.0, 1.0]), _NeverReady(),
+                              lambda values, where: checks._raise_if_bad(values, "l2", True, where), 1)
+        checks._pending.append(bad)
         metric(x, x)  # the copy has not landed: no wait, no error yet
         assert len(checks._pending) == 2
         with pytest.raises(ValueError, match="NaN"):
@@ -162,3 +167,19 @@ def test_auto_on_cuda_defers_after_the_first_call():
     with checks.value_checks("sync"):
         with pytest.raises(ValueError, match=r"input contains NaN or inf$"):
             metric(bad, x)
+
+
+def test_functional_adaptive_parameters_follow_the_mode():
+    """The functional Adaptive's alpha/scale checks are value checks too: deferred after the first call."""
+    import percept.functional as F
+
+    x, _ = _pair()
+    with pytest.raises(ValueError, match=r"alpha must lie in \[0, 2\], got values in \[3, 3\]$"):
+        F.adaptive(x, x, alpha=3.0, scale=1.0)
+    with checks.value_checks("deferred"):
+        F.adaptive(x, x, alpha=1.0, scale=1.0)
+        F.adaptive(x, x, alpha=1.0, scale=0.0)  # returns; read at the next call
+        with pytest.raises(ValueError, match=r"scale must be > 0, got a minimum of 0, in an earlier call"):
+            F.adaptive(x, x, alpha=1.0, scale=1.0)
+    with checks.value_checks("off"):
+        F.adaptive(x, x, alpha=3.0, scale=1.0)  # not checked

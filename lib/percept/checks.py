@@ -20,6 +20,8 @@ environment variable ``PERCEPT_VALUE_CHECKS``:
     with percept.checks.value_checks(False):     # or percept.checks.set_value_checks("off"),
         loss = metric(recon, x)                   # or PERCEPT_VALUE_CHECKS=0 in the environment
 
+The functional Adaptive's checks of its ``alpha`` and ``scale`` follow the same mode (:func:`check_values`).
+
 >>> import torch
 >>> from percept.checks import check_pair
 >>> check_pair(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8) * 255, name="l2")   # doctest: +ELLIPSIS
@@ -35,6 +37,7 @@ import contextlib
 import math
 import os
 import warnings
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -93,11 +96,10 @@ def value_checks(mode: bool | str):
 
 
 class _Pending(NamedTuple):
-    stats: torch.Tensor  # min and max of input, then of target, on the host once ``ready`` is None or done
+    stats: torch.Tensor  # the numbers to judge, on the host once ``ready`` is None or done
     ready: object  # a torch.cuda.Event recorded after the copy, or None (CPU: nothing to wait for)
-    name: str
+    judge: Callable[[list[float], str], None]  # raises on bad numbers; the str ends its message
     call: int
-    check_range: bool
 
 
 #: deferred checks not read yet, oldest first; past this many the oldest is waited for
@@ -107,7 +109,7 @@ _checked_at_once: set[str] = set()  # metrics whose first call was checked immed
 _calls = 0  # value-checked calls so far (named in a deferred error)
 
 
-def _defer(stats: torch.Tensor, name: str, call: int, check_range: bool) -> None:
+def _defer(stats: torch.Tensor, judge: Callable[[list[float], str], None], call: int) -> None:
     if stats.device.type == "cuda":
         host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
         host.copy_(stats, non_blocking=True)
@@ -116,7 +118,7 @@ def _defer(stats: torch.Tensor, name: str, call: int, check_range: bool) -> None
         stats = host
     else:
         ready = None
-    _pending.append(_Pending(stats, ready, name, call, check_range))
+    _pending.append(_Pending(stats, ready, judge, call))
     while len(_pending) > MAX_PENDING:
         _resolve(_pending.popleft(), wait=True)
 
@@ -126,10 +128,10 @@ def _resolve(item: _Pending, wait: bool) -> None:
         item.ready.synchronize()
     since = _calls - item.call
     when = f"{since} call(s) before this one" if since else "the latest call"
-    _raise_if_bad(item.stats.tolist(), item.name, item.check_range,
-                  f", in an earlier call (value-checked call {item.call}, {when}; after a metric's first call "
-                  "the check is read later, so as not to stop the GPU: set_value_checks('sync') raises in the "
-                  "call itself)")
+    item.judge(item.stats.tolist(),
+               f", in an earlier call (value-checked call {item.call}, {when}; after a metric's first call "
+               "the check is read later, so as not to stop the GPU: set_value_checks('sync') raises in the "
+               "call itself)")
 
 
 def _drain(wait: bool = False) -> None:
@@ -269,11 +271,31 @@ def check_pair(
 
 
 def _check_values(input: torch.Tensor, target: torch.Tensor, name: str, check_range: bool) -> None:
+    def stats() -> torch.Tensor:  # one pass over each tensor: aminmax propagates NaN and inf
+        return torch.stack([*torch.aminmax(input.detach()), *torch.aminmax(target.detach())])
+
+    def judge(values: list[float], where: str) -> None:
+        _raise_if_bad(values, name, check_range, where)
+
+    check_values(name, input.device, stats, judge)
+
+
+def check_values(
+    key: str,
+    device: torch.device,
+    stats: Callable[[], torch.Tensor],
+    judge: Callable[[list[float], str], None],
+) -> None:
+    """Judge numbers computed on ``device`` as the value-check mode says: at once, later, or not at all.
+
+    ``stats()`` computes a small tensor on the device (skipped in mode "off"); ``judge(values, where)``
+    raises a ``ValueError`` for bad values, ending its message with ``where`` (empty when judged at once,
+    else which earlier call it was). ``key`` names the check: its first call is judged at once in every mode.
+    """
     global _calls
     mode = _mode
     if mode == "off":
         return
-    device = input.device
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return  # nothing can be read back inside a CUDA graph capture (the warm-up calls are checked)
     deferred = mode == "deferred" or (mode == "auto" and device.type == "cuda")
@@ -281,13 +303,12 @@ def _check_values(input: torch.Tensor, target: torch.Tensor, name: str, check_ra
     _calls += 1
     if _pending:
         _drain()
-    # one pass over each tensor: aminmax propagates NaN and inf
-    stats = torch.stack([*torch.aminmax(input.detach()), *torch.aminmax(target.detach())])
-    if deferred and name in _checked_at_once:
-        _defer(stats, name, _calls, check_range)
+    values = stats()
+    if deferred and key in _checked_at_once:
+        _defer(values, judge, _calls)
         return
-    _raise_if_bad(stats.tolist(), name, check_range)
-    _checked_at_once.add(name)
+    judge(values.tolist(), "")
+    _checked_at_once.add(key)
 
 
 def metric_options(colorspace: str, reduction: str, *, lab: bool = False) -> tuple[str, int, str]:

@@ -129,14 +129,19 @@ def adaptive(
     dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     shape = (3 if layout == "original" else c, h, w)
     alpha, scale = (_full(name, v, shape, dtype, input.device) for name, v in (("alpha", alpha), ("scale", scale)))
-    lo, hi, smallest = torch.stack([alpha.min(), alpha.max(), scale.min()]).tolist()
-    if not (0 <= lo and hi <= 2):
-        raise ValueError(f"adaptive: alpha must lie in [0, 2], got values in [{lo:.4g}, {hi:.4g}]")
-    if not smallest > 0:
-        raise ValueError(f"adaptive: scale must be > 0, got a minimum of {smallest:.4g}")
+    checks.check_values("adaptive parameters", input.device,
+                        lambda: torch.stack([alpha.min(), alpha.max(), scale.min()]), _judge_parameters)
     with no_autocast(input.device.type):
         per_image = bind(barron_constants(alpha, scale), layout)(input, target, slice(None))
     return checks.reduce(per_image, reduction)
+
+
+def _judge_parameters(values: list[float], where: str) -> None:
+    lo, hi, smallest = values
+    if not (0 <= lo and hi <= 2):
+        raise ValueError(f"adaptive: alpha must lie in [0, 2], got values in [{lo:.4g}, {hi:.4g}]{where}")
+    if not smallest > 0:
+        raise ValueError(f"adaptive: scale must be > 0, got a minimum of {smallest:.4g}{where}")
 
 
 def _full(name: str, value, shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
