@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bench_gpu_script_on_cpu(tmp_path):
     out = tmp_path / "bench_gpu"
-    only = "L2 (torch),watson-dft (shift),watson-dft,ssim [no value checks]"
+    only = "L2 (torch),watson-dft (shift),watson-dft,ssim [no value checks],ssim [sync value checks]"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--quick", "--repeats", "1",
          "--out", str(out), "--only", only],
@@ -31,6 +31,8 @@ def test_bench_gpu_script_on_cpu(tmp_path):
     assert shifted["time_verdict"] in ("pass", "FAIL")
     unchecked = by[("ssim [no value checks]", "rgb")]  # the cost of the value checks' host sync, measured
     assert float(unchecked["ms_per_iter"]) > 0 and "value checks off" in unchecked["note"]
+    synced = by[("ssim [sync value checks]", "rgb")]  # and what deferring them saves on a GPU
+    assert float(synced["ms_per_iter"]) > 0 and "a host sync per call" in synced["note"]
     with open(out / "parity.csv") as f:
         parity = list(csv.DictReader(f))
     assert {r["colorspace"] for r in parity} == {"rgb", "grey"}
