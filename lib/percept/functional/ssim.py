@@ -311,7 +311,7 @@ class _FusedSSIM(torch.autograd.Function):
         filt, step, luminance = ctx.filt, ctx.step, ctx.luminance
         need_x, need_y = ctx.needs_input_grad[:2]
         unused = (None,) * 5
-        with _no_autocast(x.device.type):
+        with execution.no_autocast(x.device.type):
             if torch.is_grad_enabled():  # create_graph=True: the same formula through autograd (double backward)
                 inputs = [t for t, need in ((x, need_x), (y, need_y)) if need]
                 means = _chunk_forward(x, y, filt, luminance)[-1].mean(dim=ctx.dims)
@@ -333,11 +333,6 @@ class _FusedSSIM(torch.autograd.Function):
                 if need_y:
                     grad_y[chunk] = gy
         return grad_x, grad_y, *unused
-
-
-def _no_autocast(device_type: str):
-    """Autocast off (bfloat16 statistics would cancel catastrophically in E[x^2] - mu^2)."""
-    return execution.no_autocast(device_type)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -363,7 +358,7 @@ def _ssim_per_image(
     ``method``: "matmul" (banded matrices), "conv" (depthwise convolutions) or None (pick by device and size).
     """
     dtype = _compute_dtype(x)
-    with _no_autocast(x.device.type):
+    with execution.no_autocast(x.device.type):
         return _means(x.to(dtype), y.to(dtype), padding, True, False, strategy, _CHUNK_ELEMENTS, method)
 
 
@@ -376,7 +371,7 @@ def _ms_ssim_per_image(
     weighted product run through autograd.
     """
     dtype = _compute_dtype(x)
-    with _no_autocast(x.device.type):
+    with execution.no_autocast(x.device.type):
         x, y = x.to(dtype), y.to(dtype)
         product = None
         last = len(MS_SSIM_WEIGHTS) - 1
@@ -395,7 +390,7 @@ def _ms_ssim_per_image(
 def _skimage_ssim_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(N,) SSIM with the 7x7 uniform window (see :func:`ssim_skimage`), no input checks."""
     dtype = _compute_dtype(x)
-    with _no_autocast(x.device.type):
+    with execution.no_autocast(x.device.type):
         x, y = x.to(dtype), y.to(dtype)
         # (co)variances do not change under a common shift: centring each image pair and channel on its mean
         # first keeps E[x^2] - mu_x^2 from cancelling in float32 (10x closer to skimage's float64 values)
