@@ -92,14 +92,14 @@ class _ChecksMode(nn.Module):
 
 #: metrics also timed with the value checks off and read back in every call, beside the default ("auto":
 #: deferred on a GPU after the first call): what the checks cost, and what deferring them saves
-UNCHECKED = ("ssim", "watson-dct (shift)", "watson-dft (shift)", "adaptive")
+CHECKS_TIMED = ("ssim", "watson-dct (shift)", "watson-dft (shift)", "adaptive")
 CHECK_VARIANTS = {"no value checks": ("off", "value checks off"),
                   "sync value checks": ("sync", "value checks read back in every call (a host sync per call)")}
 
 
-def _unchecked_candidates() -> dict[str, Candidate]:
+def _check_mode_candidates() -> dict[str, Candidate]:
     out = {}
-    for key in UNCHECKED:
+    for key in CHECKS_TIMED:
         cand = CANDIDATES[key]
         for tag, (mode, note) in CHECK_VARIANTS.items():
 
@@ -296,7 +296,7 @@ def _cases(quick: bool, original: bool) -> list[tuple[str, str, tuple, str | Non
                   ("watson-dct", space, shape, None), ("watson-dct (shift)", space, shape, None),
                   ("watson-dft", space, shape, None), ("watson-dft (shift)", space, shape, None),
                   ("adaptive", space, shape, None)]
-        cases += [(f"{k} [{tag}]", space, shape, None) for k in UNCHECKED for tag in CHECK_VARIANTS]
+        cases += [(f"{k} [{tag}]", space, shape, None) for k in CHECKS_TIMED for tag in CHECK_VARIANTS]
         if original:
             cases += [(k, space, shape, None) for k in ("original SSIM", "original Watson-dct",
                                                         "original Watson-fft", "original Adaptive")]
@@ -352,7 +352,7 @@ def finalise(path: Path) -> None:
 
 def run_bench(device: torch.device, out: Path, quick: bool, original: str | None, repeats: int, log,
               only: set[str] | None = None) -> None:
-    candidates = dict(CANDIDATES) | _unchecked_candidates()
+    candidates = dict(CANDIDATES) | _check_mode_candidates()
     if original:
         candidates.update(_original_candidates(original))
     handle, writer = _writer(out / "bench.csv", FIELDS)
