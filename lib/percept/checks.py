@@ -42,6 +42,7 @@ from typing import NamedTuple
 
 import torch
 
+from percept import execution
 from percept.color import rgb_to_lab_scaled
 
 #: the value-check modes (see the module docstring)
@@ -296,7 +297,7 @@ def check_values(
     mode = _mode
     if mode == "off":
         return
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+    if execution.graph_capturing(device):
         return  # nothing can be read back inside a CUDA graph capture (the warm-up calls are checked)
     deferred = mode == "deferred" or (mode == "auto" and device.type == "cuda")
     deferred = deferred and not torch.compiler.is_compiling()  # traced: read at once, a graph break as before

@@ -39,6 +39,25 @@ def resolve_strategy(strategy: str, device: torch.device | str) -> str:
     return "chunked" if torch.device(device).type == "cpu" else "batched"
 
 
+def graph_capturing(device: torch.device) -> bool:
+    """Whether the work queued for ``device`` is being recorded into a CUDA graph now (never off CUDA)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def refuse_host_draws_in_capture(device: torch.device, what: str, instead: str) -> None:
+    """Raise a ``RuntimeError`` if ``device``'s work is being captured into a CUDA graph.
+
+    For metrics that draw random numbers on the host in every call (Watson's random shift, E-LPIPS's
+    transformations): the draw made while capturing would be part of the graph, and every replay would
+    repeat it, silently, instead of drawing anew. ``what`` names the metric, ``instead`` says what to use.
+    """
+    if graph_capturing(device):
+        raise RuntimeError(
+            f"{what} draws its randomness on the host in every call; inside a CUDA graph the draw made during "
+            f"capture would be replayed unchanged in every replay. {instead}"
+        )
+
+
 def no_autocast(device_type: str):
     """A context that turns autocast off for ``device_type`` where it is on, and does nothing otherwise.
 

@@ -76,7 +76,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from percept import assets, checks
+from percept import assets, checks, execution
 from percept.backbones import LPIPS_LAYERS, lpips_net
 from percept.metrics.deep_core import (
     DeepFeatures,
@@ -367,6 +367,10 @@ class ELPIPS(DeepFeatures):
         if not self.stochastic:
             d = self._pass(images, reference, None, 1, None)
             return d.unsqueeze(0).expand(n, k, batch)
+        execution.refuse_host_draws_in_capture(
+            reference.device, f"{self.name} (random transformations per call)",
+            "Call it outside the captured region (with transforms=() and net_dropout=False it draws nothing).",
+        )
         draws = [self.sample(batch, h, w, gen) for _ in range(n)]
         groups: dict[tuple, list[int]] = {}
         for i, t in enumerate(draws):

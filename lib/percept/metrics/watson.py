@@ -48,7 +48,7 @@ import torch.nn as nn
 
 from percept import assets, checks
 from percept.color import YCBCR_MATRIX, YCBCR_OFFSET
-from percept.execution import check_strategy, no_autocast, resolve_strategy
+from percept.execution import check_strategy, no_autocast, refuse_host_draws_in_capture, resolve_strategy
 from percept.functional import watson as formula
 from percept.functional.watson import BLOCK, EPS, PHASE_CLAMP, WATSON_TABLE, smooth_max  # noqa: F401 (re-exported)
 from percept.metrics._frozen import FrozenPerImage, cached_constants, images_per_chunk
@@ -251,7 +251,13 @@ class _Watson(nn.Module):
 
     def per_image(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(N,) distances without input checks or reduction (float64 for float64 input, else float32)."""
-        offsets = None if self.deterministic else random_offsets(BLOCK, self.generator)
+        offsets = None
+        if not self.deterministic:
+            refuse_host_draws_in_capture(
+                input.device, f"{type(self).__name__} with deterministic=False (a random shift per call)",
+                "Capture it with deterministic=True, or call it outside the captured region.",
+            )
+            offsets = random_offsets(BLOCK, self.generator)
         dtype = formula._compute_dtype(input)
         with no_autocast(input.device.type):
             masking = cached_constants(
