@@ -12,6 +12,15 @@ the fastest round of each side (noise only ever adds time) and passes a case whe
 
 ``--base`` is a git revision (its ``lib/`` is extracted with ``git archive``) or a folder that holds the
 ``percept`` package. Only ``percept.get_metric`` is used, so any version with that API can be timed.
+
+``--host-proxy`` times the same steps on tiny inputs (2 images of 16x16, one thread) in the GPU
+configuration (``strategy="batched"``; Adaptive untrained at 16x16, MS-SSIM left out: it needs 161 px).
+There the arithmetic is a few microseconds per operation and what is timed is the host's share of a
+step: Python, the dispatcher and the operations' bookkeeping, which is what a launch-bound GPU step waits
+for. It is a CPU-side estimate of how a change moves GPU time, not a GPU measurement (a CUDA launch adds
+its own cost per kernel, counted by the operation-count tests).
+
+    python benchmarks/bench_versions.py --base 689d49b --host-proxy --out results/bench/versions_host
 """
 
 from __future__ import annotations
@@ -48,6 +57,24 @@ CASES = [
 #: this checkout may be this much slower than the base before a case fails
 TOLERANCE = 1.10
 
+#: the host proxy's batch and image side (see ``--host-proxy`` in the module docstring)
+HOST_PROXY_BATCH, HOST_PROXY_SIZE = 2, 16
+
+
+def host_proxy_cases(cases: list) -> list:
+    """``cases`` made tiny and put in the GPU configuration (MS-SSIM dropped: its smallest side is 161)."""
+    out = []
+    for label, name, options, space, _, _ in cases:
+        if name == "ms-ssim":
+            continue
+        options = dict(options)
+        if name != "l2":
+            options["strategy"] = "batched"
+        if name == "adaptive":  # the pretrained weights exist for 64x64 only; the same operations at 16x16
+            options.update(pretrained=False, image_size=HOST_PROXY_SIZE)
+        out.append([label, name, options, space, HOST_PROXY_BATCH, HOST_PROXY_SIZE])
+    return out
+
 
 # --------------------------------------------------------------------------------------------------- worker
 def worker(inputs_path: str, cases: list, min_seconds: float) -> dict[str, float]:
@@ -67,9 +94,12 @@ def worker(inputs_path: str, cases: list, min_seconds: float) -> dict[str, float
         p = logits.clone().requires_grad_(True)
         opt = torch.optim.SGD([p], lr=1e-3)
 
-        def step(metric=metric, p=p, opt=opt, target=target):
+        draws = options.get("deterministic") is False  # reseeding costs ~80 us: only where a shift is drawn
+
+        def step(metric=metric, p=p, opt=opt, target=target, draws=draws):
             opt.zero_grad(set_to_none=True)
-            torch.manual_seed(0)  # the same random shift in both versions
+            if draws:
+                torch.manual_seed(0)  # the same random shift in both versions
             metric(torch.sigmoid(p), target).backward()
             opt.step()
 
@@ -173,7 +203,10 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=6, help="interleaved rounds per version (default 6)")
     p.add_argument("--quick", action="store_true", help="batch 8, MS-SSIM 4, short timings (a smoke test)")
     p.add_argument("--only", help="comma-separated case labels (e.g. 'l2 rgb,adaptive grey')")
-    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both sides (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both sides (default: torch's choice; "
+                   "1 with --host-proxy)")
+    p.add_argument("--host-proxy", action="store_true",
+                   help="tiny inputs, GPU configuration: the host's share of a step (see the module docstring)")
     p.add_argument("--out", help="write versions.csv and versions.json into this folder")
     args = p.parse_args(argv)
 
@@ -184,7 +217,12 @@ def main(argv=None) -> int:
         if unknown:
             raise SystemExit(f"unknown case(s) {sorted(unknown)}; known: {[c[0] for c in cases]}")
         cases = [c for c in cases if c[0] in wanted]
-    if args.quick:
+    if args.host_proxy:
+        cases = host_proxy_cases(cases)
+        if not cases:
+            raise SystemExit("--host-proxy leaves no case (MS-SSIM is not timed there)")
+        args.threads = args.threads or 1
+    elif args.quick:
         for c in cases:
             c[4] = 4 if c[1] == "ms-ssim" else 8
     min_seconds = 0.05 if args.quick else 0.4
@@ -219,6 +257,8 @@ def main(argv=None) -> int:
         import torch
 
         meta = {"base": base_label, "head": head_label, "rounds": args.rounds, "quick": args.quick,
+                "host_proxy": args.host_proxy,
+                "shape": "per case" if not args.host_proxy else f"{HOST_PROXY_BATCH}xCx{HOST_PROXY_SIZE}x{HOST_PROXY_SIZE}",
                 "tolerance": TOLERANCE, "machine": platform.processor() or platform.machine(),
                 "cpus": os.cpu_count(), "threads": args.threads or torch.get_num_threads(),
                 "torch": torch.__version__, "python": platform.python_version(),

@@ -50,3 +50,33 @@ def test_verdict_uses_the_fastest_round_of_each_side():
 def test_a_base_that_is_neither_a_folder_nor_a_revision_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="neither a folder holding percept/ nor a git revision"):
         bench_versions.base_lib("no-such-revision-xyz", tmp_path)
+
+
+def test_host_proxy_cases_are_tiny_and_in_the_gpu_configuration():
+    cases = bench_versions.host_proxy_cases([list(c) for c in bench_versions.CASES])
+    labels = [c[0] for c in cases]
+    assert "ms-ssim rgb 192px" not in labels and len(cases) == len(bench_versions.CASES) - 1
+    for label, name, options, space, batch, size in cases:
+        assert (batch, size) == (bench_versions.HOST_PROXY_BATCH, bench_versions.HOST_PROXY_SIZE)
+        assert options.get("strategy") == (None if name == "l2" else "batched"), label
+    by = {c[0]: c for c in cases}
+    assert by["adaptive rgb"][2] == {"strategy": "batched", "pretrained": False, "image_size": 16}
+    assert by["watson-dct (shift) grey"][2] == {"deterministic": False, "strategy": "batched"}
+    assert bench_versions.CASES[2][2] == {"deterministic": True}  # the module's cases are left as they were
+
+
+def test_host_proxy_runs_every_kind_of_case(tmp_path):
+    """Each metric builds and is timed at the proxy's size and options (Adaptive untrained at 16x16)."""
+    out = tmp_path / "host"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_versions.py"), "--base", str(ROOT / "lib"), "--quick",
+         "--host-proxy", "--rounds", "1", "--only", "ssim rgb,watson-dct (shift) grey,adaptive rgb",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert "round 1/1 done" in proc.stderr, proc.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "versions.csv")))
+    assert [r["case"] for r in rows] == ["ssim rgb", "adaptive rgb", "watson-dct (shift) grey"]  # the CASES order
+    assert all(float(r["head_ms_min"]) > 0 for r in rows)
+    meta = json.loads((out / "versions.json").read_text())
+    assert meta["host_proxy"] is True and meta["threads"] == 1 and meta["shape"] == "2xCx16x16"
