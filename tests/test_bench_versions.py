@@ -56,7 +56,7 @@ def test_host_proxy_cases_are_tiny_and_in_the_gpu_configuration():
     cases = bench_versions.host_proxy_cases([list(c) for c in bench_versions.CASES])
     labels = [c[0] for c in cases]
     assert "ms-ssim rgb 192px" not in labels and len(cases) == len(bench_versions.CASES) - 1
-    for label, name, options, space, batch, size in cases:
+    for label, name, options, _space, batch, size in cases:
         assert (batch, size) == (bench_versions.HOST_PROXY_BATCH, bench_versions.HOST_PROXY_SIZE)
         assert options.get("strategy") == (None if name == "l2" else "batched"), label
     by = {c[0]: c for c in cases}
