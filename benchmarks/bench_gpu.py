@@ -13,8 +13,10 @@ row, so a run stopped by a time limit keeps what it measured:
   ``speedup_vs_peer`` is peer time / our time (> 1: percept is faster). The note column says where a step's
   time goes: its CUDA kernels (profiler count), the milliseconds they keep the GPU busy (``gpu_busy_ms``) and
   the milliseconds the host needs to issue the step (``host_issue_ms``; near ``ms_per_iter``: host-bound,
-  fewer operations or less Python help; near ``gpu_busy_ms``: the kernels themselves are slow). With
-  ``--original``, the original code's rows are timed too;
+  fewer operations or less Python help; near ``gpu_busy_ms``: the kernels themselves are slow). SSIM,
+  Watson and Adaptive are also timed with the value checks off and read back in every call, and, where
+  deterministic, replayed as CUDA graphs (``[CUDA graph]``: the step without launch overhead; skipped off
+  CUDA). With ``--original``, the original code's rows are timed too;
 - ``machine.json``.
 
     python benchmarks/bench_gpu.py --device cuda --out results/bench_gpu [--original PATH/src/loss]
@@ -110,6 +112,58 @@ def _check_mode_candidates() -> dict[str, Candidate]:
             out[f"{key} [{tag}]"] = Candidate(f"{key} [{tag}]", "percept",
                                               f"{cand.implementation} under value_checks({mode!r})", build)
     return out
+
+
+class _CudaGraphed(nn.Module):
+    """A percept loss whose forward and backward replay CUDA graphs (``torch.cuda.make_graphed_callables``),
+    captured at the first call on inputs of that call's shapes: one graph launch each instead of the
+    metric's kernels, so no launch or Python overhead. The replays run no value checks (nothing is read
+    back in a graph; the warm-up calls before the capture are checked). Only for deterministic metrics:
+    a random shift drawn while capturing would be replayed unchanged (the metrics refuse it)."""
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+        self.graphed = None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.graphed is None:
+            if x.device.type != "cuda":
+                raise RuntimeError(f"CUDA graphs need a CUDA device, not {x.device.type}")
+            sample = (torch.rand_like(x).requires_grad_(x.requires_grad), y.detach().clone())
+            self.graphed = torch.cuda.make_graphed_callables(self.loss, sample)
+        return self.graphed(x, y)
+
+
+#: deterministic metrics also timed as CUDA graphs (what removing every launch would give)
+GRAPHED = ("ssim", "watson-dct", "watson-dft", "adaptive")
+GRAPH_TAG = "CUDA graph"
+
+
+def _graphed_candidates() -> dict[str, Candidate]:
+    out = {}
+    for key in GRAPHED:
+        cand = CANDIDATES[key]
+
+        def build(*args, cand=cand) -> Built:
+            built = cand.build(*args)
+            return Built(_CudaGraphed(built.loss), built.weights, "forward and backward replayed as CUDA graphs")
+
+        out[f"{key} [{GRAPH_TAG}]"] = Candidate(f"{key} [{GRAPH_TAG}]", "percept",
+                                                 f"torch.cuda.make_graphed_callables({cand.implementation})", build)
+    return out
+
+
+def graph_parity(graphed: Candidate, eager: Candidate, colorspace: str, size, device: torch.device) -> float:
+    """Largest relative difference of the loss over 3 training steps from the same start, graphed against
+    eager (16 CelebA images): the later steps start from the earlier steps' gradients, so a wrong replayed
+    gradient shows too."""
+    target = celeba_batch(16, size[0], colorspace)[0].to(device)
+    losses = []
+    for cand in (graphed, eager):
+        step = TrainingStep(cand.build(colorspace, "sum", tuple(size), device).loss, target, seed=1)
+        losses.append(torch.stack([step() for _ in range(3)]).double())
+    return float(((losses[0] - losses[1]).abs() / losses[1].abs().clamp_min(1e-12)).max())
 
 
 def _original_candidates(path: str) -> dict[str, Candidate]:
@@ -307,6 +361,11 @@ def _cases(quick: bool, original: bool) -> list[tuple[str, str, tuple, str | Non
     shape = (4 if quick else 128, 3, 192, 192)
     cases += [("L2 (torch)", "rgb", shape, None), ("pytorch_msssim.ms_ssim", "rgb", shape, None),
               ("ms-ssim", "rgb", shape, "pytorch_msssim.ms_ssim")]
+    # last: a capture that fails could leave the device unusable for the rows after it
+    for space, c in (("rgb", 3), ("grey", 1)):
+        shape = (b, c, 64, 64)
+        cases += [("L2 (torch)", space, shape, None)]
+        cases += [(f"{k} [{GRAPH_TAG}]", space, shape, k) for k in GRAPHED]
     return cases
 
 
@@ -352,7 +411,7 @@ def finalise(path: Path) -> None:
 
 def run_bench(device: torch.device, out: Path, quick: bool, original: str | None, repeats: int, log,
               only: set[str] | None = None) -> None:
-    candidates = dict(CANDIDATES) | _check_mode_candidates()
+    candidates = dict(CANDIDATES) | _check_mode_candidates() | _graphed_candidates()
     if original:
         candidates.update(_original_candidates(original))
     handle, writer = _writer(out / "bench.csv", FIELDS)
@@ -378,10 +437,10 @@ def run_bench(device: torch.device, out: Path, quick: bool, original: str | None
             if peer and (peer, space, shape_s) in done:
                 row["speedup_vs_peer"] = done[(peer, space, shape_s)] / ms
                 try:
-                    row["max_abs_diff_vs_peer"] = parity_between(candidates[key], candidates[peer], space, shape[2:],
-                                                                  device)
-                except Exception:  # noqa: BLE001
-                    pass
+                    compare = graph_parity if key.endswith(f"[{GRAPH_TAG}]") else parity_between
+                    row["max_abs_diff_vs_peer"] = compare(candidates[key], candidates[peer], space, shape[2:], device)
+                except Exception as err:  # noqa: BLE001
+                    row["note"] = f"{row.get('note', '')}; parity failed: {type(err).__name__}: {err}"[:400]
             row["time_target"], row["time_verdict"] = _verdict(key, row, done)
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
         handle.flush()

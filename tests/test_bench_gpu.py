@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bench_gpu_script_on_cpu(tmp_path):
     out = tmp_path / "bench_gpu"
-    only = "L2 (torch),watson-dft (shift),watson-dft,ssim [no value checks],ssim [sync value checks]"
+    only = ("L2 (torch),watson-dft (shift),watson-dft,ssim [no value checks],ssim [sync value checks],"
+            "ssim [CUDA graph]")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--quick", "--repeats", "1",
          "--out", str(out), "--only", only],
@@ -33,6 +34,9 @@ def test_bench_gpu_script_on_cpu(tmp_path):
     assert float(unchecked["ms_per_iter"]) > 0 and "value checks off" in unchecked["note"]
     synced = by[("ssim [sync value checks]", "rgb")]  # and what deferring them saves on a GPU
     assert float(synced["ms_per_iter"]) > 0 and "a host sync per call" in synced["note"]
+    graphed = by[("ssim [CUDA graph]", "grey")]  # CUDA-only: a row that says why it was not timed
+    assert graphed["ms_per_iter"] == "" and "CUDA graphs need a CUDA device, not cpu" in graphed["note"]
+    assert graphed["peer"] == "ssim" and graphed["implementation"].startswith("torch.cuda.make_graphed_callables(")
     with open(out / "parity.csv") as f:
         parity = list(csv.DictReader(f))
     assert {r["colorspace"] for r in parity} == {"rgb", "grey"}
