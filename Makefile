@@ -13,7 +13,7 @@ endif
 QUICK ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint bench bench-versions bench-gpu gpu-wheels data data-mnist data-celeba data-bapps assets figures \
+.PHONY: help setup test lint bench bench-versions bench-gpu gpu-wheels gpu-kit data data-mnist data-celeba data-bapps assets figures \
         reproduce-all reproduce-runtime reproduce-convergence reproduce-vae-mnist reproduce-vae-celeba \
         reproduce-2afc reproduce-adversarial reproduce-dps-analysis data-dps-images clean
 
@@ -52,6 +52,9 @@ bench-gpu:  ## on a GPU machine (its own python and torch, no venv, no network):
 gpu-wheels:  ## download the peer packages bench-gpu needs into .whl/ (for a GPU machine without network)
 	python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl lpips==0.1.4 pytorch-msssim==1.0.0
+
+gpu-kit:  ## everything a lent GPU machine needs for bench-gpu (.whl/, .gpu/): PERCEPT_ASSETS=... [ORIGINAL_REPO=...]
+	bash benchmarks/gpu_kit.sh
 
 data: data-mnist data-celeba data-bapps  ## download every dataset (MNIST, CelebA, BAPPS: about 8 GB)
 

@@ -6,6 +6,7 @@
 #   3. the runtime experiment's paper rows on CUDA (what time is left) -> $RESULTS/runtime_gpu/.
 # Environment: RESULTS (default results), PYTHON (default python3), ORIGINAL (the original code's src/loss,
 # optional: its losses are timed too), RUNTIME_LIMIT (seconds for step 3, default 120).
+# For a machine without network, `make gpu-kit` prepares .whl/ and .gpu/ (assets, original code) to carry.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
