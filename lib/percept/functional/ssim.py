@@ -347,7 +347,11 @@ def _means(x, y, padding: str, luminance: bool, per_channel: bool, strategy: str
     chunk; "auto": by device (:func:`percept.execution.resolve_strategy`).
     """
     step = x.shape[0] if execution.resolve_strategy(strategy, x.device) == "batched" else _chunk_size(x, chunk_elements)
-    return _FusedSSIM.apply(x, y, padding, method or _pick_method(x), step, luminance, per_channel)
+    # a statement of its own: under torch.compile reading the matmul precision breaks the graph, and a break
+    # inside the call below would hold a fresh bound method that the resumed code is guarded on (a
+    # recompilation in every call)
+    method = method or _pick_method(x)
+    return _FusedSSIM.apply(x, y, padding, method, step, luminance, per_channel)
 
 
 def _ssim_per_image(

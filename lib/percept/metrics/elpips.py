@@ -363,14 +363,23 @@ class ELPIPS(DeepFeatures):
         reference = ref
         n = self.n if n is None else self._check_n(n)
         gen = generator if generator is not None else self.generator
-        k, batch, _, h, w = len(images), *reference.shape
+        k, batch = len(images), reference.shape[0]
         if not self.stochastic:
             d = self._pass(images, reference, None, 1, None)
             return d.unsqueeze(0).expand(n, k, batch)
+        return self._sampled(images, reference, n, gen)
+
+    @torch.compiler.disable
+    def _sampled(self, images: list[torch.Tensor], reference: torch.Tensor, n: int, gen) -> torch.Tensor:
+        """The (n, K, N) distances of :meth:`sample_distances` under ``n`` random draws.
+
+        Runs eagerly under ``torch.compile``: each draw's scales and offsets would become constants of a
+        traced graph, compiled again for every new draw until torch's recompilation limit."""
         execution.refuse_host_draws_in_capture(
             reference.device, f"{self.name} (random transformations per call)",
             "Call it outside the captured region (with transforms=() and net_dropout=False it draws nothing).",
         )
+        k, batch, _, h, w = len(images), *reference.shape
         draws = [self.sample(batch, h, w, gen) for _ in range(n)]
         groups: dict[tuple, list[int]] = {}
         for i, t in enumerate(draws):

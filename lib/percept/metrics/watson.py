@@ -251,13 +251,24 @@ class _Watson(nn.Module):
 
     def per_image(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(N,) distances without input checks or reduction (float64 for float64 input, else float32)."""
-        offsets = None
-        if not self.deterministic:
-            refuse_host_draws_in_capture(
-                input.device, f"{type(self).__name__} with deterministic=False (a random shift per call)",
-                "Capture it with deterministic=True, or call it outside the captured region.",
-            )
-            offsets = random_offsets(BLOCK, self.generator)
+        if self.deterministic:
+            return self._per_image(input, target, None)
+        return self._per_image_shifted(input, target)
+
+    @torch.compiler.disable
+    def _per_image_shifted(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """:meth:`per_image` with a random shift drawn for this call.
+
+        Runs eagerly under ``torch.compile``: the shift's offsets become constants of a traced graph, so every
+        new offset (64 of them) would compile it again, until torch gives up at its recompilation limit.
+        """
+        refuse_host_draws_in_capture(
+            input.device, f"{type(self).__name__} with deterministic=False (a random shift per call)",
+            "Capture it with deterministic=True, or call it outside the captured region.",
+        )
+        return self._per_image(input, target, random_offsets(BLOCK, self.generator))
+
+    def _per_image(self, input: torch.Tensor, target: torch.Tensor, offsets) -> torch.Tensor:
         dtype = formula._compute_dtype(input)
         with no_autocast(input.device.type):
             masking = cached_constants(
