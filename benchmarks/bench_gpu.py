@@ -16,7 +16,8 @@ row, so a run stopped by a time limit keeps what it measured:
   fewer operations or less Python help; near ``gpu_busy_ms``: the kernels themselves are slow). SSIM,
   Watson and Adaptive are also timed with the value checks off and read back in every call, and, where
   deterministic, replayed as CUDA graphs (``[CUDA graph]``: the step without launch overhead; skipped off
-  CUDA). With ``--original``, the original code's rows are timed too;
+  CUDA) and, with ``--compile [BACKEND]``, under ``torch.compile`` (``[torch.compile]``). With
+  ``--original``, the original code's rows are timed too;
 - ``machine.json``.
 
     python benchmarks/bench_gpu.py --device cuda --out results/bench_gpu [--original PATH/src/loss]
@@ -152,6 +153,39 @@ def _graphed_candidates() -> dict[str, Candidate]:
 
         out[f"{key} [{GRAPH_TAG}]"] = Candidate(f"{key} [{GRAPH_TAG}]", "percept",
                                                  f"torch.cuda.make_graphed_callables({cand.implementation})", build)
+    return out
+
+
+class _Compiled(nn.Module):
+    """A percept loss under ``torch.compile`` (value checks off: a compiled step reads nothing back)."""
+
+    def __init__(self, loss: nn.Module, backend: str):
+        super().__init__()
+        self.loss, self.backend = loss, backend
+        self.compiled = torch.compile(loss, backend=backend)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from percept.checks import value_checks
+
+        with value_checks("off"):
+            return self.compiled(x, y)
+
+
+COMPILE_TAG = "torch.compile"
+
+
+def _compiled_candidates(backend: str) -> dict[str, Candidate]:
+    out = {}
+    for key in GRAPHED:
+        cand = CANDIDATES[key]
+
+        def build(*args, cand=cand) -> Built:
+            built = cand.build(*args)
+            return Built(_Compiled(built.loss, backend), built.weights,
+                         f"torch.compile(backend={backend!r}), value checks off; compiled in the warm-up steps")
+
+        out[f"{key} [{COMPILE_TAG}]"] = Candidate(f"{key} [{COMPILE_TAG}]", "percept",
+                                                   f"torch.compile({cand.implementation}, backend={backend!r})", build)
     return out
 
 
@@ -341,7 +375,7 @@ def time_case(cand: Candidate, space: str, shape: tuple, device: torch.device, r
             "peak_mem_x_input": peak, "note": note, "implementation": cand.implementation}
 
 
-def _cases(quick: bool, original: bool) -> list[tuple[str, str, tuple, str | None]]:
+def _cases(quick: bool, original: bool, compiled: bool = False) -> list[tuple[str, str, tuple, str | None]]:
     b = 16 if quick else 128
     cases = []
     for space, c in (("rgb", 3), ("grey", 1)):
@@ -367,6 +401,8 @@ def _cases(quick: bool, original: bool) -> list[tuple[str, str, tuple, str | Non
         shape = (b, c, 64, 64)
         cases += [("L2 (torch)", space, shape, None)]
         cases += [(f"{k} [{GRAPH_TAG}]", space, shape, k) for k in GRAPHED]
+        if compiled:
+            cases += [(f"{k} [{COMPILE_TAG}]", space, shape, k) for k in GRAPHED]
     return cases
 
 
@@ -411,14 +447,16 @@ def finalise(path: Path) -> None:
 
 
 def run_bench(device: torch.device, out: Path, quick: bool, original: str | None, repeats: int, log,
-              only: set[str] | None = None) -> None:
+              only: set[str] | None = None, compile_backend: str | None = None) -> None:
     candidates = dict(CANDIDATES) | _check_mode_candidates() | _graphed_candidates()
+    if compile_backend:
+        candidates |= _compiled_candidates(compile_backend)
     if original:
         candidates.update(_original_candidates(original))
     handle, writer = _writer(out / "bench.csv", FIELDS)
     done: dict[tuple, float] = {}
     l2: dict[str, float] = {}
-    for key, space, shape, peer in _cases(quick, bool(original)):
+    for key, space, shape, peer in _cases(quick, bool(original), bool(compile_backend)):
         if only is not None and key not in only:
             continue
         shape_s = "x".join(map(str, shape))
@@ -438,7 +476,8 @@ def run_bench(device: torch.device, out: Path, quick: bool, original: str | None
             if peer and (peer, space, shape_s) in done:
                 row["speedup_vs_peer"] = done[(peer, space, shape_s)] / ms
                 try:
-                    compare = graph_parity if key.endswith(f"[{GRAPH_TAG}]") else parity_between
+                    same_metric = key.endswith((f"[{GRAPH_TAG}]", f"[{COMPILE_TAG}]"))
+                    compare = graph_parity if same_metric else parity_between
                     row["max_abs_diff_vs_peer"] = compare(candidates[key], candidates[peer], space, shape[2:], device)
                 except Exception as err:  # noqa: BLE001
                     row["note"] = f"{row.get('note', '')}; parity failed: {type(err).__name__}: {err}"[:400]
@@ -461,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-parity", action="store_true")
     p.add_argument("--skip-bench", action="store_true")
     p.add_argument("--only", help="comma-separated metric keys: run only these rows (tests)")
+    p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                   help="also time SSIM, Watson and Adaptive under torch.compile (default backend inductor; "
+                        "compiling takes minutes, so not in the default run)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     out = Path(args.out)
@@ -477,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         parity(device, out, log, only)
     log(f"parity done in {time.time() - t0:.0f} s")
     if not args.skip_bench:
-        run_bench(device, out, args.quick, args.original, args.repeats, log, only)
+        run_bench(device, out, args.quick, args.original, args.repeats, log, only, args.compile)
     log(f"bench done in {time.time() - t0:.0f} s")
     return 0
 

@@ -17,7 +17,7 @@ def test_bench_gpu_script_on_cpu(tmp_path):
             "ssim [CUDA graph]")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--quick", "--repeats", "1",
-         "--out", str(out), "--only", only],
+         "--out", str(out), "--only", only + ",watson-dct,watson-dct [torch.compile]", "--compile", "aot_eager"],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -37,6 +37,9 @@ def test_bench_gpu_script_on_cpu(tmp_path):
     graphed = by[("ssim [CUDA graph]", "grey")]  # CUDA-only: a row that says why it was not timed
     assert graphed["ms_per_iter"] == "" and "CUDA graphs need a CUDA device, not cpu" in graphed["note"]
     assert graphed["peer"] == "ssim" and graphed["implementation"].startswith("torch.cuda.make_graphed_callables(")
+    compiled = by[("watson-dct [torch.compile]", "rgb")]  # timed, with its 3-step parity against eager
+    assert float(compiled["ms_per_iter"]) > 0 and "aot_eager" in compiled["note"]
+    assert compiled["peer"] == "watson-dct" and float(compiled["max_abs_diff_vs_peer"]) < 1e-5
     with open(out / "parity.csv") as f:
         parity = list(csv.DictReader(f))
     assert {r["colorspace"] for r in parity} == {"rgb", "grey"}
