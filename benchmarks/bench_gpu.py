@@ -94,6 +94,21 @@ class _ChecksMode(nn.Module):
             return self.loss(x, y)
 
 
+def _wrapped_candidates(keys, tag: str, wrap, note: str, implementation) -> dict[str, Candidate]:
+    """A ``"{key} [{tag}]"`` candidate for each of ``keys``: its percept loss inside ``wrap(loss)``, the row's note
+    ``note`` and its implementation ``implementation(the loss's implementation)``."""
+    out = {}
+    for key in keys:
+        cand = CANDIDATES[key]
+
+        def build(*args, cand=cand) -> Built:
+            built = cand.build(*args)
+            return Built(wrap(built.loss), built.weights, note)
+
+        out[f"{key} [{tag}]"] = Candidate(f"{key} [{tag}]", "percept", implementation(cand.implementation), build)
+    return out
+
+
 #: metrics also timed with the value checks off and read back in every call, beside the default ("auto":
 #: deferred on a GPU after the first call): what the checks cost, and what deferring them saves
 CHECKS_TIMED = ("ssim", "watson-dct (shift)", "watson-dft (shift)", "adaptive")
@@ -103,16 +118,9 @@ CHECK_VARIANTS = {"no value checks": ("off", "value checks off"),
 
 def _check_mode_candidates() -> dict[str, Candidate]:
     out = {}
-    for key in CHECKS_TIMED:
-        cand = CANDIDATES[key]
-        for tag, (mode, note) in CHECK_VARIANTS.items():
-
-            def build(*args, cand=cand, mode=mode, note=note) -> Built:
-                built = cand.build(*args)
-                return Built(_ChecksMode(built.loss, mode), built.weights, note)
-
-            out[f"{key} [{tag}]"] = Candidate(f"{key} [{tag}]", "percept",
-                                              f"{cand.implementation} under value_checks({mode!r})", build)
+    for tag, (mode, note) in CHECK_VARIANTS.items():
+        out |= _wrapped_candidates(CHECKS_TIMED, tag, lambda loss, mode=mode: _ChecksMode(loss, mode), note,
+                                   lambda impl, mode=mode: f"{impl} under value_checks({mode!r})")
     return out
 
 
@@ -140,53 +148,21 @@ class _CudaGraphed(nn.Module):
 #: deterministic metrics also timed as CUDA graphs (what removing every launch would give)
 GRAPHED = ("ssim", "watson-dct", "watson-dft", "adaptive")
 GRAPH_TAG = "CUDA graph"
-
-
-def _graphed_candidates() -> dict[str, Candidate]:
-    out = {}
-    for key in GRAPHED:
-        cand = CANDIDATES[key]
-
-        def build(*args, cand=cand) -> Built:
-            built = cand.build(*args)
-            return Built(_CudaGraphed(built.loss), built.weights, "forward and backward replayed as CUDA graphs")
-
-        out[f"{key} [{GRAPH_TAG}]"] = Candidate(f"{key} [{GRAPH_TAG}]", "percept",
-                                                 f"torch.cuda.make_graphed_callables({cand.implementation})", build)
-    return out
-
-
-class _Compiled(nn.Module):
-    """A percept loss under ``torch.compile`` (value checks off: a compiled step reads nothing back)."""
-
-    def __init__(self, loss: nn.Module, backend: str):
-        super().__init__()
-        self.loss, self.backend = loss, backend
-        self.compiled = torch.compile(loss, backend=backend)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        from percept.checks import value_checks
-
-        with value_checks("off"):
-            return self.compiled(x, y)
-
-
 COMPILE_TAG = "torch.compile"
 
 
+def _graphed_candidates() -> dict[str, Candidate]:
+    return _wrapped_candidates(GRAPHED, GRAPH_TAG, _CudaGraphed, "forward and backward replayed as CUDA graphs",
+                               lambda impl: f"torch.cuda.make_graphed_callables({impl})")
+
+
 def _compiled_candidates(backend: str) -> dict[str, Candidate]:
-    out = {}
-    for key in GRAPHED:
-        cand = CANDIDATES[key]
-
-        def build(*args, cand=cand) -> Built:
-            built = cand.build(*args)
-            return Built(_Compiled(built.loss, backend), built.weights,
-                         f"torch.compile(backend={backend!r}), value checks off; compiled in the warm-up steps")
-
-        out[f"{key} [{COMPILE_TAG}]"] = Candidate(f"{key} [{COMPILE_TAG}]", "percept",
-                                                   f"torch.compile({cand.implementation}, backend={backend!r})", build)
-    return out
+    """The same metrics under ``torch.compile``, value checks off (a compiled step reads nothing back)."""
+    return _wrapped_candidates(
+        GRAPHED, COMPILE_TAG, lambda loss: _ChecksMode(torch.compile(loss, backend=backend), "off"),
+        f"torch.compile(backend={backend!r}), value checks off; compiled in the warm-up steps",
+        lambda impl: f"torch.compile({impl}, backend={backend!r})",
+    )
 
 
 def graph_parity(graphed: Candidate, eager: Candidate, colorspace: str, size, device: torch.device) -> float:
