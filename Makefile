@@ -50,8 +50,7 @@ bench-gpu:  ## on a GPU machine (its own python and torch, no venv, no network):
 	bash benchmarks/bench_gpu.sh
 
 gpu-wheels:  ## download the peer packages bench-gpu needs into .whl/ (for a GPU machine without network)
-	python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-	    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl lpips==0.1.4 pytorch-msssim==1.0.0
+	bash benchmarks/gpu_kit.sh wheels
 
 gpu-kit:  ## everything a lent GPU machine needs for bench-gpu (.whl/, .gpu/): PERCEPT_ASSETS=... [ORIGINAL_REPO=...]
 	bash benchmarks/gpu_kit.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-shot GPU check (make bench-gpu): runs with the machine's own python and torch (no venv, no network).
-#   1. installs the peer packages from .whl/ when present (make gpu-wheels downloads them beforehand);
+#   1. installs the peer packages from .whl/ when present (make gpu-wheels or make gpu-kit downloads them);
 #   2. benchmarks/bench_gpu.py: every metric on CUDA against CPU, then the training-step bench
 #      -> $RESULTS/bench_gpu/{parity.csv,bench.csv,machine.json}, written row by row;
 #   3. the runtime experiment's paper rows on CUDA (what time is left) -> $RESULTS/runtime_gpu/.

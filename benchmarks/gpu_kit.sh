@@ -11,11 +11,24 @@
 #                SteffenCzolbe/PerceptualSimilarity (its losses are timed beside ours).
 # On the GPU machine, carrying [".whl", ".gpu"]:
 #   RESULTS=$OUT PERCEPT_ASSETS=$PWD/.gpu/assets ORIGINAL=.gpu/orig/src/loss bash benchmarks/bench_gpu.sh
-# KIT_ROOT (default: this checkout) is where .whl/ and .gpu/ are made.
+# KIT_ROOT (default: this checkout) is where .whl/ and .gpu/ are made. `gpu_kit.sh wheels` (make gpu-wheels)
+# downloads the wheels only.
 set -euo pipefail
 cd "${KIT_ROOT:-$(dirname "$0")/..}"
-: "${PERCEPT_ASSETS:?set PERCEPT_ASSETS to the offline asset folder (see shared/assets/README.md)}"
 PYTHON=${PYTHON:-python3}
+
+download_wheels() {
+    mkdir -p .whl
+    $PYTHON -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
+        lpips==0.1.4 pytorch-msssim==1.0.0 torch-dct==0.1.6 "setuptools<81"
+}
+
+if [ "${1:-}" = wheels ]; then
+    download_wheels
+    exit 0
+fi
+: "${PERCEPT_ASSETS:?set PERCEPT_ASSETS to the offline asset folder (see shared/assets/README.md)}"
 ASSETS="weights/czolbe weights/lpips weights/torchvision weights/elpips data/celeba_sample"
 rm -rf .gpu/assets
 for rel in $ASSETS; do
@@ -34,10 +47,7 @@ if [ -n "${ORIGINAL_REPO:-}" ]; then
     rm -rf .gpu/orig && mkdir -p .gpu/orig/src
     cp -r "$ORIGINAL_REPO/src/loss" .gpu/orig/src/loss
 fi
-mkdir -p .whl
-$PYTHON -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
-    lpips==0.1.4 pytorch-msssim==1.0.0 torch-dct==0.1.6 "setuptools<81"
+download_wheels
 size=$(du -scm .gpu .whl | tail -1 | cut -f1)
 echo "gpu-kit: .gpu and .whl hold ${size} MiB (a run carries at most 64 MiB)"
 if [ "$size" -ge 64 ]; then

@@ -10,13 +10,17 @@ ROOT = Path(__file__).resolve().parents[1]
 KIT_ASSETS = ("weights/czolbe", "weights/lpips", "weights/torchvision", "weights/elpips", "data/celeba_sample")
 
 
-def _run(tmp_path, assets, **env):
+def _stub_python(tmp_path) -> Path:
     stub = tmp_path / "python"  # stands for python: records the pip download instead of running it
     stub.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/pip_args\n')
     stub.chmod(0o755)
+    return stub
+
+
+def _run(tmp_path, assets, **env):
     return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_kit.sh")], capture_output=True, text=True,
                           env={**os.environ, "PERCEPT_ASSETS": str(assets), "KIT_ROOT": str(tmp_path / "repo"),
-                               "PYTHON": str(stub), **env}, timeout=120)
+                               "PYTHON": str(_stub_python(tmp_path)), **env}, timeout=120)
 
 
 def _fake_assets(root: Path) -> Path:
@@ -56,3 +60,14 @@ def test_kit_refuses_missing_assets_and_a_wrong_original(tmp_path):
     (assets / "weights" / "czolbe").rmdir()
     missing = _run(tmp_path, assets)
     assert missing.returncode == 1 and "weights/czolbe is missing" in missing.stderr
+
+
+def test_wheels_only_needs_no_assets(tmp_path):
+    (tmp_path / "repo").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PERCEPT_ASSETS"}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_kit.sh"), "wheels"], capture_output=True, text=True,
+                          env={**env, "KIT_ROOT": str(tmp_path / "repo"), "PYTHON": str(_stub_python(tmp_path))},
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "lpips==0.1.4" in (tmp_path / "pip_args").read_text().split()
+    assert not (tmp_path / "repo" / ".gpu").exists()
