@@ -30,21 +30,45 @@ def test_two_libraries_are_timed_side_by_side(tmp_path):
         assert r["rounds"] == "2" and float(r["base_ms_min"]) > 0 and float(r["head_ms_min"]) > 0
         ratio = float(r["head_ms_min"]) / float(r["base_ms_min"])
         assert abs(float(r["head_over_base_min"]) - ratio) < 1e-2
-        assert r["verdict"] == ("pass" if float(r["head_over_base_min"]) <= bench_versions.TOLERANCE else "FAIL")
+        ratio = float(r["head_step_ms_p10"]) / float(r["base_step_ms_p10"])
+        assert abs(float(r["head_over_base_step_p10"]) - ratio) < 1e-2
+        assert int(r["steps"]) >= 2  # at least one timed step per round
+        assert r["verdict"] == ("pass" if float(r["head_over_base_step_p10"]) <= bench_versions.TOLERANCE else "FAIL")
     assert proc.returncode == (0 if all(r["verdict"] == "pass" for r in rows) else 1)
     meta = json.loads((out / "versions.json").read_text())
     assert meta["rounds"] == 2 and meta["quick"] is True
 
 
-def test_verdict_uses_the_fastest_round_of_each_side():
-    rows = bench_versions.compare({"a": [10.0, 30.0, 12.0], "b": [10.0, 10.0, 10.0]},
-                                  {"a": [10.5, 11.0, 40.0], "b": [11.5, 11.0, 11.2]})
-    by = {r["case"]: r for r in rows}
-    assert by["a"]["head_over_base_min"] == "1.050" and by["a"]["verdict"] == "pass"  # a noisy round is ignored
-    assert by["b"]["head_over_base_min"] == "1.100" and by["b"]["verdict"] == "pass"
-    assert by["a"]["head_over_base_median"] == f"{11.0 / 12.0:.3f}"
-    slower = bench_versions.compare({"c": [10.0]}, {"c": [11.2]})[0]
-    assert slower["verdict"] == "FAIL"
+def test_quantile_interpolates_between_sorted_values():
+    assert bench_versions.quantile([3.0, 1.0, 2.0], 0.0) == 1.0
+    assert bench_versions.quantile([3.0, 1.0, 2.0], 0.5) == 2.0
+    assert bench_versions.quantile([3.0, 1.0, 2.0], 1.0) == 3.0
+    assert bench_versions.quantile([0.0, 10.0], 0.1) == pytest.approx(1.0)
+    assert bench_versions.quantile([5.0], 0.1) == 5.0
+
+
+def test_verdict_uses_a_low_percentile_of_the_pooled_steps():
+    fast, slow = [10.0] * 20, [30.0] * 20
+    # "a": one round of base is noisy throughout, one of head has a burst of slow steps: neither moves p10
+    # "b": head is 10% slower in every step (the tolerance: pass); "c": 12% slower (FAIL)
+    base = {"a": [fast, slow], "b": [fast, fast], "c": [fast]}
+    head = {"a": [[10.5] * 20, [10.5] * 10 + [40.0] * 10], "b": [[11.0] * 20, [11.0] * 20], "c": [[11.2] * 20]}
+    by = {r["case"]: r for r in bench_versions.compare(base, head)}
+    assert by["a"]["head_over_base_step_p10"] == "1.050" and by["a"]["verdict"] == "pass"
+    assert by["b"]["head_over_base_step_p10"] == "1.100" and by["b"]["verdict"] == "pass"
+    assert by["c"]["head_over_base_step_p10"] == "1.120" and by["c"]["verdict"] == "FAIL"
+    # the round means are reported beside it: fastest round and median round
+    assert by["a"]["head_over_base_min"] == "1.050"
+    assert by["a"]["head_over_base_median"] == f"{((10.5 + 25.25) / 2) / 20.0:.3f}"
+    assert by["a"]["steps"] == 40 and by["a"]["rounds"] == 2
+
+
+def test_a_tenth_of_slow_steps_in_head_fails_only_when_it_reaches_the_percentile():
+    base = {"x": [[10.0] * 100]}
+    mostly = {"x": [[10.0] * 5 + [12.0] * 95]}  # 95% of head's steps 20% slower: a regression
+    assert bench_versions.compare(base, mostly)[0]["verdict"] == "FAIL"
+    tail = {"x": [[10.0] * 20 + [12.0] * 80]}  # the fastest fifth as fast as base: p10 equal
+    assert bench_versions.compare(base, tail)[0]["verdict"] == "pass"
 
 
 def test_a_base_that_is_neither_a_folder_nor_a_revision_is_refused(tmp_path):
