@@ -287,8 +287,7 @@ class _Masking(NamedTuple):
     """Parameter-derived tensors of one evaluation, shaped to broadcast over the coefficients
     ((n, C, Hb, 8, Wb, 8) for the DCT, (n, C, K, 40) for the DFT); differentiable in the parameters."""
 
-    t: torch.Tensor  # base thresholds exp(log_thresholds)
-    log_t_1mw: torch.Tensor  # log_thresholds * (1 - w)
+    log_t: torch.Tensor  # log base thresholds
     w: torch.Tensor
     one_m_w: torch.Tensor  # 1 - w
     alpha: torch.Tensor  # (C,)
@@ -311,8 +310,7 @@ def _mask(params: _Params, transform: _Transform) -> _Masking:
     channel = (1, c) + (1,) * len(transform.frequency_view)
     one_m_w = 1 - params.w
     return _Masking(
-        t=torch.exp(params.log_thresholds).view(freq),
-        log_t_1mw=(params.log_thresholds * one_m_w[:, None]).view(freq),
+        log_t=params.log_thresholds.view(freq),
         w=params.w.view(channel),
         one_m_w=one_m_w.view(channel),
         alpha=params.alpha,
@@ -414,9 +412,16 @@ def _inverse_threshold(c0_abs: torch.Tensor, log_lum: torch.Tensor, k: _Masking)
     """``1 / S`` from the target's |coefficients| and the log luminance factor of each block (broadcast).
 
     ``T = t * exp(log_lum)``; ``M = (|c0| + eps) ** w * T ** (1 - w)`` in log space; ``S = smooth_max(T, M)``.
+    ``log T`` is formed once at the coefficients' full shape: the one operation that broadcasts over both the
+    frequencies and the blocks (the others broadcast per channel only, which runs several times faster on CPU).
     """
-    m = torch.add(c0_abs, EPS).log_().mul_(k.w).add_(k.log_t_1mw).addcmul_(log_lum, k.one_m_w).exp_()
-    return _smooth_max_from_gap(torch.mul(k.t, torch.exp(log_lum)).sub_(m), m).reciprocal_()  # 1 / smax(T, M)
+    log_thresh = torch.add(k.log_t, log_lum)  # log T, full shape
+    m = torch.add(c0_abs, EPS).log_().mul_(k.w).addcmul_(log_thresh, k.one_m_w).exp_()
+    if log_thresh.requires_grad:  # (autograd keeps exp's output and addcmul_'s operand: no update in place)
+        gap = torch.exp(log_thresh) - m
+    else:
+        gap = log_thresh.exp_().sub_(m)
+    return _smooth_max_from_gap(gap, m).reciprocal_()  # 1 / smax(T, M)
 
 
 def _minkowski(diff, inv_s, beta, dropout, want_grad):
