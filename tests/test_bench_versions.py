@@ -63,11 +63,11 @@ def test_verdict_uses_a_low_percentile_of_the_pooled_steps():
     assert by["a"]["steps"] == 40 and by["a"]["rounds"] == 2
 
 
-def test_a_tenth_of_slow_steps_in_head_fails_only_when_it_reaches_the_percentile():
+def test_the_verdict_follows_most_steps_not_the_fastest_few():
     base = {"x": [[10.0] * 100]}
     mostly = {"x": [[10.0] * 5 + [12.0] * 95]}  # 95% of head's steps 20% slower: a regression
     assert bench_versions.compare(base, mostly)[0]["verdict"] == "FAIL"
-    tail = {"x": [[10.0] * 20 + [12.0] * 80]}  # the fastest fifth as fast as base: p10 equal
+    tail = {"x": [[10.0] * 70 + [12.0] * 30]}  # a slow tail (noise only adds time): p10 equal
     assert bench_versions.compare(base, tail)[0]["verdict"] == "pass"
 
 
