@@ -412,15 +412,10 @@ def _inverse_threshold(c0_abs: torch.Tensor, log_lum: torch.Tensor, k: _Masking)
     """``1 / S`` from the target's |coefficients| and the log luminance factor of each block (broadcast).
 
     ``T = t * exp(log_lum)``; ``M = (|c0| + eps) ** w * T ** (1 - w)`` in log space; ``S = smooth_max(T, M)``.
-    ``log T`` is formed once at the coefficients' full shape: the one operation that broadcasts over both the
-    frequencies and the blocks (the others broadcast per channel only, which runs several times faster on CPU).
-    """
-    log_thresh = torch.add(k.log_t, log_lum)  # log T, full shape
+    ``log T`` is formed once at full shape: broadcasting over both frequencies and blocks is slow on CPU."""
+    log_thresh = torch.add(k.log_t, log_lum)
     m = torch.add(c0_abs, EPS).log_().mul_(k.w).addcmul_(log_thresh, k.one_m_w).exp_()
-    if log_thresh.requires_grad:  # (autograd keeps exp's output and addcmul_'s operand: no update in place)
-        gap = torch.exp(log_thresh) - m
-    else:
-        gap = log_thresh.exp_().sub_(m)
+    gap = torch.exp(log_thresh) - m if log_thresh.requires_grad else log_thresh.exp_().sub_(m)  # autograd keeps log T
     return _smooth_max_from_gap(gap, m).reciprocal_()  # 1 / smax(T, M)
 
 
