@@ -284,8 +284,10 @@ def main(argv=None) -> int:
 
         meta = {"base": base_label, "head": head_label, "rounds": args.rounds, "quick": args.quick,
                 "host_proxy": args.host_proxy,
-                "shape": "per case" if not args.host_proxy else f"{HOST_PROXY_BATCH}xCx{HOST_PROXY_SIZE}x{HOST_PROXY_SIZE}",
-                "tolerance": TOLERANCE, "verdict": f"step time quantile {VERDICT_QUANTILE}", "machine": platform.processor() or platform.machine(),
+                "shape": (f"{HOST_PROXY_BATCH}xCx{HOST_PROXY_SIZE}x{HOST_PROXY_SIZE}" if args.host_proxy
+                          else "per case"),
+                "tolerance": TOLERANCE, "verdict": f"step time quantile {VERDICT_QUANTILE}",
+                "machine": platform.processor() or platform.machine(),
                 "cpus": os.cpu_count(), "threads": args.threads or torch.get_num_threads(),
                 "torch": torch.__version__, "python": platform.python_version(),
                 "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
